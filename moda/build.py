@@ -1,0 +1,91 @@
+"""Builds MODA models and processors: from pretrained backbones, or small ones from scratch for CPU work.
+
+The sizes here are the only place model shapes are chosen: `--model_size tiny` in train_hf.py, the offline demo
+and the tests all come through `config_for_size`.
+"""
+
+from transformers import CLIPImageProcessor, CLIPVisionConfig, OPTConfig
+
+from configuration_moda import MODAConfig
+from modeling_moda import MODAForConditionalGeneration
+from processing_moda import MODAProcessor
+
+# Shapes of the from-scratch models. "test" stays under 1M parameters (as transformers' own model tests);
+# "tiny" is the small model that learns a catalog on a CPU within minutes.
+SIZES = {
+    "test": dict(
+        image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, vision_heads=2, projection_dim=24,
+        text_hidden=32, text_layers=2, text_heads=2, max_positions=64,
+    ),
+    "tiny": dict(
+        image_size=64, patch_size=8, vision_hidden=128, vision_layers=4, vision_heads=4, projection_dim=128,
+        text_hidden=128, text_layers=3, text_heads=4, max_positions=96,
+    ),
+}
+
+
+def config_for_size(size: str, tokenizer, **overrides) -> MODAConfig:
+    """A from-scratch MODAConfig of a named size whose decoder matches `tokenizer` (vocab and special tokens)."""
+    if size not in SIZES:
+        raise ValueError(f"Unknown model size {size!r}; choose one of {sorted(SIZES)}.")
+    s = SIZES[size]
+    vision_config = CLIPVisionConfig(
+        image_size=s["image_size"],
+        patch_size=s["patch_size"],
+        hidden_size=s["vision_hidden"],
+        intermediate_size=4 * s["vision_hidden"],
+        num_hidden_layers=s["vision_layers"],
+        num_attention_heads=s["vision_heads"],
+        projection_dim=s["projection_dim"],
+    )
+    text_config = OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=s["text_hidden"],
+        word_embed_proj_dim=s["text_hidden"],
+        ffn_dim=4 * s["text_hidden"],
+        num_hidden_layers=s["text_layers"],
+        num_attention_heads=s["text_heads"],
+        max_position_embeddings=s["max_positions"],
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dropout=0.0,
+    )
+    # A from-scratch vision tower has learned nothing yet: it trains too.
+    overrides.setdefault("freeze_vision_tower", False)
+    return MODAConfig(vision_config=vision_config, text_config=text_config, **overrides)
+
+
+def image_processor_for(config: MODAConfig) -> CLIPImageProcessor:
+    """CLIP's preprocessing at the vision tower's resolution (resize the short side, centre crop, normalise)."""
+    size = config.vision_config.image_size
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def build_from_scratch(size: str, tokenizer, **overrides):
+    """A randomly initialised MODA of a named size and its processor."""
+    config = config_for_size(size, tokenizer, **overrides)
+    model = MODAForConditionalGeneration(config)
+    set_generation_defaults(model, tokenizer)
+    processor = MODAProcessor(image_processor=image_processor_for(config), tokenizer=tokenizer)
+    return model, processor
+
+
+def build_from_backbones(vision_model: str, text_model: str, **overrides):
+    """MODA on pretrained CLIP and OPT checkpoints (Hub ids or local folders) and its processor."""
+    model = MODAForConditionalGeneration.from_backbones(vision_model, text_model, **overrides)
+    processor = MODAProcessor.from_backbones(vision_model, text_model)
+    set_generation_defaults(model, processor.tokenizer)
+    return model, processor
+
+
+def set_generation_defaults(model, tokenizer, max_new_tokens: int = 32) -> None:
+    """Descriptions are short: greedy decoding up to `max_new_tokens`, stopping at the tokenizer's EOS."""
+    model.generation_config.update(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+    )

@@ -1,0 +1,41 @@
+"""The `moda` command: thin subcommands, each handing its arguments to the module that does the work."""
+
+import importlib
+import sys
+
+# subcommand -> (module, function, one-line help). Each function takes the remaining argv.
+COMMANDS = {
+    "caption-image": ("moda.describe", "main", "describe one image with a MODA model"),
+    "train": ("train_hf", "main", "train MODA (same as python train_hf.py)"),
+    "eval": ("moda.evaluation", "main", "evaluate a model's descriptions on a catalog"),
+    "build-dataset": ("moda.teacher", "main", "build training descriptions with teacher models"),
+    "caption": ("moda.captioning", "main", "caption a whole catalog (batched, resumable, sharded)"),
+    "index": ("moda.search", "index_main", "build a text search index over captions"),
+    "search": ("moda.search", "search_main", "search a catalog index by text"),
+    "push": ("hub_card.push", "main", "push a model folder to the Hub with its card"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: moda <command> [options]", "", "commands:"]
+    lines += [f"  {name:<14} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "`moda <command> --help` shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"moda: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name, function_name, _ = COMMANDS[name]
+    function = getattr(importlib.import_module(module_name), function_name)
+    return function(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

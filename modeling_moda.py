@@ -1,0 +1,356 @@
+"""MODA: a frozen CLIP vision tower, a small projector and an OPT decoder that writes the description.
+
+Where an image becomes a token:
+
+    pixel_values --CLIP vision tower--> image embedding (512-d, CLIP's projected pooled output)
+                 --MODAProjector------> `num_image_tokens` prefix embeddings (decoder hidden size)
+                 --merge_image_prefix--> [prefix] + [BOS] + [prompt] + [description] embeddings
+                 --OPT decoder---------> next-token logits
+
+This file travels to the Hub with the weights (``trust_remote_code``): it imports only torch, transformers and
+the other MODA files, by relative import when loaded as remote code.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    CLIPVisionModelWithProjection,
+    GenerationMixin,
+    OPTForCausalLM,
+    PreTrainedModel,
+)
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import logging
+
+# Importing the processor and pipeline here makes every save_pretrained (Trainer's and push_to_hub's too) copy
+# all four MODA files next to the weights.
+try:
+    from .configuration_moda import MODAConfig
+    from .pipeline_moda import MODAImageToTextPipeline
+    from .processing_moda import MODAProcessor
+except ImportError:
+    from configuration_moda import MODAConfig
+    from pipeline_moda import MODAImageToTextPipeline
+    from processing_moda import MODAProcessor
+
+logger = logging.get_logger(__name__)
+
+AUTO_MAP = {
+    "AutoConfig": f"configuration_moda.{MODAConfig.__name__}",
+    "AutoModel": "modeling_moda.MODAForConditionalGeneration",
+    "AutoModelForImageTextToText": "modeling_moda.MODAForConditionalGeneration",
+    "AutoProcessor": f"processing_moda.{MODAProcessor.__name__}",
+}
+CUSTOM_PIPELINES = {
+    "image-to-text": {
+        "impl": f"pipeline_moda.{MODAImageToTextPipeline.__name__}",
+        "pt": ["AutoModel"],
+        "tf": [],
+        "type": "multimodal",
+    }
+}
+
+
+@dataclass
+class MODACausalLMOutput(CausalLMOutputWithPast):
+    """
+    Output of [`MODAForConditionalGeneration`]: the decoder's output (loss over the description tokens only,
+    logits for every position including the image prefix, the key/value cache) plus:
+
+    Args:
+        image_embeds: the image embedding the projector read, `(batch, image_embed_dim)`.
+        attention_mask: the mask of the merged sequence (prefix included) the decoder saw.
+    """
+
+    image_embeds: Optional[torch.FloatTensor] = None
+    attention_mask: Optional[torch.LongTensor] = None
+
+
+class MODAProjector(nn.Module):
+    """Linear(image_embed_dim -> 4d) -> GELU -> Linear(4d -> k*d): one image embedding to k prefix embeddings."""
+
+    def __init__(self, config: MODAConfig):
+        super().__init__()
+        hidden = config.text_config.hidden_size
+        self.num_image_tokens = config.num_image_tokens
+        self.linear_1 = nn.Linear(config.image_embed_dim, config.projector_expansion * hidden)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(config.projector_expansion * hidden, config.num_image_tokens * hidden)
+
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        prefix = self.linear_2(self.act(self.linear_1(image_embeds)))
+        return prefix.view(image_embeds.shape[0], self.num_image_tokens, -1)
+
+
+class MODAPreTrainedModel(PreTrainedModel):
+    config_class = MODAConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CLIPEncoderLayer", "OPTDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_cache_class = True
+    _supports_static_cache = True
+
+
+def _load_clip_vision(vision_model: str, **kwargs) -> CLIPVisionModelWithProjection:
+    """Loads the vision tower (with its projection) from a full CLIPModel checkpoint or a vision-only one."""
+    config = AutoConfig.from_pretrained(vision_model, **kwargs)
+    if config.model_type == "clip":
+        vision_config = config.vision_config
+        vision_config.projection_dim = config.projection_dim  # the projection lives on the full config
+    elif config.model_type == "clip_vision_model":
+        vision_config = config
+    else:
+        raise ValueError(
+            f"vision_model={vision_model!r} is a {config.model_type!r} checkpoint; MODA needs a CLIP checkpoint "
+            "(a full CLIPModel or a CLIPVisionModelWithProjection)."
+        )
+    return CLIPVisionModelWithProjection.from_pretrained(vision_model, config=vision_config, **kwargs)
+
+
+class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
+    """MODA: describes a fashion item from its photo. See the module docstring for the data flow."""
+
+    def __init__(self, config: MODAConfig):
+        super().__init__(config)
+        self.vision_tower = CLIPVisionModelWithProjection(config.vision_config)
+        self.projector = MODAProjector(config)
+        self.language_model = OPTForCausalLM(config.text_config)
+        self.post_init()
+        self.freeze_vision_tower(config.freeze_vision_tower)
+
+    # --- construction -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_backbones(
+        cls,
+        vision_model: str = "patrickjohncyh/fashion-clip",
+        text_model: str = "facebook/opt-125m",
+        **config_overrides,
+    ) -> "MODAForConditionalGeneration":
+        """Builds MODA from pretrained CLIP and OPT checkpoints (Hub ids or local folders); the projector is new."""
+        vision_tower = _load_clip_vision(vision_model)
+        language_model = OPTForCausalLM.from_pretrained(text_model)
+        config = MODAConfig(
+            vision_config=vision_tower.config.to_dict(), text_config=language_model.config.to_dict(), **config_overrides
+        )
+        model = cls(config)
+        model.vision_tower.load_state_dict(vision_tower.state_dict())
+        model.language_model.load_state_dict(language_model.state_dict())
+        model.language_model.tie_weights()
+        model.generation_config.update(
+            bos_token_id=config.text_config.bos_token_id,
+            eos_token_id=config.text_config.eos_token_id,
+            pad_token_id=config.text_config.pad_token_id,
+        )
+        model.freeze_vision_tower(config.freeze_vision_tower)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading re-creates Parameters (requires_grad=True): freeze again after every load.
+        model = super().from_pretrained(*args, **kwargs)
+        model.freeze_vision_tower(model.config.freeze_vision_tower)
+        return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # register_for_auto_class takes one class; the other auto classes and the pipeline are added here.
+        self.config.auto_map = dict(AUTO_MAP)
+        self.config.custom_pipelines = CUSTOM_PIPELINES
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def freeze_vision_tower(self, freeze: bool = True) -> None:
+        self.vision_tower.requires_grad_(not freeze)
+        self.config.freeze_vision_tower = bool(freeze)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def get_decoder(self):
+        return self.language_model.get_decoder()
+
+    # --- image -> prefix ----------------------------------------------------------------------------------------
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """CLIP's projected, pooled image embedding (what `CLIPModel.get_image_features` returns)."""
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(
+                f"pixel_values must be a torch.Tensor (use MODAProcessor on the images), got {type(pixel_values).__name__}."
+            )
+        expected = (self.config.vision_config.num_channels, self.config.vision_config.image_size)
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != expected[0]:
+            raise ValueError(
+                f"pixel_values must have shape (batch, {expected[0]}, height, width), got {tuple(pixel_values.shape)}."
+            )
+        if not torch.isfinite(pixel_values).all():
+            raise ValueError("pixel_values contain NaN or infinite values.")
+        pixel_values = pixel_values.to(device=self.device, dtype=self.vision_tower.dtype)
+        return self.vision_tower(pixel_values=pixel_values).image_embeds
+
+    def get_image_prefix(self, pixel_values=None, image_embeds=None) -> tuple:
+        """Returns (image_embeds, prefix embeddings of shape (batch, num_image_tokens, hidden))."""
+        if image_embeds is None:
+            if pixel_values is None:
+                raise ValueError(
+                    "MODA needs an image: pass pixel_values (from MODAProcessor) or precomputed image_embeds."
+                )
+            image_embeds = self.get_image_features(pixel_values)
+        if image_embeds.ndim != 2 or image_embeds.shape[-1] != self.config.image_embed_dim:
+            raise ValueError(
+                f"image_embeds must have shape (batch, {self.config.image_embed_dim}) to match the projector, got "
+                f"{tuple(image_embeds.shape)}."
+            )
+        image_embeds = image_embeds.to(device=self.device, dtype=self.projector.linear_1.weight.dtype)
+        return image_embeds, self.projector(image_embeds)
+
+    def merge_image_prefix(self, prefix, input_ids, attention_mask=None, labels=None, pads_first=False) -> tuple:
+        """
+        Returns the decoder's inputs_embeds, attention_mask and labels for [prefix] + tokens.
+
+        Left padding (always, with `pads_first`) is moved in front of the image prefix, so no pad ever sits
+        between the prefix and the text: batched and one-by-one generation agree. Right padding stays at the end.
+        """
+        batch, num_prefix = prefix.shape[:2]
+        if input_ids.shape[0] != batch:
+            raise ValueError(f"{batch} images but {input_ids.shape[0]} token sequences: the batch sizes must match.")
+        max_positions = self.config.text_config.max_position_embeddings
+        if num_prefix + input_ids.shape[1] > max_positions:
+            raise ValueError(
+                f"The prompt is {input_ids.shape[1]} tokens; with {num_prefix} image token(s) that exceeds the "
+                f"decoder's {max_positions} positions."
+            )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        token_embeds = self.get_input_embeddings()(input_ids)
+        embeds = torch.cat([prefix.to(token_embeds.dtype), token_embeds], dim=1)
+        mask = torch.cat([attention_mask.new_ones(batch, num_prefix), attention_mask], dim=1)
+        if labels is not None:
+            labels = torch.cat([labels.new_full((batch, num_prefix), -100), labels], dim=1)
+
+        if pads_first or bool((attention_mask[:, 0] == 0).any()):
+            # A stable sort on the mask puts each row's pads first and keeps the order of everything else.
+            order = torch.sort(mask, dim=1, stable=True).indices
+            embeds = embeds.gather(1, order[..., None].expand_as(embeds))
+            mask = mask.gather(1, order)
+            if labels is not None:
+                labels = labels.gather(1, order)
+        return embeds, mask, labels
+
+    # --- forward / generate -------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: Optional[torch.LongTensor] = None,
+        pixel_values: Optional[torch.FloatTensor] = None,
+        attention_mask: Optional[torch.LongTensor] = None,
+        image_embeds: Optional[torch.FloatTensor] = None,
+        inputs_embeds: Optional[torch.FloatTensor] = None,
+        labels: Optional[torch.LongTensor] = None,
+        **kwargs,
+    ) -> MODACausalLMOutput:
+        """
+        With pixel_values (or image_embeds): the image prefix is put in front of `input_ids` ([BOS] + prompt +
+        description) and `labels` (-100 where no loss is wanted) get -100 for the prefix. Without an image this
+        is a decoding step that continues from a cache (as `generate` calls it).
+        """
+        if pixel_values is not None or image_embeds is not None:
+            if input_ids is None:
+                raise ValueError("input_ids are required with an image: at least [BOS] (MODAProcessor adds it).")
+            image_embeds, prefix = self.get_image_prefix(pixel_values, image_embeds)
+            inputs_embeds, attention_mask, labels = self.merge_image_prefix(prefix, input_ids, attention_mask, labels)
+            input_ids = None
+        elif inputs_embeds is None and not _has_cache(kwargs):
+            raise ValueError(
+                "MODA needs an image: pass pixel_values (from MODAProcessor) or precomputed image_embeds."
+            )
+        kwargs.pop("return_dict", None)
+        outputs = self.language_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            return_dict=True,
+            **kwargs,
+        )
+        return MODACausalLMOutput(**outputs, image_embeds=image_embeds, attention_mask=attention_mask)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pixel_values: Optional[torch.FloatTensor] = None,
+        input_ids: Optional[torch.LongTensor] = None,
+        attention_mask: Optional[torch.LongTensor] = None,
+        image_embeds: Optional[torch.FloatTensor] = None,
+        **generate_kwargs,
+    ) -> torch.LongTensor:
+        """
+        Describes the image(s). `input_ids` ([BOS] + optional prompt, as MODAProcessor makes them) default to
+        [BOS]. Returns only the new tokens; decode them with `processor.batch_decode(..., skip_special_tokens=True)`.
+        All of `GenerationMixin.generate`'s options work (greedy, beam search, sampling, caches).
+        """
+        if "inputs_embeds" in generate_kwargs:
+            raise ValueError("MODA builds inputs_embeds from the image itself; pass pixel_values or image_embeds.")
+        image_embeds, prefix = self.get_image_prefix(pixel_values, image_embeds)
+        if input_ids is None:
+            bos = self.generation_config.bos_token_id
+            if bos is None:
+                bos = self.config.text_config.bos_token_id
+            input_ids = torch.full((prefix.shape[0], 1), bos, dtype=torch.long, device=prefix.device)
+        input_ids = input_ids.to(prefix.device)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(prefix.device)
+        inputs_embeds, attention_mask, _ = self.merge_image_prefix(prefix, input_ids, attention_mask, pads_first=True)
+        generate_kwargs["max_new_tokens"] = self._max_new_tokens(inputs_embeds.shape[1], generate_kwargs)
+        generate_kwargs.pop("max_length", None)
+        return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs)
+
+    def _max_new_tokens(self, input_length: int, generate_kwargs: dict) -> int:
+        """The requested number of new tokens, capped where the decoder runs out of positions."""
+        generation_config = generate_kwargs.get("generation_config") or self.generation_config
+        requested = generate_kwargs.get("max_new_tokens", generation_config.max_new_tokens)
+        if requested is None:  # with inputs_embeds only, transformers counts max_length in new tokens
+            requested = generate_kwargs.get("max_length") or generation_config.max_length
+        room = self.config.text_config.max_position_embeddings - input_length
+        if requested > room:
+            logger.warning(f"Asked for {requested} new tokens; the decoder has room for {room}: generating {room}.")
+        return min(requested, room)
+
+    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, **kwargs):
+        # Without a cache every step re-reads the whole sequence: the image prefix and prompt embeddings followed
+        # by the tokens generated so far. (With a cache only the first step needs the embeddings.)
+        use_cache = kwargs.get("use_cache", True)
+        if inputs_embeds is not None and use_cache is False and input_ids.shape[1] > 0:
+            inputs_embeds = torch.cat([inputs_embeds, self.get_input_embeddings()(input_ids)], dim=1)
+            kwargs["is_first_iteration"] = True
+            kwargs.pop("cache_position", None)
+            input_ids = input_ids[:, :0]
+        return super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
+
+
+MODAForConditionalGeneration.register_for_auto_class("AutoModel")
+
+
+def _has_cache(kwargs: dict) -> bool:
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if cache is None:
+        return False
+    return cache.get_seq_length() > 0 if hasattr(cache, "get_seq_length") else True
+
+
+__all__ = ["MODAConfig", "MODAProjector", "MODAPreTrainedModel", "MODAForConditionalGeneration", "MODACausalLMOutput"]

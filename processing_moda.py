@@ -1,0 +1,224 @@
+"""MODAProcessor: CLIP image processor + OPT's GPT-2 byte-level BPE tokenizer.
+
+It turns images into `pixel_values` and prompts into `[BOS] + prompt` token ids (what `generate` continues from),
+and, for training, `[BOS] + prompt + description + [EOS]` with `labels` that are -100 everywhere but the
+description and its EOS. This file travels to the Hub with the weights: it imports only transformers.
+"""
+
+import os
+
+import numpy as np
+from transformers import AutoImageProcessor, AutoTokenizer
+from transformers.image_utils import load_image
+from transformers.processing_utils import ProcessorMixin
+from transformers.feature_extraction_utils import BatchFeature
+
+IGNORE_INDEX = -100
+
+
+def _as_rgb_image(image, timeout=None):
+    """A PIL image, path, http(s) URL or array -> an RGB PIL image (EXIF orientation applied, first frame)."""
+    from PIL import Image, ImageOps
+
+    if isinstance(image, os.PathLike):
+        image = os.fspath(image)
+    if isinstance(image, str):
+        is_url = image.startswith(("http://", "https://"))
+        looks_like_base64 = image.startswith("data:image/") or (len(image) > 256 and os.sep not in image)
+        if not (is_url or looks_like_base64 or os.path.isfile(image)):
+            raise FileNotFoundError(f"Image file not found: {image!r}")
+        try:
+            image = load_image(image, timeout=timeout)  # transformers' own loader: paths, URLs, base64
+        except Exception as err:  # it raises several types; name the input either way
+            raise ValueError(f"Could not load image {image!r}: {err}") from err
+    elif isinstance(image, np.ndarray):
+        if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3, 4):
+            image = image.transpose(1, 2, 0)  # channels-first -> channels-last
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4)):
+            raise ValueError(
+                f"An image array must be (height, width), (height, width, 1|3|4) or (1|3, height, width); got shape "
+                f"{image.shape}."
+            )
+        if image.dtype != np.uint8:
+            if not np.issubdtype(image.dtype, np.floating):
+                raise ValueError(f"An image array must be uint8 (0-255) or floats (0-1); got dtype {image.dtype}.")
+            if not np.isfinite(image).all():
+                raise ValueError("An image array contains NaN or infinite values.")
+            image = (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
+        image = Image.fromarray(image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1 else image)
+    elif not isinstance(image, Image.Image):
+        raise TypeError(
+            f"Expected a PIL image, a path, an http(s) URL or a numpy array; got {type(image).__name__}."
+        )
+    if getattr(image, "is_animated", False):
+        image.seek(0)  # the first frame of an animation
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent product shots: composite on white, as catalogs show them.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray((array / max(array.max(), 1.0) * 255).round().astype(np.uint8))
+    return image.convert("RGB")
+
+
+class MODAProcessor(ProcessorMixin):
+    r"""
+    Constructs a MODA processor from a CLIP image processor and a GPT-2 byte-level BPE tokenizer (OPT's).
+
+    `processor(images=..., text=prompts)` gives `pixel_values`, `input_ids` and `attention_mask` for `generate`;
+    add `descriptions=...` to get training inputs with `labels`.
+    """
+
+    attributes = ["image_processor", "tokenizer"]
+    image_processor_class = "CLIPImageProcessor"
+    tokenizer_class = "AutoTokenizer"
+
+    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    @classmethod
+    def from_backbones(
+        cls, vision_model: str = "patrickjohncyh/fashion-clip", text_model: str = "facebook/opt-125m", **kwargs
+    ) -> "MODAProcessor":
+        """The processor matching `MODAForConditionalGeneration.from_backbones` (Hub ids or local folders)."""
+        image_processor = AutoImageProcessor.from_pretrained(vision_model, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(text_model, **kwargs)
+        return cls(image_processor=image_processor, tokenizer=tokenizer)
+
+    # --- images -------------------------------------------------------------------------------------------------
+
+    def process_images(self, images, timeout=None, return_tensors="pt"):
+        """One image or a list of them (PIL, path, URL, array) -> pixel_values."""
+        if isinstance(images, (list, tuple)):
+            if len(images) == 0:
+                raise ValueError("images is an empty list.")
+            images = [_as_rgb_image(image, timeout) for image in images]
+        else:
+            images = [_as_rgb_image(images, timeout)]
+        return self.image_processor(images=images, return_tensors=return_tensors)["pixel_values"]
+
+    # --- text ---------------------------------------------------------------------------------------------------
+
+    def _prompt_ids(self, prompt):
+        if prompt is not None and not isinstance(prompt, str):
+            raise TypeError(f"A prompt must be a string or None, got {type(prompt).__name__}.")
+        ids = self.tokenizer(prompt or "", add_special_tokens=True)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos] + ids  # tokenizers without a BOS template still start every sequence with BOS
+        return ids
+
+    def _description_ids(self, description, after_prompt):
+        if not isinstance(description, str):
+            raise TypeError(f"A description must be a string, got {type(description).__name__}.")
+        if not description.strip():
+            raise ValueError("A description is empty: there is nothing to learn from it.")
+        text = (" " + description.strip()) if after_prompt else description.strip()
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
+    def encode_examples(self, prompts, descriptions=None, max_length=None):
+        """
+        Token ids (and labels, with descriptions) per example, unpadded: [BOS] + prompt (+ description + EOS).
+        Labels are -100 for BOS and the prompt, so the loss covers only the description and EOS.
+        """
+        examples = []
+        for i, prompt in enumerate(prompts):
+            ids = self._prompt_ids(prompt)
+            labels = [IGNORE_INDEX] * len(ids)
+            if descriptions is not None:
+                target = self._description_ids(descriptions[i], after_prompt=bool(prompt))
+                ids, labels = ids + target, labels + target
+            if max_length is not None and len(ids) > max_length:
+                what = "prompt and description" if descriptions is not None else "prompt"
+                raise ValueError(
+                    f"Example {i}: the {what} take {len(ids)} tokens, more than the {max_length} allowed."
+                )
+            examples.append({"input_ids": ids, "labels": labels})
+        return examples
+
+    def pad(self, examples, padding_side="right", return_tensors="pt"):
+        """Pads encoded examples to one length; labels are padded with -100."""
+        import torch
+
+        longest = max(len(example["input_ids"]) for example in examples)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        batch = {"input_ids": [], "attention_mask": [], "labels": []}
+        for example in examples:
+            n_pad = longest - len(example["input_ids"])
+            pads, ones = [0] * n_pad, [1] * len(example["input_ids"])
+            if padding_side == "left":
+                batch["input_ids"].append([pad_id] * n_pad + example["input_ids"])
+                batch["attention_mask"].append(pads + ones)
+                batch["labels"].append([IGNORE_INDEX] * n_pad + example["labels"])
+            else:
+                batch["input_ids"].append(example["input_ids"] + [pad_id] * n_pad)
+                batch["attention_mask"].append(ones + pads)
+                batch["labels"].append(example["labels"] + [IGNORE_INDEX] * n_pad)
+        if return_tensors == "pt":
+            return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+        return batch
+
+    # --- both ---------------------------------------------------------------------------------------------------
+
+    def __call__(self, images=None, text=None, descriptions=None, return_tensors="pt", timeout=None, **kwargs):
+        """
+        Args:
+            images: a PIL image, path, http(s) URL or array, or a list of them.
+            text: an optional prompt (e.g. "What colour is this item?"), or one per image.
+            descriptions: for training, the target description per image; adds `labels`.
+        Returns:
+            BatchFeature with `pixel_values` (when images are given), `input_ids`, `attention_mask` and, with
+            descriptions, `labels`. Prompts are left-padded for generation; training examples right-padded.
+        """
+        kwargs.pop("padding", None)  # always padded to the longest: MODA keeps pads off the image prefix
+        max_length = kwargs.pop("max_length", None)
+        data = {}
+        count = None
+        if images is not None:
+            data["pixel_values"] = self.process_images(images, timeout=timeout, return_tensors=return_tensors)
+            count = len(data["pixel_values"])
+        if isinstance(text, (list, tuple)):
+            prompts = list(text)
+        else:
+            prompts = [text] * (count or 1)
+        if descriptions is not None:
+            descriptions = [descriptions] if isinstance(descriptions, str) else list(descriptions)
+            if len(prompts) == 1 and len(descriptions) > 1:
+                prompts = prompts * len(descriptions)
+        if count is not None and len(prompts) != count:
+            raise ValueError(f"Got {count} images but {len(prompts)} prompts: give one prompt, or one per image.")
+        if descriptions is not None and len(descriptions) != len(prompts):
+            raise ValueError(f"Got {len(prompts)} examples but {len(descriptions)} descriptions.")
+        if max_length is None:
+            max_length = getattr(self.tokenizer, "model_max_length", None)
+            max_length = max_length if max_length is not None and max_length < 1e9 else None
+        examples = self.encode_examples(prompts, descriptions, max_length=max_length)
+        padded = self.pad(examples, padding_side="right" if descriptions is not None else "left",
+                          return_tensors=return_tensors)
+        data["input_ids"] = padded["input_ids"]
+        data["attention_mask"] = padded["attention_mask"]
+        if descriptions is not None:
+            data["labels"] = padded["labels"]
+        return BatchFeature(data, tensor_type=None)
+
+    def batch_decode(self, sequences, skip_special_tokens=True, **kwargs):
+        return [text.strip() for text in self.tokenizer.batch_decode(sequences, skip_special_tokens=skip_special_tokens, **kwargs)]
+
+    def decode(self, sequence, skip_special_tokens=True, **kwargs):
+        return self.tokenizer.decode(sequence, skip_special_tokens=skip_special_tokens, **kwargs).strip()
+
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs):
+        # Unstripped: the image-text-to-text pipeline appends this to the prompt text.
+        return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+
+    @property
+    def model_input_names(self):
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+
+MODAProcessor.register_for_auto_class("AutoProcessor")
+
+__all__ = ["MODAProcessor"]

@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny CLIP / OPT / MODA checkpoints built and saved locally (nothing is downloaded)."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from moda.build import build_from_scratch  # noqa: E402
+from moda.tokenizer import train_caption_tokenizer  # noqa: E402
+
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+CAPTIONS = [
+    "White Casual Shirts for Boys - Apparel Topwear",
+    "Black Sports Shoes for Men - Footwear Shoes",
+    "Navy Blue Formal Trousers for Men - Apparel Bottomwear",
+    "Red Casual Dresses for Women - Apparel Dress",
+    "Green Ethnic Kurtas for Women - Apparel Topwear",
+    "Brown Casual Sandals for Girls - Footwear Sandal",
+    "What colour is this item?",
+    "What kind of product is this?",
+]
+
+
+def randomize_weights(model, std=0.3, seed=0):
+    """Random init gives near-constant greedy output; bigger random weights make tokens differ per image."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return train_caption_tokenizer(CAPTIONS * 4, vocab_size=300, model_max_length=48)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_and_processor(tiny_tokenizer):
+    torch.manual_seed(0)
+    model, processor = build_from_scratch("test", tiny_tokenizer, freeze_vision_tower=True)
+    randomize_weights(model)
+    model.generation_config.update(max_new_tokens=8)
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def tiny_moda_dir(tmp_path_factory, tiny_model_and_processor):
+    """A saved tiny MODA folder, as train_hf.py leaves one."""
+    model, processor = tiny_model_and_processor
+    path = tmp_path_factory.mktemp("tiny-moda")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def red_image():
+    from PIL import Image
+
+    return Image.new("RGB", (40, 52), (200, 30, 30))
+
+
+@pytest.fixture
+def product_images():
+    """A few distinct small product-like pictures."""
+    from PIL import Image, ImageDraw
+
+    images = []
+    for i, colour in enumerate([(200, 30, 30), (30, 30, 200), (20, 160, 40), (240, 240, 240)]):
+        image = Image.new("RGB", (48, 64), (255, 255, 255))
+        ImageDraw.Draw(image).rectangle([6 + 2 * i, 8, 40 - i, 56], fill=colour)
+        images.append(image)
+    return images

@@ -1,0 +1,98 @@
+"""A saved MODA folder loads in a fresh process with the repo NOT importable: transformers 5.x and 4.57."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+LOAD_SCRIPT = r'''
+import json, sys
+from pathlib import Path
+import transformers
+from PIL import Image
+from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
+
+for name in ("modeling_moda", "moda"):
+    try:
+        __import__(name)
+    except ImportError:
+        pass
+    else:
+        raise SystemExit(f"{name} is importable: the test must load only the saved remote code")
+
+path, image_path = sys.argv[1], sys.argv[2]
+image = Image.open(image_path)
+model = AutoModel.from_pretrained(path, trust_remote_code=True)
+model_itt = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+result = {"version": transformers.__version__, "model_class": type(model).__name__,
+          "itt_class": type(model_itt).__name__, "processor_class": type(processor).__name__}
+result["generate"] = processor.batch_decode(model.generate(**processor(images=image)))
+result["vision_frozen"] = not any(p.requires_grad for p in model.vision_tower.parameters())
+captioner = pipeline("image-to-text", model=path, trust_remote_code=True)
+result["pipeline_pil"] = captioner(image)
+result["pipeline_path"] = captioner(image_path)
+result["pipeline_batch"] = captioner([image, image_path], batch_size=2)
+result["pipeline_prompt"] = captioner(image, prompt="What colour is this item?")
+itt = pipeline("image-text-to-text", model=path, trust_remote_code=True)
+result["itt"] = itt(images=image, text="What colour is this item?", max_new_tokens=8)
+print("RESULT" + json.dumps(result))
+'''
+
+
+def tf457_python():
+    """The interpreter of the transformers 4.57 environment that .ci/run creates (or MODA_TF457_PYTHON)."""
+    candidate = os.environ.get("MODA_TF457_PYTHON") or str(REPO_ROOT / ".venv-tf457" / "bin" / "python")
+    return candidate if Path(candidate).exists() else None
+
+
+def run_fresh(python, tiny_moda_dir, tmp_path, image):
+    image_path = tmp_path / "item.png"
+    image.save(image_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    proc = subprocess.run(
+        [python, "-c", LOAD_SCRIPT, str(tiny_moda_dir), str(image_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT"))
+    return json.loads(line[len("RESULT"):])
+
+
+def check(result, expected_caption):
+    assert result["model_class"] == result["itt_class"] == "MODAForConditionalGeneration"
+    assert result["processor_class"] == "MODAProcessor"
+    assert result["vision_frozen"]
+    assert result["generate"] == [expected_caption]
+    assert result["pipeline_pil"] == [{"generated_text": expected_caption}]
+    assert result["pipeline_path"] == [{"generated_text": expected_caption}]
+    assert result["pipeline_batch"] == [[{"generated_text": expected_caption}]] * 2
+    assert isinstance(result["pipeline_prompt"][0]["generated_text"], str)
+    assert result["itt"][0]["generated_text"].startswith("What colour is this item?")
+
+
+@pytest.fixture
+def expected_caption(tiny_model_and_processor, red_image):
+    model, processor = tiny_model_and_processor
+    return processor.batch_decode(model.generate(**processor(images=red_image)))[0]
+
+
+def test_fresh_process_loads_with_current_transformers(tiny_moda_dir, tmp_path, red_image, expected_caption):
+    result = run_fresh(sys.executable, tiny_moda_dir, tmp_path, red_image)
+    assert result["version"].startswith("5.")
+    check(result, expected_caption)
+
+
+def test_fresh_process_loads_with_transformers_4_57(tiny_moda_dir, tmp_path, red_image, expected_caption):
+    python = tf457_python()
+    if python is None:
+        pytest.skip("no transformers 4.57 environment: .ci/run creates .venv-tf457 (or set MODA_TF457_PYTHON)")
+    result = run_fresh(python, tiny_moda_dir, tmp_path, red_image)
+    assert result["version"].startswith("4.57.")
+    check(result, expected_caption)
