@@ -1,0 +1,149 @@
+"""Per-image tensors computed once and cached on disk, keyed by what produced them and by the image's content.
+
+With a frozen vision tower the cached tensor is the 512-d image embedding, so later epochs and later runs never run
+the vision tower or decode the JPEG again. A vision tower that trains (a from-scratch MODA) cannot be cached; then
+the preprocessed pixel_values are cached instead, which still saves decoding and resizing.
+"""
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from processing_moda import _as_rgb_image
+
+
+def image_bytes(image) -> bytes:
+    """The raw bytes of an image reference (a path or bytes)."""
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    return Path(image).read_bytes()
+
+
+def content_key(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def open_image(data: bytes, where: str):
+    """Decodes image bytes to RGB; raises ValueError naming the item when they are not a readable image."""
+    from PIL import Image
+
+    if not data:
+        raise ValueError(f"{where}: the image file is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as err:
+        raise ValueError(f"{where}: not a readable image ({type(err).__name__}: {err})") from err
+    return _as_rgb_image(image)
+
+
+def model_fingerprint(module: torch.nn.Module, extra: dict = None) -> str:
+    """A key for "what produced these features": the module's weights and config (and any extra settings)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    config = getattr(module, "config", None)
+    if config is not None:
+        digest.update(config.to_json_string(use_diff=False).encode())
+    digest.update(json.dumps(extra or {}, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:20]
+
+
+class FeatureCache:
+    """Tensors on disk under root/namespace/ab/abcdef....npy, written atomically (temp file + rename)."""
+
+    def __init__(self, root, namespace: str):
+        self.directory = Path(root) / namespace
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.npy"
+
+    def get(self, key: str):
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            return torch.from_numpy(np.load(path))
+        except (ValueError, OSError):  # a file cut short by a crash in an older version: recompute it
+            return None
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        path = self.path(key)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "wb") as handle:
+            np.save(handle, value.detach().cpu().numpy())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+
+
+@torch.no_grad()
+def compute_features(examples, encode_batch, cache: FeatureCache, bad_rows, batch_size: int = 32, desc="features"):
+    """
+    Adds `features` (a tensor) to each example, computing only what the cache lacks: `encode_batch(list of PIL
+    images) -> tensor (batch, ...)`. Examples sharing an image share the work. Unreadable images go to `bad_rows`
+    and their examples are dropped from the returned list (and reported there).
+    """
+    keys, missing = {}, {}
+    for example in examples:
+        where = example["row"].get("_where", "row")
+        try:
+            data = image_bytes(example["image"])
+        except OSError as err:
+            bad_rows.report(where, f"cannot read image {example['image']!r}: {err}")
+            continue
+        key = content_key(data)
+        keys[id(example)] = key
+        if key not in missing and cache.get(key) is None:
+            missing[key] = (data, where)
+
+    failed = set()
+    pending = list(missing.items())
+    for start in tqdm(range(0, len(pending), batch_size), desc=desc, disable=not pending):
+        images, batch_keys = [], []
+        for key, (data, where) in pending[start:start + batch_size]:
+            try:
+                images.append(open_image(data, where))
+                batch_keys.append(key)
+            except ValueError as err:
+                bad_rows.report(where, str(err))
+                failed.add(key)
+        if images:
+            for key, value in zip(batch_keys, encode_batch(images)):
+                cache.put(key, value)
+
+    kept = []
+    for example in examples:
+        key = keys.get(id(example))
+        if key is None or key in failed:
+            continue
+        kept.append({**example, "features": cache.get(key)})
+    return kept
+
+
+def image_embedding_encoder(model, processor):
+    """encode_batch for a frozen vision tower: PIL images -> (batch, image_embed_dim) image embeddings."""
+
+    def encode(images):
+        pixel_values = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        return model.get_image_features(pixel_values).float().cpu()
+
+    return encode
+
+
+def pixel_values_encoder(processor):
+    """encode_batch for a vision tower that trains: PIL images -> preprocessed pixel_values (stored as float16)."""
+
+    def encode(images):
+        return processor.image_processor(images=images, return_tensors="pt")["pixel_values"].to(torch.float16)
+
+    return encode

@@ -1,0 +1,341 @@
+"""Train MODA with the Hugging Face Trainer.
+
+    python train_hf.py                      # offline demo: synthetic catalog -> tiny MODA from scratch -> ./moda-demo
+    python train_hf.py --model_size tiny --dataset ../shared/data/fashion-images --output_dir out
+    python train_hf.py --dataset ../shared/data/fashion-images --output_dir out      # FashionCLIP + OPT-125m (Hub)
+    python train_hf.py args.json            # the same arguments from a JSON file
+
+Reads top to bottom: arguments -> catalog -> model -> cached image features -> Trainer (AdamW + StepLR) -> save.
+"""
+
+import json
+import logging
+import math
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+
+from modeling_moda import MODAForConditionalGeneration
+from moda.build import build_from_backbones, build_from_scratch
+from moda.catalog import MODA_CAPTION_TEMPLATE, QUESTIONS, BadRows, examples_from_rows, load_catalog
+from moda.collate import ExampleDataset, MODACollator
+from moda.features import FeatureCache, compute_features, image_embedding_encoder, model_fingerprint, pixel_values_encoder
+from moda.tokenizer import train_caption_tokenizer
+from processing_moda import MODAProcessor
+
+logger = logging.getLogger("train_hf")
+
+
+@dataclass
+class ModelArguments:
+    model_size: Optional[str] = field(
+        default=None, metadata={"help": "'tiny': build a small MODA from scratch (CPU work). Default: pretrained backbones."}
+    )
+    vision_model: str = field(default="patrickjohncyh/fashion-clip", metadata={"help": "CLIP checkpoint (Hub id or folder)."})
+    text_model: str = field(default="facebook/opt-125m", metadata={"help": "OPT checkpoint (Hub id or folder)."})
+    model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Continue from a MODA folder or checkpoint (e.g. the projector-only stage)."}
+    )
+    num_image_tokens: int = field(default=1, metadata={"help": "Prefix embeddings per image (new models only)."})
+    tokenizer_vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary of a from-scratch tokenizer."})
+    train_projector_only: bool = field(default=False, metadata={"help": "Stage 1: train the projector, decoder frozen."})
+    use_lora: bool = field(default=False, metadata={"help": "Stage 2: tune the decoder's attention with LoRA."})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lr_step_size: Optional[int] = field(
+        default=None, metadata={"help": "StepLR: optimizer steps between decays (default: one epoch's steps)."}
+    )
+    lr_gamma: float = field(default=0.5, metadata={"help": "StepLR: factor applied at each decay."})
+
+
+@dataclass
+class DataArguments:
+    dataset: Optional[str] = field(
+        default=None,
+        metadata={"help": "imagefolder dir, CSV/JSONL with an image column, or Hub dataset. Default: synthetic demo."},
+    )
+    image_column: str = "image"
+    caption_column: Optional[str] = field(default=None, metadata={"help": "Column holding the description."})
+    caption_template: str = field(default=MODA_CAPTION_TEMPLATE, metadata={"help": "Filled from metadata columns."})
+    validation_fraction: float = 0.1
+    qa_from_metadata: bool = field(default=False, metadata={"help": "Add question/answer examples from metadata."})
+    max_train_items: Optional[int] = None
+    max_eval_items: Optional[int] = None
+    feature_cache_dir: str = field(default=".cache/moda-features", metadata={"help": "Where image features are cached."})
+    on_bad_row: str = field(default="skip", metadata={"help": "skip: report bad rows at the end; fail: stop at the first."})
+    demo_items: int = field(default=3000, metadata={"help": "Size of the synthetic demo catalog."})
+    demo_dir: str = field(default=".cache/moda-synthetic", metadata={"help": "Where the synthetic demo catalog goes."})
+
+
+@dataclass
+class MODATrainingArguments(TrainingArguments):
+    # Defaults from the MODA write-up (AdamW, lr 1e-3) and for the tiny model on a 2-core CPU.
+    output_dir: Optional[str] = field(default=None, metadata={"help": "Default: ./moda-demo for the demo, else required."})
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    num_train_epochs: float = 8
+    per_device_train_batch_size: int = 32
+    per_device_eval_batch_size: int = 64
+    eval_strategy: str = "steps"
+    eval_steps: float = 100
+    save_steps: float = 100
+    save_total_limit: int = 2
+    logging_steps: float = 20
+    remove_unused_columns: bool = False
+    report_to: str = "none"
+    dataloader_num_workers: int = 0
+    seed: int = 42
+
+
+def parse_arguments(argv=None):
+    parser = HfArgumentParser((ModelArguments, DataArguments, MODATrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def resolve_demo_defaults(model_args, data_args, training_args):
+    """No --dataset: the offline demo (a synthetic catalog, a tiny model from scratch, ./moda-demo)."""
+    if data_args.dataset is not None:
+        if training_args.output_dir is None:
+            raise ValueError("--output_dir is required with --dataset.")
+        return
+    from moda.synthetic import make_catalog
+
+    data_args.dataset = str(make_catalog(data_args.demo_dir, num_items=data_args.demo_items, image_size=64, seed=0))
+    if model_args.model_name_or_path is None:
+        model_args.model_size = model_args.model_size or "tiny"
+    if training_args.output_dir is None:
+        training_args.output_dir = "moda-demo"
+
+
+def build_model(model_args, data_args, training_args, captions):
+    if model_args.model_name_or_path:
+        model = MODAForConditionalGeneration.from_pretrained(model_args.model_name_or_path)
+        processor = MODAProcessor.from_pretrained(model_args.model_name_or_path)
+    elif model_args.model_size:
+        tokenizer = train_caption_tokenizer(captions, vocab_size=model_args.tokenizer_vocab_size)
+        set_seed(training_args.seed)
+        model, processor = build_from_scratch(
+            model_args.model_size, tokenizer, num_image_tokens=model_args.num_image_tokens
+        )
+    else:
+        model, processor = build_from_backbones(
+            model_args.vision_model, model_args.text_model, num_image_tokens=model_args.num_image_tokens
+        )
+    if model_args.train_projector_only:
+        model.language_model.requires_grad_(False)
+        model.freeze_vision_tower(True)
+    if model_args.use_lora:
+        model = add_lora(model, model_args)
+    return model, processor
+
+
+def add_lora(model, model_args):
+    """LoRA on the decoder's attention only (q_proj/v_proj names exist in CLIP too: the pattern excludes it)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=r".*language_model.*\.self_attn\.(q_proj|v_proj)",
+        modules_to_save=["projector"],
+    )
+    return get_peft_model(model, config)
+
+
+def prepare_examples(model, processor, splits, data_args, bad_rows):
+    """Catalog rows -> examples with cached image features (embeddings if the vision tower is frozen)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    frozen = not any(p.requires_grad for p in base.vision_tower.parameters())
+    if frozen:
+        encoder = image_embedding_encoder(base, processor)
+        namespace = "embeds-" + model_fingerprint(base.vision_tower, processor.image_processor.to_dict())
+    else:
+        encoder = pixel_values_encoder(processor)
+        namespace = "pixels-" + model_fingerprint(torch.nn.Identity(), processor.image_processor.to_dict())
+    cache = FeatureCache(data_args.feature_cache_dir, namespace)
+    prepared = {}
+    for split, examples in splits.items():
+        prepared[split] = compute_features(examples, encoder, cache, bad_rows, desc=f"{split} image features")
+    return prepared, ("image_embeds" if frozen else "pixel_values")
+
+
+def step_lr_optimizer(model, training_args, model_args, steps_per_epoch):
+    """AdamW over the trainable parameters and a StepLR that decays every `lr_step_size` optimizer steps."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=training_args.learning_rate, weight_decay=training_args.weight_decay)
+    step_size = model_args.lr_step_size or max(1, steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=model_args.lr_gamma)
+    return optimizer, scheduler
+
+
+@torch.no_grad()
+def describe_examples(model, processor, examples, feature_name, batch_size=64, max_new_tokens=32):
+    """Greedy descriptions for examples with cached features (no image decoding)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.eval()
+    texts = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        features = torch.stack([example["features"] for example in chunk]).float()
+        inputs = processor(text=[example["prompt"] for example in chunk])
+        ids = base.generate(**{feature_name: features}, input_ids=inputs["input_ids"],
+                            attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens)
+        texts += processor.batch_decode(ids)
+    return texts
+
+
+def attribute_accuracy(descriptions, rows, columns=("Colour", "ProductType", "Gender", "Usage")):
+    """
+    How often each attribute's value is named in the generated description. Values are matched as whole words,
+    longest first, so "Navy Blue" does not also count as "Blue".
+    """
+    scores = {}
+    for column in columns:
+        pairs = [(text, str(row[column])) for text, row in zip(descriptions, rows) if row.get(column)]
+        if not pairs:
+            continue
+        vocabulary = {value for _, value in pairs}
+        scores[column] = sum(value in named_values(text, vocabulary) for text, value in pairs) / len(pairs)
+    return scores
+
+
+def named_values(text, vocabulary):
+    """The vocabulary values named in text, longest match first (a match's words are not matched again)."""
+    found, words = set(), f" {_words(text)} "
+    for value in sorted(vocabulary, key=len, reverse=True):
+        needle = f" {_words(value)} "
+        if needle.strip() and needle in words:
+            found.add(value)
+            words = words.replace(needle, " | ")
+    return found
+
+
+def _words(text):
+    return " ".join(re.findall(r"[\w-]+", text.lower()))
+
+
+def save_loss_curves(log_history, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
+    evals = [(entry["step"], entry["eval_loss"]) for entry in log_history if "eval_loss" in entry]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="training loss")
+    if evals:
+        ax.plot(*zip(*evals), marker="o", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title("MODA training")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    model_args, data_args, training_args = parse_arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    resolve_demo_defaults(model_args, data_args, training_args)
+    set_seed(training_args.seed)
+    started = time.time()
+
+    # 1. Catalog -> (image, prompt, description) examples.
+    bad_rows = BadRows(data_args.on_bad_row)
+    catalog = load_catalog(data_args.dataset, data_args.image_column, data_args.validation_fraction, training_args.seed)
+    limits = {"train": data_args.max_train_items, "validation": data_args.max_eval_items, "test": data_args.max_eval_items}
+    splits = {
+        split: examples_from_rows(rows[: limits.get(split)], bad_rows, data_args.caption_column,
+                                  data_args.caption_template, data_args.qa_from_metadata)
+        for split, rows in catalog.items()
+    }
+
+    # 2. Model and processor (a from-scratch tokenizer learns the training captions and questions).
+    captions = [example["description"] for example in splits["train"]] + list(QUESTIONS.values())
+    model, processor = build_model(model_args, data_args, training_args, captions)
+
+    # 3. Image features, computed once and cached on disk.
+    splits, feature_name = prepare_examples(model, processor, splits, data_args, bad_rows)
+
+    # 4. Trainer with AdamW + StepLR (stepped per optimizer step).
+    world = max(1, training_args.world_size)
+    steps_per_epoch = math.ceil(
+        len(splits["train"]) / (training_args.per_device_train_batch_size * world * training_args.gradient_accumulation_steps)
+    )
+    optimizer, scheduler = step_lr_optimizer(model, training_args, model_args, steps_per_epoch)
+    collator = MODACollator(processor, feature_name, flip_images=feature_name == "pixel_values")
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=ExampleDataset(splits["train"]),
+        eval_dataset=ExampleDataset(splits["validation"]),
+        data_collator=collator,
+        processing_class=processor,
+        optimizers=(optimizer, scheduler),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+
+    # 5. Save a folder that pipeline("image-to-text", trust_remote_code=True) loads.
+    output_dir = Path(training_args.output_dir)
+    final_model = save_final_model(trainer, model, processor, output_dir)
+    if not trainer.is_world_process_zero():
+        return
+    save_loss_curves(trainer.state.log_history, output_dir / "loss_curves.png")
+
+    # 6. Held-out evaluation: captions next to the truth and per-attribute accuracy.
+    test_split = "test" if "test" in splits else "validation"
+    test_examples = [example for example in splits[test_split] if example["prompt"] is None]
+    descriptions = describe_examples(final_model, processor, test_examples, feature_name)
+    for example, text in list(zip(test_examples, descriptions))[:8]:
+        print(f"  truth: {example['description']}\n  model: {text}\n")
+    accuracy = attribute_accuracy(descriptions, [example["row"] for example in test_examples])
+    exact = sum(t == e["description"] for t, e in zip(descriptions, test_examples)) / max(1, len(test_examples))
+    print(f"{test_split} items: {len(test_examples)}  exact caption match: {exact:.3f}")
+    for column, score in accuracy.items():
+        print(f"  {column} accuracy: {score:.3f}")
+    print(bad_rows.summary())
+    summary = {
+        "dataset": data_args.dataset,
+        "eval_split": test_split,
+        "num_eval_items": len(test_examples),
+        "attribute_accuracy": accuracy,
+        "exact_match": exact,
+        "train_runtime_s": round(time.time() - started, 1),
+        "bad_rows": [{"where": where, "reason": reason} for where, reason in bad_rows.rows],
+        "model_args": asdict(model_args),
+    }
+    (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"saved to {output_dir}/ ({summary['train_runtime_s']} s)")
+    return summary
+
+
+def save_final_model(trainer, model, processor, output_dir):
+    """Saves the trained model; a LoRA run saves its adapter in adapter/ and the merged full model at the top."""
+    if hasattr(model, "merge_and_unload"):
+        if trainer.is_world_process_zero():
+            model.save_pretrained(output_dir / "adapter")
+        model = model.merge_and_unload()
+        if trainer.is_world_process_zero():
+            model.save_pretrained(output_dir)
+            processor.save_pretrained(output_dir)
+        return model
+    trainer.save_model(str(output_dir))
+    return model
+
+
+if __name__ == "__main__":
+    main()
