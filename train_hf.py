@@ -22,8 +22,9 @@ import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from modeling_moda import MODAForConditionalGeneration
+from moda.blip_baseline import BlipCollator, load_blip
 from moda.build import build_from_backbones, build_from_scratch
-from moda.catalog import MODA_CAPTION_TEMPLATE, QUESTIONS, BadRows, examples_from_rows, load_catalog
+from moda.catalog import MODA_CAPTION_TEMPLATE, BadRows, examples_from_rows, load_catalog
 from moda.collate import ExampleDataset, MODACollator
 from moda.features import FeatureCache, compute_features, image_embedding_encoder, model_fingerprint, pixel_values_encoder
 from moda.tokenizer import train_caption_tokenizer
@@ -34,6 +35,8 @@ logger = logging.getLogger("train_hf")
 
 @dataclass
 class ModelArguments:
+    architecture: str = field(default="moda", metadata={"help": "'moda', or 'blip' for the BLIP captioning baseline."})
+    blip_model: Optional[str] = field(default=None, metadata={"help": "BLIP checkpoint for --architecture blip."})
     model_size: Optional[str] = field(
         default=None, metadata={"help": "'tiny': build a small MODA from scratch (CPU work). Default: pretrained backbones."}
     )
@@ -118,6 +121,12 @@ def resolve_demo_defaults(model_args, data_args, training_args):
 
 
 def build_model(model_args, data_args, training_args, captions):
+    if model_args.architecture not in ("moda", "blip"):
+        raise ValueError(f"--architecture must be 'moda' or 'blip', got {model_args.architecture!r}.")
+    if model_args.architecture == "blip":
+        if not model_args.blip_model:
+            raise ValueError("--architecture blip needs --blip_model (a BlipForConditionalGeneration checkpoint).")
+        return load_blip(model_args.blip_model)
     if model_args.model_name_or_path:
         model = MODAForConditionalGeneration.from_pretrained(model_args.model_name_or_path)
         processor = MODAProcessor.from_pretrained(model_args.model_name_or_path)
@@ -153,10 +162,19 @@ def add_lora(model, model_args):
     return get_peft_model(model, config)
 
 
+def unwrap(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def vision_is_frozen(model) -> bool:
+    tower = getattr(unwrap(model), "vision_tower", None)  # BLIP has none: its encoder output is not one embedding
+    return tower is not None and not any(p.requires_grad for p in tower.parameters())
+
+
 def prepare_examples(model, processor, splits, data_args, bad_rows):
     """Catalog rows -> examples with cached image features (embeddings if the vision tower is frozen)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    frozen = not any(p.requires_grad for p in base.vision_tower.parameters())
+    base = unwrap(model)
+    frozen = vision_is_frozen(model)
     if frozen:
         encoder = image_embedding_encoder(base, processor)
         namespace = "embeds-" + model_fingerprint(base.vision_tower, processor.image_processor.to_dict())
@@ -182,16 +200,15 @@ def step_lr_optimizer(model, training_args, model_args, steps_per_epoch):
 @torch.no_grad()
 def describe_examples(model, processor, examples, feature_name, batch_size=64, max_new_tokens=32):
     """Greedy descriptions for examples with cached features (no image decoding)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.eval()
+    model = unwrap(model).eval()
     texts = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        features = torch.stack([example["features"] for example in chunk]).float()
-        inputs = processor(text=[example["prompt"] for example in chunk])
-        ids = base.generate(**{feature_name: features}, input_ids=inputs["input_ids"],
-                            attention_mask=inputs["attention_mask"], max_new_tokens=max_new_tokens)
-        texts += processor.batch_decode(ids)
+        inputs = {feature_name: torch.stack([example["features"] for example in chunk]).float()}
+        if isinstance(processor, MODAProcessor):
+            inputs.update(processor(text=[example["prompt"] for example in chunk]))
+        ids = model.generate(**inputs, max_new_tokens=max_new_tokens)
+        texts += [text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True)]
     return texts
 
 
@@ -265,7 +282,7 @@ def main(argv=None):
     }
 
     # 2. Model and processor (a from-scratch tokenizer learns the training captions and questions).
-    captions = [example["description"] for example in splits["train"]] + list(QUESTIONS.values())
+    captions = [text for example in splits["train"] for text in (example["prompt"], example["description"]) if text]
     model, processor = build_model(model_args, data_args, training_args, captions)
 
     # 3. Image features, computed once and cached on disk.
@@ -277,7 +294,10 @@ def main(argv=None):
         len(splits["train"]) / (training_args.per_device_train_batch_size * world * training_args.gradient_accumulation_steps)
     )
     optimizer, scheduler = step_lr_optimizer(model, training_args, model_args, steps_per_epoch)
-    collator = MODACollator(processor, feature_name, flip_images=feature_name == "pixel_values")
+    if model_args.architecture == "blip":
+        collator = BlipCollator(processor, model.config.text_config.bos_token_id)
+    else:
+        collator = MODACollator(processor, feature_name, flip_images=feature_name == "pixel_values")
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -315,6 +335,8 @@ def main(argv=None):
         "attribute_accuracy": accuracy,
         "exact_match": exact,
         "train_runtime_s": round(time.time() - started, 1),
+        "global_step": trainer.state.global_step,
+        "world_size": training_args.world_size,
         "bad_rows": [{"where": where, "reason": reason} for where, reason in bad_rows.rows],
         "model_args": asdict(model_args),
     }
@@ -334,6 +356,10 @@ def save_final_model(trainer, model, processor, output_dir):
             processor.save_pretrained(output_dir)
         return model
     trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        # The final folder holds no pickle: the arguments go to JSON (checkpoints keep the Trainer's own files).
+        (output_dir / "training_args.bin").unlink(missing_ok=True)
+        (output_dir / "training_args.json").write_text(trainer.args.to_json_string())
     return model
 
 

@@ -1,0 +1,199 @@
+"""train_hf.py: masks, StepLR, gradient accumulation, feature cache, resume, LoRA, two stages, DDP, the demo."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train_hf
+from modeling_moda import MODAForConditionalGeneration
+from moda.collate import MODACollator
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="module")
+def catalog_dir(tmp_path_factory):
+    from moda.synthetic import make_catalog
+
+    return make_catalog(tmp_path_factory.mktemp("catalog") / "data", num_items=80, image_size=32, seed=0)
+
+
+def run(tmp_path, catalog_dir, *extra, name="out"):
+    output = tmp_path / name
+    argv = [
+        "--dataset", str(catalog_dir), "--output_dir", str(output), "--model_size", "test",
+        "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--logging_steps", "1",
+        "--eval_steps", "5", "--save_steps", "5", "--feature_cache_dir", str(tmp_path / "cache"),
+        "--tokenizer_vocab_size", "300", "--disable_tqdm", "true", *extra,
+    ]
+    summary = train_hf.main(argv)
+    return output, summary
+
+
+def weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(path / "model.safetensors")
+
+
+def test_collator_masks_bos_prompt_and_padding(tiny_model_and_processor):
+    _, processor = tiny_model_and_processor
+    collator = MODACollator(processor, "image_embeds")
+    examples = [
+        {"features": torch.zeros(24), "prompt": "What colour is this item?", "description": "Red"},
+        {"features": torch.ones(24), "prompt": None, "description": "Black Sports Shoes for Men - Footwear Shoes"},
+    ]
+    batch = collator(examples)
+    tok = processor.tokenizer
+    prompt_len = len(tok("What colour is this item?")["input_ids"])  # BOS + prompt
+    assert (batch["labels"][0, :prompt_len] == -100).all()
+    red = tok(" Red", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert batch["labels"][0, prompt_len:prompt_len + len(red)].tolist() == red
+    assert (batch["labels"][0, prompt_len + len(red):] == -100).all()  # padding
+    assert (batch["attention_mask"][0, prompt_len + len(red):] == 0).all()
+    assert batch["labels"][1, 0] == -100 and batch["input_ids"][1, 0] == tok.bos_token_id
+    assert batch["image_embeds"].shape == (2, 24)
+
+
+def test_steplr_decays_every_lr_step_size_optimizer_steps(tmp_path, catalog_dir):
+    output, _ = run(tmp_path, catalog_dir, "--lr_step_size", "3", "--lr_gamma", "0.5", "--learning_rate", "0.01",
+                    "--num_train_epochs", "1")
+    state = json.loads(sorted(output.glob("checkpoint-*"))[-1].joinpath("trainer_state.json").read_text())
+    lrs = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
+    # logged after each optimizer step: steps 1-2 at 0.01, steps 3-5 at 0.005, step 6 at 0.0025 (StepLR per step)
+    assert lrs[:7] == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.005, 0.0025, 0.0025][: len(lrs[:7])])
+    assert (output / "loss_curves.png").stat().st_size > 1000
+    assert not (output / "training_args.bin").exists() and (output / "training_args.json").exists()
+
+
+def test_gradient_accumulation_matches_a_bigger_batch(tmp_path, catalog_dir):
+    common = ("--num_train_epochs", "1", "--learning_rate", "0.003", "--eval_strategy", "no", "--save_strategy", "no")
+    big, _ = run(tmp_path, catalog_dir, *common, "--per_device_train_batch_size", "8", name="big")
+    accumulated, _ = run(tmp_path, catalog_dir, *common, "--per_device_train_batch_size", "4",
+                         "--gradient_accumulation_steps", "2", name="accumulated")
+    a, b = weights(big), weights(accumulated)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4)
+
+
+def test_frozen_vision_features_are_cached_and_the_tower_is_not_run_again(tmp_path, catalog_dir, tiny_moda_dir,
+                                                                         monkeypatch):
+    calls = []
+    original = MODAForConditionalGeneration.get_image_features
+
+    def counting(self, pixel_values):
+        calls.append(len(pixel_values))
+        return original(self, pixel_values)
+
+    monkeypatch.setattr(MODAForConditionalGeneration, "get_image_features", counting)
+    args = ("--model_name_or_path", str(tiny_moda_dir), "--eval_strategy", "no", "--save_strategy", "no")
+    run(tmp_path, catalog_dir, *args, name="first")
+    first_run_images = sum(calls)
+    assert first_run_images == 80  # every catalog image once, over 2 epochs and all splits
+    calls.clear()
+    run(tmp_path, catalog_dir, *args, name="second")
+    assert sum(calls) == 0  # second run: every embedding comes from the disk cache
+
+
+def test_resume_from_checkpoint_gives_the_same_final_weights(tmp_path, catalog_dir):
+    full, _ = run(tmp_path, catalog_dir, name="full")
+    partial = tmp_path / "partial"
+    run(tmp_path, catalog_dir, "--max_steps", "10", name="partial")  # stops at step 10 (checkpoint-10)
+    resumed, _ = run(tmp_path, catalog_dir, "--resume_from_checkpoint", str(partial / "checkpoint-10"), name="resumed")
+    a, b = weights(full), weights(resumed)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
+
+
+def test_projector_only_stage_leaves_the_decoder_unchanged(tmp_path, catalog_dir, tiny_moda_dir):
+    output, _ = run(tmp_path, catalog_dir, "--model_name_or_path", str(tiny_moda_dir), "--train_projector_only", "true")
+    before, after = weights(tiny_moda_dir), weights(output)
+    assert any(not torch.equal(before[n], after[n]) for n in before if n.startswith("projector."))
+    for name in before:
+        if not name.startswith("projector."):
+            assert torch.equal(before[name], after[name]), name
+
+
+def test_lora_stage_saves_adapter_and_merges_into_a_loadable_model(tmp_path, catalog_dir, tiny_moda_dir):
+    from peft import PeftModel
+
+    output, _ = run(tmp_path, catalog_dir, "--model_name_or_path", str(tiny_moda_dir), "--use_lora", "true",
+                    "--lora_r", "4", "--lora_alpha", "8", "--learning_rate", "0.01")
+    adapter_config = json.loads((output / "adapter" / "adapter_config.json").read_text())
+    assert "language_model" in adapter_config["target_modules"]
+    merged = MODAForConditionalGeneration.from_pretrained(output)
+    before = weights(tiny_moda_dir)
+    after = merged.state_dict()
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert any("q_proj" in n for n in changed) and any("v_proj" in n for n in changed)
+    assert not any(n.startswith("vision_tower.") for n in changed)  # LoRA never touched CLIP's q/v projections
+    assert all(("q_proj" in n or "v_proj" in n or n.startswith("projector.")) for n in changed)
+    # The adapter loads onto the base model and gives the merged weights.
+    base = MODAForConditionalGeneration.from_pretrained(tiny_moda_dir)
+    with_adapter = PeftModel.from_pretrained(base, output / "adapter").merge_and_unload()
+    for name, tensor in with_adapter.state_dict().items():
+        torch.testing.assert_close(tensor, after[name], atol=1e-6, rtol=0)
+
+
+def test_qa_from_metadata_trains_prompted_answers(tmp_path, catalog_dir):
+    _, summary = run(tmp_path, catalog_dir, "--qa_from_metadata", "true", "--num_train_epochs", "1")
+    assert summary["num_eval_items"] == len(list((catalog_dir / "test" / "images").iterdir()))
+
+
+def test_two_process_ddp_training(tmp_path, catalog_dir):
+    output = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(REPO_ROOT / "train_hf.py"), "--dataset", str(catalog_dir), "--output_dir", str(output),
+           "--model_size", "test", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
+           "--feature_cache_dir", str(tmp_path / "cache"), "--tokenizer_vocab_size", "300", "--ddp_backend", "gloo",
+           "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["num_eval_items"] > 0
+    # 64 train items / (8 per device x 2 processes) = 4 optimizer steps for the epoch
+    assert summary["global_step"] == 4 and summary["world_size"] == 2
+    assert (output / "model.safetensors").exists()
+
+
+def test_demo_at_reduced_size_leaves_a_pipeline_loadable_folder(tmp_path, red_image):
+    output = tmp_path / "demo"
+    summary = train_hf.main([
+        "--output_dir", str(output), "--demo_items", "60", "--demo_dir", str(tmp_path / "synthetic"),
+        "--num_train_epochs", "1", "--feature_cache_dir", str(tmp_path / "cache"), "--model_size", "test",
+        "--tokenizer_vocab_size", "300", "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true",
+    ])
+    assert set(summary["attribute_accuracy"]) == {"Colour", "ProductType", "Gender", "Usage"}
+    code = ("import sys; from transformers import pipeline; from PIL import Image; "
+            "p = pipeline('image-to-text', model=sys.argv[1], trust_remote_code=True); "
+            "print('CAPTION', p(Image.new('RGB', (40, 40), 'red'))[0]['generated_text'])")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code, str(output)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CAPTION" in proc.stdout
+
+
+def test_blip_baseline_fine_tunes_on_the_same_data(tmp_path, catalog_dir):
+    from transformers import BlipForConditionalGeneration
+
+    from moda.blip_baseline import build_tiny_blip
+
+    model, processor = build_tiny_blip(["Red Casual Tshirts for Men - Apparel Topwear"] * 4)
+    model.save_pretrained(tmp_path / "tiny-blip")
+    processor.save_pretrained(tmp_path / "tiny-blip")
+    output, summary = run(tmp_path, catalog_dir, "--architecture", "blip", "--blip_model", str(tmp_path / "tiny-blip"),
+                          "--learning_rate", "0.005")
+    tuned = BlipForConditionalGeneration.from_pretrained(output)
+    before = BlipForConditionalGeneration.from_pretrained(tmp_path / "tiny-blip").state_dict()
+    assert any(not torch.equal(before[n], t) for n, t in tuned.state_dict().items())
+    assert set(summary["attribute_accuracy"]) == {"Colour", "ProductType", "Gender", "Usage"}
+    state = json.loads(sorted(output.glob("checkpoint-*"))[-1].joinpath("trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert losses[-1] < losses[0]
