@@ -18,47 +18,80 @@ IGNORE_INDEX = -100
 
 def _as_rgb_image(image, timeout=None):
     """A PIL image, path, http(s) URL or array -> an RGB PIL image (EXIF orientation applied, first frame)."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     if isinstance(image, os.PathLike):
         image = os.fspath(image)
     if isinstance(image, str):
-        is_url = image.startswith(("http://", "https://"))
-        looks_like_base64 = image.startswith("data:image/") or (len(image) > 256 and os.sep not in image)
-        if not (is_url or looks_like_base64 or os.path.isfile(image)):
-            raise FileNotFoundError(f"Image file not found: {image!r}")
-        try:
-            image = load_image(image, timeout=timeout)  # transformers' own loader: paths, URLs, base64
-        except Exception as err:  # it raises several types; name the input either way
-            raise ValueError(f"Could not load image {image!r}: {err}") from err
+        name = image if len(image) < 200 else image[:60] + "..."
+        image = _open_image_source(image, timeout)
     elif isinstance(image, np.ndarray):
-        if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3, 4):
-            image = image.transpose(1, 2, 0)  # channels-first -> channels-last
-        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4)):
-            raise ValueError(
-                f"An image array must be (height, width), (height, width, 1|3|4) or (1|3, height, width); got shape "
-                f"{image.shape}."
-            )
-        if image.dtype != np.uint8:
-            if not np.issubdtype(image.dtype, np.floating):
-                raise ValueError(f"An image array must be uint8 (0-255) or floats (0-1); got dtype {image.dtype}.")
-            if not np.isfinite(image).all():
-                raise ValueError("An image array contains NaN or infinite values.")
-            image = (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
-        image = Image.fromarray(image.squeeze(-1) if image.ndim == 3 and image.shape[-1] == 1 else image)
-    elif not isinstance(image, Image.Image):
+        name = f"array of shape {image.shape}"
+        image = _array_to_image(image)
+    elif isinstance(image, Image.Image):
+        name = getattr(image, "filename", "") or f"{image.mode} image of size {image.size}"
+    else:
         raise TypeError(
             f"Expected a PIL image, a path, an http(s) URL or a numpy array; got {type(image).__name__}."
         )
+    try:
+        return _to_rgb(image)
+    except Exception as err:  # truncated or corrupt data surfaces only when the pixels are decoded
+        raise ValueError(f"Could not read image {name!r}: {type(err).__name__}: {err}") from err
+
+
+def _open_image_source(source: str, timeout=None):
+    from PIL import Image
+
+    is_url = source.startswith(("http://", "https://"))
+    looks_like_base64 = source.startswith("data:image/") or (len(source) > 256 and os.sep not in source)
+    if not (is_url or looks_like_base64):
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"Image file not found: {source!r}")
+        if os.path.getsize(source) == 0:
+            raise ValueError(f"Image file is empty (0 bytes): {source!r}")
+        try:
+            return Image.open(source)
+        except Exception as err:  # not an image, or over Pillow's decompression-bomb limit
+            raise ValueError(f"Could not read image {source!r}: {type(err).__name__}: {err}") from err
+    try:
+        return load_image(source, timeout=timeout)  # transformers' own loader for URLs and base64
+    except Exception as err:  # it raises several types; name the input either way
+        raise ValueError(f"Could not load image {source[:200]!r}: {err}") from err
+
+
+def _array_to_image(array):
+    from PIL import Image
+
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3, 4):
+        array = array.transpose(1, 2, 0)  # channels-first -> channels-last
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)) or 0 in array.shape:
+        raise ValueError(
+            f"An image array must be (height, width), (height, width, 1|3|4) or (1|3, height, width); got shape "
+            f"{array.shape}."
+        )
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"An image array must be uint8 (0-255) or floats (0-1); got dtype {array.dtype}.")
+        if not np.isfinite(array).all():
+            raise ValueError("An image array contains NaN or infinite values.")
+        array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array)
+
+
+def _to_rgb(image):
+    from PIL import Image, ImageOps
+
     if getattr(image, "is_animated", False):
         image.seek(0)  # the first frame of an animation
+    image.load()
     image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # Transparent product shots: composite on white, as catalogs show them.
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    elif image.mode in ("I;16", "I;16B", "I;16L", "I"):
+    elif image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         image = Image.fromarray((array / max(array.max(), 1.0) * 255).round().astype(np.uint8))
     return image.convert("RGB")

@@ -53,7 +53,7 @@ class ModelArguments:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lr_step_size: Optional[int] = field(
-        default=None, metadata={"help": "StepLR: optimizer steps between decays (default: one epoch's steps)."}
+        default=None, metadata={"help": "StepLR: optimizer steps between decays (default: a quarter of all steps)."}
     )
     lr_gamma: float = field(default=0.5, metadata={"help": "StepLR: factor applied at each decay."})
 
@@ -74,6 +74,7 @@ class DataArguments:
     feature_cache_dir: str = field(default=".cache/moda-features", metadata={"help": "Where image features are cached."})
     on_bad_row: str = field(default="skip", metadata={"help": "skip: report bad rows at the end; fail: stop at the first."})
     demo_items: int = field(default=3000, metadata={"help": "Size of the synthetic demo catalog."})
+    demo_epochs: float = field(default=12, metadata={"help": "Epochs of the demo unless --num_train_epochs is given."})
     demo_dir: str = field(default=".cache/moda-synthetic", metadata={"help": "Where the synthetic demo catalog goes."})
 
 
@@ -83,7 +84,7 @@ class MODATrainingArguments(TrainingArguments):
     output_dir: Optional[str] = field(default=None, metadata={"help": "Default: ./moda-demo for the demo, else required."})
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
-    num_train_epochs: float = 8
+    num_train_epochs: float = 40
     per_device_train_batch_size: int = 32
     per_device_eval_batch_size: int = 64
     eval_strategy: str = "steps"
@@ -98,14 +99,16 @@ class MODATrainingArguments(TrainingArguments):
 
 
 def parse_arguments(argv=None):
+    """The three argument dataclasses, and the names of the arguments given explicitly."""
     parser = HfArgumentParser((ModelArguments, DataArguments, MODATrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(argv[0])
-    return parser.parse_args_into_dataclasses(args=argv)
+        return (*parser.parse_json_file(argv[0]), set(json.loads(Path(argv[0]).read_text())))
+    given = {arg[2:].split("=")[0] for arg in argv if arg.startswith("--")}
+    return (*parser.parse_args_into_dataclasses(args=argv), given)
 
 
-def resolve_demo_defaults(model_args, data_args, training_args):
+def resolve_demo_defaults(model_args, data_args, training_args, given):
     """No --dataset: the offline demo (a synthetic catalog, a tiny model from scratch, ./moda-demo)."""
     if data_args.dataset is not None:
         if training_args.output_dir is None:
@@ -118,6 +121,8 @@ def resolve_demo_defaults(model_args, data_args, training_args):
         model_args.model_size = model_args.model_size or "tiny"
     if training_args.output_dir is None:
         training_args.output_dir = "moda-demo"
+    if "num_train_epochs" not in given:
+        training_args.num_train_epochs = data_args.demo_epochs
 
 
 def build_model(model_args, data_args, training_args, captions):
@@ -188,11 +193,22 @@ def prepare_examples(model, processor, splits, data_args, bad_rows):
     return prepared, ("image_embeds" if frozen else "pixel_values")
 
 
-def step_lr_optimizer(model, training_args, model_args, steps_per_epoch):
-    """AdamW over the trainable parameters and a StepLR that decays every `lr_step_size` optimizer steps."""
+def total_steps(training_args, num_train_examples: int) -> int:
+    if training_args.max_steps and training_args.max_steps > 0:
+        return training_args.max_steps
+    batch = training_args.per_device_train_batch_size * max(1, training_args.world_size)
+    steps_per_epoch = math.ceil(math.ceil(num_train_examples / batch) / training_args.gradient_accumulation_steps)
+    return math.ceil(steps_per_epoch * training_args.num_train_epochs)
+
+
+def step_lr_optimizer(model, training_args, model_args, total_steps):
+    """
+    AdamW over the trainable parameters and a StepLR that decays every `lr_step_size` optimizer steps (the Trainer
+    steps it once per optimizer step). By default the rate is cut three times: after 1/4, 1/2 and 3/4 of training.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=training_args.learning_rate, weight_decay=training_args.weight_decay)
-    step_size = model_args.lr_step_size or max(1, steps_per_epoch)
+    step_size = model_args.lr_step_size or max(1, total_steps // 4)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=model_args.lr_gamma)
     return optimizer, scheduler
 
@@ -265,9 +281,9 @@ def save_loss_curves(log_history, path):
 
 
 def main(argv=None):
-    model_args, data_args, training_args = parse_arguments(argv)
+    model_args, data_args, training_args, given = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    resolve_demo_defaults(model_args, data_args, training_args)
+    resolve_demo_defaults(model_args, data_args, training_args, given)
     set_seed(training_args.seed)
     started = time.time()
 
@@ -289,15 +305,11 @@ def main(argv=None):
     splits, feature_name = prepare_examples(model, processor, splits, data_args, bad_rows)
 
     # 4. Trainer with AdamW + StepLR (stepped per optimizer step).
-    world = max(1, training_args.world_size)
-    steps_per_epoch = math.ceil(
-        len(splits["train"]) / (training_args.per_device_train_batch_size * world * training_args.gradient_accumulation_steps)
-    )
-    optimizer, scheduler = step_lr_optimizer(model, training_args, model_args, steps_per_epoch)
+    optimizer, scheduler = step_lr_optimizer(model, training_args, model_args, total_steps(training_args, len(splits["train"])))
     if model_args.architecture == "blip":
         collator = BlipCollator(processor, model.config.text_config.bos_token_id)
     else:
-        collator = MODACollator(processor, feature_name, flip_images=feature_name == "pixel_values")
+        collator = MODACollator(processor, feature_name, augment=feature_name == "pixel_values")
     trainer = Trainer(
         model=model,
         args=training_args,

@@ -35,6 +35,14 @@ def run(tmp_path, catalog_dir, *extra, name="out"):
     return output, summary
 
 
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def weights(path):
     from safetensors.torch import load_file
 
@@ -100,11 +108,25 @@ def test_frozen_vision_features_are_cached_and_the_tower_is_not_run_again(tmp_pa
     assert sum(calls) == 0  # second run: every embedding comes from the disk cache
 
 
-def test_resume_from_checkpoint_gives_the_same_final_weights(tmp_path, catalog_dir):
-    full, _ = run(tmp_path, catalog_dir, name="full")
-    partial = tmp_path / "partial"
-    run(tmp_path, catalog_dir, "--max_steps", "10", name="partial")  # stops at step 10 (checkpoint-10)
-    resumed, _ = run(tmp_path, catalog_dir, "--resume_from_checkpoint", str(partial / "checkpoint-10"), name="resumed")
+def test_killed_run_resumed_from_its_checkpoint_ends_with_the_same_weights(tmp_path, catalog_dir):
+    import signal
+    import time
+
+    common = ("--save_total_limit", "10", "--eval_strategy", "no")
+    full, _ = run(tmp_path, catalog_dir, *common, name="full")
+    killed = tmp_path / "killed"
+    argv = [sys.executable, str(REPO_ROOT / "train_hf.py"), "--dataset", str(catalog_dir), "--output_dir", str(killed),
+            "--model_size", "test", "--num_train_epochs", "2", "--per_device_train_batch_size", "8",
+            "--logging_steps", "1", "--eval_steps", "5", "--save_steps", "5", "--feature_cache_dir",
+            str(tmp_path / "cache"), "--tokenizer_vocab_size", "300", "--disable_tqdm", "true", *common]
+    process = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint-15").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # mid-run: checkpoint-10 is complete, later steps are lost
+    process.wait()
+    resumed, _ = run(tmp_path, catalog_dir, *common, "--resume_from_checkpoint", str(killed / "checkpoint-10"),
+                     name="killed")
     a, b = weights(full), weights(resumed)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
@@ -148,7 +170,7 @@ def test_qa_from_metadata_trains_prompted_answers(tmp_path, catalog_dir):
 def test_two_process_ddp_training(tmp_path, catalog_dir):
     output = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(REPO_ROOT / "train_hf.py"), "--dataset", str(catalog_dir), "--output_dir", str(output),
            "--model_size", "test", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
            "--feature_cache_dir", str(tmp_path / "cache"), "--tokenizer_vocab_size", "300", "--ddp_backend", "gloo",
