@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from modeling_moda import MODAForConditionalGeneration
 from moda.blip_baseline import BlipCollator, load_blip
 from moda.build import build_from_backbones, build_from_scratch
 from moda.catalog import MODA_CAPTION_TEMPLATE, BadRows, examples_from_rows, load_catalog
+from moda.checkpointing import AtomicCheckpointTrainer
 from moda.collate import ExampleDataset, MODACollator
 from moda.features import FeatureCache, compute_features, image_embedding_encoder, model_fingerprint, pixel_values_encoder
 from moda.tokenizer import train_caption_tokenizer
@@ -310,7 +311,7 @@ def main(argv=None):
         collator = BlipCollator(processor, model.config.text_config.bos_token_id)
     else:
         collator = MODACollator(processor, feature_name, augment=feature_name == "pixel_values")
-    trainer = Trainer(
+    trainer = AtomicCheckpointTrainer(
         model=model,
         args=training_args,
         train_dataset=ExampleDataset(splits["train"]),

@@ -1,0 +1,173 @@
+"""A corpus of bad inputs fed to the processor, the model, the pipeline and training data loading: each one either
+works correctly or raises a clear error that names the input and the problem."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from moda.catalog import BadRowError, BadRows, examples_from_rows
+from moda.features import FeatureCache, compute_features, pixel_values_encoder
+from pipeline_moda import MODAImageToTextPipeline
+
+
+def save(image, path, **kwargs):
+    image.save(path, **kwargs)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """name -> (path, expectation): "ok" (with a check of the decoded RGB image) or an error pattern."""
+    d = tmp_path_factory.mktemp("bad-inputs")
+    red = Image.new("RGB", (40, 30), (220, 20, 20))
+    files = {}
+    (d / "empty.jpg").write_bytes(b"")
+    files["zero-byte"] = (str(d / "empty.jpg"), "empty")
+    jpeg = io.BytesIO()
+    Image.effect_noise((64, 64), 40).convert("RGB").save(jpeg, "JPEG")
+    (d / "truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 3])
+    files["truncated-jpeg"] = (str(d / "truncated.jpg"), "truncated|Could not read")
+    (d / "notes.jpg").write_text("this is not an image")
+    files["text-named-jpg"] = (str(d / "notes.jpg"), "Could not read image")
+    rgba = Image.new("RGBA", (20, 20), (0, 0, 255, 0))
+    files["rgba-transparent"] = (save(rgba, d / "rgba.png"), (255, 255, 255))  # transparent -> white background
+    files["la"] = (save(Image.new("LA", (20, 20), (0, 0)), d / "la.png"), (255, 255, 255))
+    palette = Image.new("P", (20, 20), 0)
+    palette.putpalette([10, 200, 10] * 256)
+    palette.info["transparency"] = 1
+    files["palette-transparency"] = (save(palette, d / "palette.png", transparency=1), (10, 200, 10))
+    sixteen = Image.fromarray(np.full((20, 20), 65535, dtype=np.uint16))
+    files["16-bit"] = (save(sixteen, d / "sixteen.png"), (255, 255, 255))
+    files["cmyk-jpeg"] = (save(Image.new("CMYK", (20, 20), (0, 255, 255, 0)), d / "cmyk.jpg"), "red")
+    files["greyscale"] = (save(Image.new("L", (20, 20), 128), d / "grey.png"), (128, 128, 128))
+    files["1x1"] = (save(Image.new("RGB", (1, 1), (0, 255, 0)), d / "one.png"), (0, 255, 0))
+    exif = Image.new("RGB", (40, 20), (0, 0, 200)).getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise on display
+    files["exif-rotated"] = (save(Image.new("RGB", (40, 20), (0, 0, 200)), d / "exif.jpg", exif=exif), "portrait")
+    frames = [Image.new("RGB", (20, 20), c) for c in ((200, 0, 0), (0, 200, 0))]
+    frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    files["animated-gif"] = (str(d / "anim.gif"), "first-frame-red")
+    files["missing"] = (str(d / "does-not-exist.jpg"), "not found")
+    files["failing-url"] = ("http://127.0.0.1:9/item.jpg", "Could not load image 'http://127.0.0.1:9/item.jpg'")
+    files["red"] = (save(red, d / "red.png"), (220, 20, 20))
+    return files
+
+
+def check_decoded(name, rgb, expectation):
+    assert rgb.mode == "RGB", name
+    if isinstance(expectation, tuple):
+        pixel = rgb.getpixel((rgb.width // 2, rgb.height // 2))
+        assert max(abs(a - b) for a, b in zip(pixel, expectation)) <= 12, (name, pixel)
+    elif expectation == "red":
+        r, g, b = rgb.getpixel((10, 10))
+        assert r > 200 and g < 60 and b < 60, (name, (r, g, b))
+    elif expectation == "portrait":
+        assert rgb.size == (20, 40), (name, rgb.size)  # EXIF orientation honoured
+    elif expectation == "first-frame-red":
+        r, g, b = rgb.getpixel((5, 5))
+        assert r > 150 and g < 60, (name, (r, g, b))
+
+
+def test_processor_on_every_input_works_or_names_it(corpus, tiny_model_and_processor):
+    from processing_moda import _as_rgb_image
+
+    _, processor = tiny_model_and_processor
+    for name, (path, expectation) in corpus.items():
+        if isinstance(expectation, str) and expectation not in ("red", "portrait", "first-frame-red"):
+            with pytest.raises((ValueError, FileNotFoundError), match=expectation) as info:
+                processor(images=path)
+            assert path[-20:] in str(info.value), (name, str(info.value))
+        else:
+            check_decoded(name, _as_rgb_image(path), expectation)
+            assert processor(images=path)["pixel_values"].shape == (1, 3, 32, 32)
+
+
+def test_decompression_bomb_is_a_clear_error(tmp_path, tiny_model_and_processor, monkeypatch):
+    _, processor = tiny_model_and_processor
+    path = save(Image.new("RGB", (200, 200)), tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40,000 pixels is > 2x the limit: Pillow refuses
+    with pytest.raises(ValueError, match="bomb.png.*decompression bomb|bomb.png.*DecompressionBomb"):
+        processor(images=path)
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.zeros((4, 4, 7), dtype=np.uint8), "shape"),
+    (np.zeros((2, 3, 4, 4), dtype=np.uint8), "shape"),
+    (np.zeros((0, 4, 3), dtype=np.uint8), "shape"),
+    (np.zeros((4, 4, 3), dtype=np.int64), "dtype"),
+    (np.full((4, 4, 3), np.nan, dtype=np.float32), "NaN"),
+])
+def test_bad_arrays_are_clear_errors(array, message, tiny_model_and_processor):
+    _, processor = tiny_model_and_processor
+    with pytest.raises(ValueError, match=message):
+        processor(images=array)
+
+
+def test_good_arrays_work(tiny_model_and_processor):
+    _, processor = tiny_model_and_processor
+    for array in (np.zeros((8, 8), np.uint8), np.ones((8, 8, 3), np.float32), np.zeros((3, 8, 8), np.uint8)):
+        assert processor(images=array)["pixel_values"].shape == (1, 3, 32, 32)
+
+
+def test_wrong_image_types_are_clear_errors(tiny_model_and_processor):
+    _, processor = tiny_model_and_processor
+    with pytest.raises(TypeError, match="Expected a PIL image"):
+        processor(images=12345)
+    with pytest.raises(ValueError, match="empty list"):
+        processor(images=[])
+
+
+def test_nan_pixel_values_are_refused_by_the_model(tiny_model_and_processor):
+    model, _ = tiny_model_and_processor
+    with pytest.raises(ValueError, match="NaN"):
+        model.generate(pixel_values=torch.full((1, 3, 32, 32), float("nan")))
+
+
+def test_empty_and_very_long_prompts(tiny_model_and_processor, red_image):
+    model, processor = tiny_model_and_processor
+    empty = processor(images=red_image, text="")
+    assert empty["input_ids"].tolist() == [[processor.tokenizer.bos_token_id]]
+    model.generate(**empty, max_new_tokens=3)
+    with pytest.raises(ValueError, match="more than the 48 allowed"):
+        processor(images=red_image, text="very long " * 100)
+    with pytest.raises(TypeError, match="prompt must be a string"):
+        processor(images=red_image, text=[3])
+
+
+def test_pipeline_on_bad_inputs(corpus, tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    captioner = MODAImageToTextPipeline(model=model, processor=processor)
+    assert isinstance(captioner(corpus["cmyk-jpeg"][0])[0]["generated_text"], str)
+    for name in ("zero-byte", "text-named-jpg", "missing"):
+        path = corpus[name][0]
+        with pytest.raises((ValueError, FileNotFoundError)) as info:
+            captioner(path)
+        assert path in str(info.value), name
+
+
+def test_training_data_loading_skips_or_fails_on_bad_rows(corpus, tiny_model_and_processor, tmp_path):
+    _, processor = tiny_model_and_processor
+    rows = [
+        {"image": corpus["red"][0], "Colour": "Red", "Usage": "Casual", "ProductType": "Tshirts", "Gender": "Men",
+         "Category": "Apparel", "SubCategory": "Topwear", "_where": "row 1"},
+        {"image": corpus["zero-byte"][0], "Colour": "Red", "Usage": "Casual", "ProductType": "Tshirts",
+         "Gender": "Men", "Category": "Apparel", "SubCategory": "Topwear", "_where": "row 2"},
+        {"image": corpus["red"][0], "Colour": "Red", "Usage": "Casual", "Gender": "Men", "Category": "Apparel",
+         "SubCategory": "Topwear", "_where": "row 3"},  # no ProductType column
+        {"image": corpus["missing"][0], "Colour": "Red", "Usage": "Casual", "ProductType": "Tshirts",
+         "Gender": "Men", "Category": "Apparel", "SubCategory": "Topwear", "_where": "row 4"},
+    ]
+    skip = BadRows("skip")
+    examples = examples_from_rows(rows, skip)
+    cache = FeatureCache(tmp_path / "cache", "pixels")
+    kept = compute_features(examples, pixel_values_encoder(processor), cache, skip)
+    assert [example["row"]["_where"] for example in kept] == ["row 1"]
+    reasons = dict(skip.rows)
+    assert set(reasons) == {"row 2", "row 3", "row 4"}
+    assert "empty" in reasons["row 2"] and "ProductType" in reasons["row 3"] and "cannot read" in reasons["row 4"]
+    assert "skipped 3 bad row(s)" in skip.summary()
+    with pytest.raises(BadRowError, match="row 3: missing value for caption template column 'ProductType'"):
+        examples_from_rows(rows, BadRows("fail"))
