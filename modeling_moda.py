@@ -11,11 +11,13 @@ This file travels to the Hub with the weights (``trust_remote_code``): it import
 the other MODA files, by relative import when loaded as remote code.
 """
 
+import copy
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import (
     AutoConfig,
     CLIPVisionModelWithProjection,
@@ -318,7 +320,142 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         inputs_embeds, attention_mask, _ = self.merge_image_prefix(prefix, input_ids, attention_mask, pads_first=True)
         generate_kwargs["max_new_tokens"] = self._max_new_tokens(inputs_embeds.shape[1], generate_kwargs)
         generate_kwargs.pop("max_length", None)
+        greedy = self._plain_greedy_settings(generate_kwargs)
+        if greedy is not None:
+            return self._greedy_decode(inputs_embeds, attention_mask, **greedy)
         return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs)
+
+    # --- fast greedy decoding -----------------------------------------------------------------------------------
+    # Plain greedy decoding (the pipeline's and the CLI's case) skips GenerationMixin: a key/value cache
+    # preallocated for the whole caption and a tight loop over OPT's layers. Per step that is about 15 ops a layer
+    # instead of GenerationMixin's and the cache classes' several hundred small ops, which matters most where a
+    # small op is expensive (batch 1, busy CPUs). The arithmetic is OPT's own, in the same order, so the tokens are
+    # those GenerationMixin gives. Any other option (sampling, beams, processors, streamers, use_cache=False,
+    # outputs beyond the token ids) goes to GenerationMixin; `model.fast_greedy = False` sends everything there.
+
+    fast_greedy = True
+
+    def _plain_greedy_settings(self, generate_kwargs: dict) -> Optional[dict]:
+        """The settings of the fast greedy loop, or None when the options need GenerationMixin."""
+        if not self.fast_greedy or self.training or not isinstance(self.language_model, OPTForCausalLM):
+            return None
+        kwargs = dict(generate_kwargs)
+        config = copy.deepcopy(kwargs.pop("generation_config", None) or self.generation_config)
+        if config.update(**kwargs):  # streamer, logits_processor, stopping_criteria, assistant_model, ...
+            return None
+        for name, value in config.to_diff_dict().items():
+            if name in _GREEDY_NEUTRAL_SETTINGS:
+                continue
+            if name not in _PLAIN_GREEDY_VALUES or value != _PLAIN_GREEDY_VALUES[name]:
+                return None
+        if not config.max_new_tokens or config.max_new_tokens < 1:
+            return None
+        eos = config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else None)
+        if eos and pad is None:
+            return None
+        return dict(
+            max_new_tokens=int(config.max_new_tokens),
+            min_new_tokens=int(config.min_new_tokens or 0),
+            eos_token_ids=eos,
+            pad_token_id=pad,
+        )
+
+    @torch.no_grad()
+    def _greedy_decode(self, inputs_embeds, attention_mask, max_new_tokens, min_new_tokens, eos_token_ids, pad_token_id):
+        """Greedy decoding from the merged (left-padded) embeddings; returns the new tokens as GenerationMixin does."""
+        batch, prompt_length = attention_mask.shape
+        device = inputs_embeds.device
+        # Which cache slots each row may attend to: its prompt without the pads, then every generated token.
+        key_mask = torch.ones(batch, prompt_length + max_new_tokens, dtype=torch.bool, device=device)
+        key_mask[:, :prompt_length] = attention_mask.bool()
+        padded = not bool(key_mask.all())
+        caches = [None] * len(self.language_model.model.decoder.layers)
+
+        # The prompt: OPT's positions count only the real tokens (pads get position -1, as in OPT).
+        positions = attention_mask.long().cumsum(1) * attention_mask.long() - 1
+        prompt_mask = None
+        if padded:
+            causal = torch.ones(prompt_length, prompt_length, dtype=torch.bool, device=device).tril()
+            # A pad attends to itself too: no row is fully masked, so no NaN reaches the cache.
+            prompt_mask = (causal & key_mask[:, None, None, :prompt_length]) | torch.eye(
+                prompt_length, dtype=torch.bool, device=device
+            )
+        hidden = self._decoder_pass(inputs_embeds, positions, caches, 0, prompt_mask, max_new_tokens)
+        next_positions = attention_mask.long().sum(1, keepdim=True)
+
+        eos = torch.tensor(eos_token_ids, dtype=torch.long, device=device)
+        new_tokens = torch.full((batch, max_new_tokens), pad_token_id if pad_token_id is not None else 0, device=device)
+        unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+        embed_tokens = self.language_model.model.decoder.embed_tokens
+        for step in range(max_new_tokens):
+            logits = self.language_model.lm_head(hidden[:, -1]).float()
+            if step < min_new_tokens and len(eos_token_ids):
+                logits[:, eos] = -float("inf")
+            tokens = logits.argmax(-1)
+            if len(eos_token_ids):
+                tokens = torch.where(unfinished, tokens, pad_token_id)
+                unfinished &= ~torch.isin(tokens, eos)
+            new_tokens[:, step] = tokens
+            if step + 1 == max_new_tokens or (len(eos_token_ids) and not bool(unfinished.any())):
+                return new_tokens[:, : step + 1]
+            end = prompt_length + step + 1
+            step_mask = key_mask[:, None, None, :end] if padded else None
+            hidden = self._decoder_pass(embed_tokens(tokens[:, None]), next_positions, caches, end - 1, step_mask, 0)
+            next_positions = next_positions + 1
+        return new_tokens
+
+    def _decoder_pass(self, embeds, positions, caches, start, attention_mask, extra_slots):
+        """OPT's decoder on `embeds` at cache slots start..; fills the caches (allocated on the first pass)."""
+        decoder = self.language_model.model.decoder
+        hidden = embeds if decoder.project_in is None else decoder.project_in(embeds)
+        hidden = hidden + F.embedding(positions + decoder.embed_positions.offset, decoder.embed_positions.weight)
+        for index, layer in enumerate(decoder.layers):
+            hidden = self._layer_pass(layer, hidden, caches, index, start, attention_mask, extra_slots)
+        if decoder.final_layer_norm is not None:
+            hidden = decoder.final_layer_norm(hidden)
+        if decoder.project_out is not None:
+            hidden = decoder.project_out(hidden)
+        return hidden
+
+    @staticmethod
+    def _layer_pass(layer, hidden, caches, index, start, attention_mask, extra_slots):
+        """One OPTDecoderLayer (inference) with its keys/values written into a preallocated cache."""
+        attention = layer.self_attn
+        batch, length, width = hidden.shape
+        residual = hidden
+        if layer.do_layer_norm_before:
+            hidden = layer.self_attn_layer_norm(hidden)
+        query = (attention.q_proj(hidden) * attention.scaling).view(batch, length, attention.num_heads, -1)
+        key = attention.k_proj(hidden).view(batch, length, attention.num_heads, -1)
+        value = attention.v_proj(hidden).view(batch, length, attention.num_heads, -1)
+        if caches[index] is None:
+            shape = (batch, attention.num_heads, length + extra_slots, key.shape[-1])
+            caches[index] = (key.new_empty(shape), value.new_empty(shape))
+        key_cache, value_cache = caches[index]
+        end = start + length
+        key_cache[:, :, start:end] = key.transpose(1, 2)
+        value_cache[:, :, start:end] = value.transpose(1, 2)
+        hidden = F.scaled_dot_product_attention(
+            query.transpose(1, 2),
+            key_cache[:, :, :end],
+            value_cache[:, :, :end],
+            attn_mask=attention_mask,
+            is_causal=attention_mask is None and length > 1,
+            scale=1.0,  # OPT scales the query before the product
+        )
+        hidden = attention.out_proj(hidden.transpose(1, 2).reshape(batch, length, width))
+        hidden = residual + hidden
+        if not layer.do_layer_norm_before:
+            hidden = layer.self_attn_layer_norm(hidden)
+        residual = hidden
+        if layer.do_layer_norm_before:
+            hidden = layer.final_layer_norm(hidden)
+        hidden = residual + layer.fc2(layer.activation_fn(layer.fc1(hidden)))
+        if not layer.do_layer_norm_before:
+            hidden = layer.final_layer_norm(hidden)
+        return hidden
 
     def _max_new_tokens(self, input_length: int, generate_kwargs: dict) -> int:
         """The requested number of new tokens, capped where the decoder runs out of positions."""
@@ -344,6 +481,23 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
 
 
 MODAForConditionalGeneration.register_for_auto_class("AutoModel")
+
+
+# Generation settings that cannot change what greedy decoding writes (sampling and beam settings, special tokens,
+# lengths, which _greedy_decode applies itself) ...
+_GREEDY_NEUTRAL_SETTINGS = {
+    "max_new_tokens", "max_length", "min_new_tokens", "bos_token_id", "eos_token_id", "pad_token_id",
+    "decoder_start_token_id", "temperature", "top_k", "top_p", "typical_p", "min_p", "epsilon_cutoff", "eta_cutoff",
+    "length_penalty", "early_stopping", "transformers_version", "_from_model_config", "_commit_hash",
+    "_original_object_hash", "compile_config", "disable_compile",
+}
+# ... and the values other settings must have for the fast greedy loop (any other value needs GenerationMixin).
+_PLAIN_GREEDY_VALUES = {
+    "use_cache": True, "do_sample": False, "num_beams": 1, "num_beam_groups": 1, "num_return_sequences": 1,
+    "output_attentions": False, "output_hidden_states": False, "output_scores": False, "output_logits": False,
+    "return_dict_in_generate": False, "repetition_penalty": 1.0, "min_length": 0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "diversity_penalty": 0.0, "renormalize_logits": False, "low_memory": None,
+}
 
 
 def _has_cache(kwargs: dict) -> bool:

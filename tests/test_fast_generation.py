@@ -1,0 +1,157 @@
+"""MODA's fast greedy loop gives GenerationMixin's tokens, and every other option still goes to GenerationMixin."""
+
+import pytest
+import torch
+from transformers import TextStreamer
+
+from modeling_moda import MODAForConditionalGeneration
+
+PROMPTS = ["What colour is this item?", None, "What kind of product is this?", "Red"]
+
+
+def generate_both(model, **inputs):
+    """(fast loop, GenerationMixin) outputs of the same generate call."""
+    fast = model.generate(**inputs)
+    model.fast_greedy = False
+    try:
+        reference = model.generate(**inputs)
+    finally:
+        model.fast_greedy = True
+    return fast, reference
+
+
+@pytest.fixture
+def model_and_processor(tiny_model_and_processor):
+    return tiny_model_and_processor
+
+
+@pytest.fixture
+def spy(monkeypatch, model_and_processor):
+    """Counts the calls of the fast loop."""
+    model = model_and_processor[0]
+    calls = []
+    original = MODAForConditionalGeneration._greedy_decode
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(MODAForConditionalGeneration, "_greedy_decode", counting)
+    return calls
+
+
+def test_fast_greedy_equals_generation_mixin_with_prompts_of_different_lengths(model_and_processor, product_images, spy):
+    model, processor = model_and_processor
+    batch = processor(images=product_images, text=PROMPTS)
+    assert (batch["attention_mask"] == 0).any()  # the prompts really are padded
+    fast, reference = generate_both(model, **batch, max_new_tokens=10)
+    assert len(spy) == 1
+    assert torch.equal(fast, reference)
+
+
+@pytest.mark.parametrize("prompt", [None, "What colour is this item?"])
+def test_fast_greedy_equals_generation_mixin_one_image(model_and_processor, product_images, prompt):
+    model, processor = model_and_processor
+    fast, reference = generate_both(model, **processor(images=product_images[1], text=prompt), max_new_tokens=12)
+    assert torch.equal(fast, reference)
+
+
+def test_fast_greedy_equals_generation_mixin_from_image_embeds(model_and_processor):
+    model = model_and_processor[0]
+    embeds = torch.randn(3, model.config.image_embed_dim, generator=torch.Generator().manual_seed(4))
+    fast, reference = generate_both(model, image_embeds=embeds, max_new_tokens=9)
+    assert torch.equal(fast, reference)
+
+
+def test_fast_greedy_stops_at_eos_and_pads_like_generation_mixin(model_and_processor, product_images, spy):
+    model, processor = model_and_processor
+    batch = processor(images=product_images, text=PROMPTS)
+    free = model.generate(**batch, max_new_tokens=10)
+    # Make the token row 0 writes third its end of sequence: row 0 stops there, the others later (or never).
+    eos = int(free[0, 2])
+    fast, reference = generate_both(model, **batch, max_new_tokens=10, eos_token_id=eos, pad_token_id=1)
+    assert len(spy) == 2
+    assert torch.equal(fast, reference)
+    first = int((free[0] == eos).nonzero()[0])
+    assert fast[0, first] == eos and (fast[0, first + 1:] == 1).all()
+
+
+def test_fast_greedy_min_new_tokens_suppresses_eos_like_generation_mixin(model_and_processor, product_images):
+    model, processor = model_and_processor
+    batch = processor(images=product_images[:2])
+    eos = int(model.generate(**batch, max_new_tokens=4)[0, 0])  # row 0 would stop at once
+    fast, reference = generate_both(model, **batch, max_new_tokens=6, min_new_tokens=6, eos_token_id=eos)
+    assert torch.equal(fast, reference)
+    assert fast.shape == (2, 6) and not (fast == eos).any()
+
+
+def test_fast_greedy_in_bfloat16_equals_generation_mixin_in_bfloat16(model_and_processor, product_images):
+    model, processor = model_and_processor
+    bf16 = MODAForConditionalGeneration(model.config).eval()
+    bf16.load_state_dict(model.state_dict())
+    bf16.generation_config = model.generation_config
+    bf16.to(torch.bfloat16)
+    fast, reference = generate_both(bf16, **processor(images=product_images, text=PROMPTS), max_new_tokens=8)
+    assert torch.equal(fast, reference)
+
+
+def test_fast_greedy_runs_int8_dynamic_quantized_linears(model_and_processor, product_images):
+    model, processor = model_and_processor
+    quantized = MODAForConditionalGeneration(model.config).eval()
+    quantized.load_state_dict(model.state_dict())
+    quantized.generation_config = model.generation_config
+    quantized.language_model = torch.ao.quantization.quantize_dynamic(
+        quantized.language_model, {torch.nn.Linear}, dtype=torch.qint8
+    )
+    fast, reference = generate_both(quantized, **processor(images=product_images), max_new_tokens=8)
+    assert torch.equal(fast, reference)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(num_beams=3),
+        dict(do_sample=True, top_k=20),
+        dict(use_cache=False),
+        dict(repetition_penalty=1.3),
+        dict(no_repeat_ngram_size=2),
+        dict(output_scores=True, return_dict_in_generate=True),
+        dict(num_return_sequences=2, num_beams=2),
+        dict(min_length=4),
+    ],
+    ids=lambda options: ",".join(options),
+)
+def test_other_options_go_to_generation_mixin(model_and_processor, product_images, spy, options):
+    model, processor = model_and_processor
+    torch.manual_seed(0)
+    out = model.generate(**processor(images=product_images[:2]), max_new_tokens=5, **options)
+    assert spy == []
+    if options.get("return_dict_in_generate"):
+        assert out.scores is not None
+
+
+def test_a_streamer_goes_to_generation_mixin(model_and_processor, product_images, spy, capsys):
+    model, processor = model_and_processor
+    model.generate(**processor(images=product_images[0]), max_new_tokens=4, streamer=TextStreamer(processor.tokenizer))
+    assert spy == []
+
+
+def test_fast_greedy_can_be_switched_off(model_and_processor, product_images, spy):
+    model, processor = model_and_processor
+    model.fast_greedy = False
+    try:
+        model.generate(**processor(images=product_images[0]), max_new_tokens=4)
+    finally:
+        model.fast_greedy = True
+    assert spy == []
+    model.generate(**processor(images=product_images[0]), max_new_tokens=4)
+    assert len(spy) == 1
+
+
+def test_greedy_with_a_generation_config_object_uses_the_fast_loop(model_and_processor, product_images, spy):
+    from transformers import GenerationConfig
+
+    model, processor = model_and_processor
+    config = GenerationConfig(max_new_tokens=5, eos_token_id=model.generation_config.eos_token_id, pad_token_id=1)
+    fast, reference = generate_both(model, **processor(images=product_images[:2]), generation_config=config)
+    assert len(spy) == 1 and torch.equal(fast, reference) and fast.shape[1] <= 5
