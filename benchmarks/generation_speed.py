@@ -1,0 +1,228 @@
+"""Captioning speed of full-size MODA against GIT-base and BLIP-base on this CPU (random weights, nothing downloaded).
+
+    python benchmarks/generation_speed.py                      # fp32 and bf16, all models, interleaved
+    python benchmarks/generation_speed.py --rss                # also peak RSS, one fresh process per model
+    python benchmarks/generation_speed.py --threads 1 --precisions fp32 bf16 int8
+
+Every model gets the same treatment: `model.generate(pixel_values=...)` as a user calls it, greedy, exactly
+`--new_tokens` new tokens (min = max new tokens), batch 1 (latency) and batch `--batch` (images/s), all models and
+precisions interleaved in one process with `--repeats` repeats and the median reported, so that the ratios hold even
+when other work shares the CPU. "moda-plain" is MODA through GenerationMixin (`fast_greedy = False`), the
+implementation before the fast greedy loop. The machine's matmul GFLOP/s and read bandwidth are measured in the same
+run, and MODA's share of each bound is reported: at batch 1 decoding reads the decoder's weights once per token
+(bandwidth bound), at batch 16 it is closer to matmul bound.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from configuration_moda import MODAConfig  # noqa: E402
+from modeling_moda import MODAForConditionalGeneration  # noqa: E402
+
+MODELS = ("moda", "moda-plain", "git-base", "blip-base")
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def build_model(name: str, precision: str):
+    """A full-size model with random weights (speed does not depend on the weight values)."""
+    torch.manual_seed(0)
+    if name in ("moda", "moda-plain"):
+        model = MODAForConditionalGeneration(MODAConfig())
+        text = model.config.text_config
+        model.generation_config.update(bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id,
+                                       pad_token_id=text.pad_token_id)
+        model.fast_greedy = name == "moda"
+        image_size = model.config.vision_config.image_size
+    elif name == "git-base":
+        from transformers import GitConfig, GitForCausalLM
+
+        model = GitForCausalLM(GitConfig())
+        image_size = model.config.vision_config.image_size
+    elif name == "blip-base":
+        from transformers import BlipConfig, BlipForConditionalGeneration
+
+        model = BlipForConditionalGeneration(BlipConfig())
+        image_size = model.config.vision_config.image_size
+    else:
+        raise ValueError(f"Unknown model {name!r}; choose from {MODELS}.")
+    model.eval()
+    if precision == "bf16":
+        model.to(torch.bfloat16)
+    elif precision == "int8":
+        # Dynamic int8 quantization of every Linear layer (weights int8, activations quantized per batch).
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    elif precision != "fp32":
+        raise ValueError(f"Unknown precision {precision!r}; choose from {PRECISIONS}.")
+    return model, image_size
+
+
+def pixel_values(image_size: int, batch: int, precision: str) -> torch.Tensor:
+    values = torch.randn(batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(batch))
+    return values.to(torch.bfloat16) if precision == "bf16" else values
+
+
+def caption(model, pixels, new_tokens: int) -> torch.Tensor:
+    return model.generate(pixel_values=pixels, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                          num_beams=1)
+
+
+def timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def machine_bounds(repeats: int = 5) -> dict:
+    """Matmul GFLOP/s (fp32, bf16; 1024^3 GEMM) and read bandwidth (sum over 256 MB) with the current threads."""
+    bounds = {}
+    for dtype, label in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        a, b = torch.randn(1024, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
+        a @ b
+        best = min(timed(lambda: a @ b) for _ in range(repeats))
+        bounds[f"matmul_gflops_{label}"] = 2 * 1024**3 / best / 1e9
+    array = torch.randn(64 * 1024 * 1024)  # 256 MB: far beyond the caches
+    array.sum()
+    best = min(timed(array.sum) for _ in range(repeats))
+    bounds["read_gb_per_s"] = array.numel() * 4 / best / 1e9
+    return bounds
+
+
+def moda_work(model, batch: int, new_tokens: int, precision: str) -> dict:
+    """MODA's bytes read per decoding step (decoder + lm_head weights) and FLOPs of one generate call."""
+    bytes_per_weight = {"fp32": 4, "bf16": 2, "int8": 1}[precision]
+    decoder = model.language_model.model.decoder
+    decoder_weights = sum(p.numel() for n, p in decoder.named_parameters() if "embed" not in n)
+    lm_head = model.config.text_config.vocab_size * model.config.text_config.word_embed_proj_dim
+    vision = sum(p.numel() for p in model.vision_tower.parameters())
+    patches = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2 + 1
+    tokens = batch * (2 + new_tokens)  # image prefix + BOS, then the new tokens
+    return {
+        "bytes_per_step": (decoder_weights + lm_head) * bytes_per_weight,
+        "flops": 2 * vision * patches * batch + 2 * (decoder_weights + lm_head) * tokens,
+    }
+
+
+def run_timings(args) -> dict:
+    models = {}
+    for name in args.models:
+        for precision in args.precisions:
+            model, image_size = build_model(name, precision)
+            inputs = {batch: pixel_values(image_size, batch, precision) for batch in (1, args.batch)}
+            for batch in inputs:  # warm up (first-call allocations, oneDNN kernel selection) and check the length
+                out = caption(model, inputs[batch], args.new_tokens)
+                if out.shape[1] < args.new_tokens:
+                    raise RuntimeError(f"{name} {precision} wrote {out.shape[1]} tokens, not {args.new_tokens}.")
+            models[(name, precision)] = (model, inputs)
+            print(f"built {name} {precision}", flush=True)
+    times = {key: {1: [], args.batch: []} for key in models}
+    bounds = []
+    for repeat in range(args.repeats):
+        bounds.append(machine_bounds())
+        for key, (model, inputs) in models.items():  # interleaved: every model sees the same load
+            for batch, pixels in inputs.items():
+                times[key][batch].append(timed(lambda: caption(model, pixels, args.new_tokens)))
+        print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
+    results = {"bounds": {k: statistics.median(b[k] for b in bounds) for k in bounds[0]}, "models": {}}
+    for (name, precision), series in times.items():
+        entry = {
+            "latency_batch1_s": statistics.median(series[1]),
+            f"images_per_s_batch{args.batch}": args.batch / statistics.median(series[args.batch]),
+            "all_times_s": {str(batch): values for batch, values in series.items()},
+        }
+        if name.startswith("moda"):
+            model = models[(name, precision)][0]
+            entry.update(moda_shares(model, precision, args, entry, results["bounds"]))
+        results["models"][f"{name} {precision}"] = entry
+    return results
+
+
+def moda_shares(model, precision, args, entry, bounds) -> dict:
+    """MODA's share of the bandwidth bound (batch 1 decoding) and of the matmul bound (batch N)."""
+    work1 = moda_work(model, 1, args.new_tokens, precision)
+    workn = moda_work(model, args.batch, args.new_tokens, precision)
+    read_rate = work1["bytes_per_step"] * args.new_tokens / entry["latency_batch1_s"] / 1e9
+    flop_rate = workn["flops"] / (args.batch / entry[f"images_per_s_batch{args.batch}"]) / 1e9
+    matmul = bounds["matmul_gflops_bf16" if precision == "bf16" else "matmul_gflops_fp32"]
+    return {
+        "batch1_weight_read_gb_per_s": read_rate,
+        "batch1_share_of_read_bandwidth": read_rate / bounds["read_gb_per_s"],
+        f"batch{args.batch}_gflops": flop_rate,
+        f"batch{args.batch}_share_of_matmul_gflops": flop_rate / matmul,
+    }
+
+
+def peak_rss_mb(name: str, precision: str, args) -> float:
+    """Peak RSS of a fresh process that builds one model and captions one batch."""
+    command = [sys.executable, __file__, "--rss-child", name, precision, "--batch", str(args.batch),
+               "--new_tokens", str(args.new_tokens), "--threads", str(args.threads)]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return float(output.strip().splitlines()[-1])
+
+
+def rss_child(name: str, precision: str, args) -> None:
+    model, image_size = build_model(name, precision)
+    caption(model, pixel_values(image_size, args.batch, precision), args.new_tokens)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+
+
+def ratios(results: dict, args) -> dict:
+    """MODA over each peer, per precision (throughput: higher is better; latency: lower is better)."""
+    out = {}
+    key = f"images_per_s_batch{args.batch}"
+    for precision in args.precisions:
+        moda = results["models"].get(f"moda {precision}")
+        if moda is None:
+            continue
+        for peer in ("moda-plain", "git-base", "blip-base"):
+            other = results["models"].get(f"{peer} {precision}")
+            if other is None:
+                continue
+            out[f"{precision}: moda/{peer} throughput batch {args.batch}"] = moda[key] / other[key]
+            out[f"{precision}: moda/{peer} latency batch 1"] = moda["latency_batch1_s"] / other["latency_batch1_s"]
+    return out
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=PRECISIONS)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--new_tokens", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--rss", action="store_true", help="also measure peak RSS (a fresh process per model)")
+    parser.add_argument("--rss-child", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)
+    parser.add_argument("--output", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.rss_child:
+        rss_child(*args.rss_child, args)
+        return {}
+
+    results = run_timings(args)
+    results["ratios"] = ratios(results, args)
+    if args.rss:
+        for name in args.models:
+            for precision in args.precisions:
+                results["models"][f"{name} {precision}"]["peak_rss_mb"] = peak_rss_mb(name, precision, args)
+    results["settings"] = {k: v for k, v in vars(args).items() if k not in ("rss_child",)}
+    results["settings"]["torch"] = torch.__version__
+    print(json.dumps(results, indent=2))
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

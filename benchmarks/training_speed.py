@@ -1,0 +1,129 @@
+"""Training speed of full-size MODA: the original notebook's way against cached image features (random weights).
+
+    python benchmarks/training_speed.py --dataset ../shared/data/fashion-images --sample 256 --steps 4
+
+"Notebook way": every step decodes the JPEGs, runs the CLIP vision tower (frozen, no gradients), then the projector
+and OPT forward and backward. "Cached": the image embeddings are computed once with moda/features.py
+(FeatureCache + compute_features) and every step runs only the projector and OPT. Both use the same batch size, the
+same collator (moda/collate.py), AdamW, and are timed on the same sample of the real train split in the same run,
+interleaved step by step; the epoch time is extrapolated from the median step time to the full train split.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from configuration_moda import MODAConfig  # noqa: E402
+from modeling_moda import MODAForConditionalGeneration  # noqa: E402
+from moda.build import image_processor_for  # noqa: E402
+from moda.catalog import BadRows, examples_from_rows, load_catalog  # noqa: E402
+from moda.collate import MODACollator  # noqa: E402
+from moda.features import FeatureCache, compute_features, image_bytes, image_embedding_encoder, open_image  # noqa: E402
+from moda.tokenizer import train_caption_tokenizer  # noqa: E402
+from processing_moda import MODAProcessor  # noqa: E402
+
+
+def build(examples):
+    """Full-size MODA (random weights) and a processor whose tokenizer is trained on the sample's captions."""
+    tokenizer = train_caption_tokenizer([e["description"] for e in examples], vocab_size=1024, model_max_length=64)
+    torch.manual_seed(0)
+    model = MODAForConditionalGeneration(MODAConfig())
+    processor = MODAProcessor(image_processor=image_processor_for(model.config), tokenizer=tokenizer)
+    return model, processor
+
+
+def notebook_step(model, processor, optimizer, examples):
+    """JPEG decoding, preprocessing, the vision tower, projector and OPT: what the original notebook did per step."""
+    images = [open_image(image_bytes(e["image"]), e["row"].get("_where", "row")) for e in examples]
+    batch = processor(images=images, descriptions=[e["description"] for e in examples])
+    return train_step(model, optimizer, batch)
+
+
+def cached_step(model, collator, optimizer, examples):
+    """Projector and OPT on cached image embeddings (the collator stacks them as image_embeds)."""
+    return train_step(model, optimizer, collator(examples))
+
+
+def train_step(model, optimizer, batch) -> float:
+    loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss)
+
+
+def timed(function, *args) -> float:
+    start = time.perf_counter()
+    function(*args)
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default=str(Path(__file__).resolve().parents[2] / "shared/data/fashion-images"))
+    parser.add_argument("--sample", type=int, default=256, help="train images to time on")
+    parser.add_argument("--batch_size", type=int, default=32, help="train_hf.py's per_device_train_batch_size")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per method (after one warm-up step)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--output", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if not Path(args.dataset).is_dir():
+        raise SystemExit(f"--dataset {args.dataset!r} is not a folder: this benchmark needs the real train photos.")
+    torch.set_num_threads(args.threads)
+
+    bad_rows = BadRows("skip")
+    train_rows = load_catalog(args.dataset)["train"]
+    examples = examples_from_rows(train_rows[: args.sample], bad_rows)
+    model, processor = build(examples)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    with tempfile.TemporaryDirectory() as cache_dir:
+        encoder = image_embedding_encoder(model, processor)
+        start = time.perf_counter()
+        cached = compute_features(examples, encoder, FeatureCache(cache_dir, "bench"), bad_rows, batch_size=args.batch_size)
+        feature_seconds = time.perf_counter() - start
+    collator = MODACollator(processor, "image_embeds")
+
+    batches = [range(i, i + args.batch_size) for i in range(0, len(cached) - args.batch_size + 1, args.batch_size)]
+    if len(batches) < args.steps + 1:
+        raise SystemExit(f"--sample {args.sample} gives {len(batches)} batches; --steps {args.steps} needs one more.")
+    times = {"notebook": [], "cached": []}
+    for index, rows in enumerate(batches[: args.steps + 1]):  # interleaved, the first step of each is a warm-up
+        notebook = timed(notebook_step, model, processor, optimizer, [examples[i] for i in rows])
+        cache = timed(cached_step, model, collator, optimizer, [cached[i] for i in rows])
+        if index:
+            times["notebook"].append(notebook)
+            times["cached"].append(cache)
+        print(f"step {index}: notebook {notebook:.2f} s, cached {cache:.2f} s", flush=True)
+
+    full_train = len(train_rows)
+    steps_per_epoch = -(-full_train // args.batch_size)
+    per_step = {name: statistics.median(values) for name, values in times.items()}
+    results = {
+        "settings": vars(args) | {"torch": torch.__version__, "train_items": full_train, "sampled": len(cached)},
+        "seconds_per_step": per_step,
+        "all_step_seconds": times,
+        "epoch_seconds_extrapolated": {name: value * steps_per_epoch for name, value in per_step.items()},
+        # Computing the features once costs about this per epoch's worth of images (paid on the first epoch only).
+        "feature_cache_seconds_full_train_extrapolated": feature_seconds * full_train / len(examples),
+        "speedup_cached_over_notebook": per_step["notebook"] / per_step["cached"],
+        "bad_rows": bad_rows.rows,
+    }
+    print(json.dumps(results, indent=2, default=str))
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2, default=str))
+    return results
+
+
+if __name__ == "__main__":
+    main()
