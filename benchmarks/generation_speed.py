@@ -173,7 +173,13 @@ def peak_rss_mb(name: str, precision: str, args) -> float:
 def rss_child(name: str, precision: str, args) -> None:
     model, image_size = build_model(name, precision)
     caption(model, pixel_values(image_size, args.batch, precision), args.new_tokens)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+    # VmHWM, not getrusage's ru_maxrss: on Linux ru_maxrss keeps the forking parent's peak across exec.
+    status = Path("/proc/self/status")
+    if status.exists():
+        line = next(l for l in status.read_text().splitlines() if l.startswith("VmHWM:"))
+        print(int(line.split()[1]) / 1024)
+    else:
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def ratios(results: dict, args) -> dict:
