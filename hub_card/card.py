@@ -1,0 +1,348 @@
+"""The model card (README.md) and Inference Endpoints handler (handler.py) written into every MODA model folder.
+
+    prepare_model_folder("moda-demo")                     # card + handler, from what the folder holds
+    prepare_model_folder("out", training_info={...}, eval_report={...}, repo_id="user/name")
+
+What the card reads, first found wins:
+
+- the model: `config.json` (shapes, parameter counts, frozen vision tower) and the weights' parameter count;
+- the backbones: `training_info["vision_model"/"text_model"]`, else the `_name_or_path` that `from_backbones`
+  leaves in the sub-configs; only Hub ids (`namespace/name`) become `base_model` in the YAML;
+- training: the `training_info` dict, else `moda_training.json` in the folder, else train_hf.py's
+  `training_summary.json` + `training_args.json`. `TRAINING_INFO_KEYS` lists the keys read;
+- evaluation: the `eval_report` dict (or JSON path), else `eval/report.json` in the folder, else the held-out
+  scores in `training_summary.json`. A report is `{"metrics": {name: value}, "dataset": ..., "split": ...,
+  "num_items": ...}` or just `{name: value}`; nested dicts of numbers become `name/sub` rows.
+"""
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE_PATH = Path(__file__).with_name("template.md")
+HANDLER_SOURCE = Path(__file__).with_name("handler.py")
+CARD_NAME = "README.md"
+HANDLER_NAME = "handler.py"
+TRAINING_INFO_NAME = "moda_training.json"
+EVAL_REPORT_PATH = Path("eval") / "report.json"
+# The name a card's snippets use until the repository is known.
+PLACEHOLDER_REPO_ID = "your-username/moda"
+PLACEHOLDER_REVISION = "<commit hash>"
+
+TAGS = ["fashion", "e-commerce", "vision-language", "image-captioning", "moda", "custom_code"]
+# Public sample pictures for the Hub's widget when the training gave none (any photo works; the card's
+# limitations say what the model makes of non-catalog pictures).
+DEFAULT_WIDGET_IMAGES = [
+    "https://huggingface.co/datasets/mishig/sample_images/resolve/main/teapot.jpg",
+]
+
+TRAINING_INFO_KEYS = {
+    "vision_model": "CLIP checkpoint the vision tower started from (Hub id or folder); None: from scratch",
+    "text_model": "OPT checkpoint the decoder started from (Hub id or folder); None: from scratch",
+    "model_size": "size name of a from-scratch model ('tiny'), if any",
+    "dataset": "training catalog (Hub id or folder)",
+    "num_train_items": "training examples",
+    "num_eval_items": "held-out examples evaluated",
+    "hyperparameters": "dict of hyper-parameter name -> value",
+    "train_runtime_s": "wall-clock training time in seconds",
+    "hardware": "what it trained on, e.g. '1x NVIDIA H100' (see describe_hardware())",
+    "license": "license of the weights (default 'other': OPT-125m's weights come under the OPT license)",
+    "widget_images": "http(s) URLs of example photos for the Hub widget",
+}
+# train_hf.py's TrainingArguments / ModelArguments worth a row in the card.
+HYPERPARAMETER_NAMES = (
+    "learning_rate", "lr_step_size", "lr_gamma", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "weight_decay", "optim", "seed", "bf16", "fp16", "train_projector_only",
+    "use_lora", "lora_r", "lora_alpha", "lora_dropout", "num_image_tokens",
+)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def prepare_model_folder(model_dir, training_info=None, eval_report=None, repo_id=None) -> Path:
+    """Writes README.md (the card) and handler.py into a MODA folder. Same inputs, same files: safe to re-run."""
+    card_path = write_model_card(model_dir, training_info, eval_report, repo_id=repo_id)
+    write_handler(model_dir)
+    return card_path
+
+
+def write_handler(model_dir) -> Path:
+    """Copies the Inference Endpoints handler (hub_card/handler.py) into the folder."""
+    target = Path(model_dir) / HANDLER_NAME
+    shutil.copyfile(HANDLER_SOURCE, target)
+    return target
+
+
+def write_model_card(model_dir, training_info=None, eval_report=None, repo_id=None) -> Path:
+    """Fills hub_card/template.md from the folder (see the module docstring) and writes it as README.md."""
+    card = build_model_card(model_dir, training_info, eval_report, repo_id=repo_id)
+    path = Path(model_dir) / CARD_NAME
+    card.save(path)
+    return path
+
+
+def build_model_card(model_dir, training_info=None, eval_report=None, repo_id=None) -> ModelCard:
+    model_dir = Path(model_dir)
+    config = read_moda_config(model_dir)
+    info = read_training_info(model_dir) if training_info is None else dict(training_info)
+    unknown = sorted(set(info) - set(TRAINING_INFO_KEYS))
+    if unknown:
+        raise ValueError(f"training_info has unknown keys {unknown}; the card reads {sorted(TRAINING_INFO_KEYS)}.")
+    report = read_eval_report(model_dir, eval_report)
+    vision_model = info.get("vision_model", _name_or_path(config["vision_config"]))
+    text_model = info.get("text_model", _name_or_path(config["text_config"]))
+    if info.get("model_size"):
+        vision_model = text_model = None  # from scratch, whatever the argument defaults say
+    metrics = report_metrics(report) if report else {}
+    model_name = repo_id.split("/")[-1] if repo_id else model_dir.resolve().name
+    dataset = info.get("dataset") or (report or {}).get("dataset")
+
+    card_data = ModelCardData(
+        model_name=model_name,
+        library_name="transformers",
+        pipeline_tag="image-to-text",
+        tags=list(TAGS),
+        base_model=[m for m in (vision_model, text_model) if _is_hub_id(m)] or None,
+        datasets=[dataset] if _is_hub_id(dataset) else None,
+        license=info.get("license", "other"),
+        metrics=sorted({metric_type(name) for name in metrics}) or None,
+        eval_results=eval_results(metrics, report or {}, dataset) or None,
+        widget=[
+            {"src": url, "example_title": f"example {i + 1}"}
+            for i, url in enumerate(info.get("widget_images") or DEFAULT_WIDGET_IMAGES)
+        ],
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=TEMPLATE_PATH,
+        model_name=model_name,
+        repo_id=repo_id or PLACEHOLDER_REPO_ID,
+        revision=PLACEHOLDER_REVISION,
+        **architecture_fields(config, model_dir, vision_model, text_model),
+        training_text=training_text(info, vision_model, text_model, dataset),
+        hyperparameters=info.get("hyperparameters") or {},
+        dataset_text=_dataset_text(dataset),
+        eval_text=eval_text(report or {}, dataset),
+        eval_rows=[(name, _format_number(value)) for name, value in metrics.items()],
+    )
+
+
+def read_moda_config(model_dir: Path) -> dict:
+    """config.json of a MODA folder, with a clear error for anything else."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir} is not a model folder: it has no config.json.")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if config.get("model_type") != "moda":
+        raise ValueError(f"{path} has model_type {config.get('model_type')!r}; a MODA folder has 'moda'.")
+    return config
+
+
+def read_training_info(model_dir: Path) -> dict:
+    """moda_training.json, else what train_hf.py's training_summary.json and training_args.json say."""
+    explicit = model_dir / TRAINING_INFO_NAME
+    if explicit.is_file():
+        return _read_json(explicit)
+    summary_path, args_path = model_dir / "training_summary.json", model_dir / "training_args.json"
+    summary = _read_json(summary_path) if summary_path.is_file() else {}
+    training_args = _read_json(args_path) if args_path.is_file() else {}
+    model_args = summary.get("model_args") or {}
+    info = {}
+    if model_args:
+        info["model_size"] = model_args.get("model_size")
+        info["vision_model"] = model_args.get("vision_model")
+        info["text_model"] = model_args.get("text_model")
+    if summary:
+        info["dataset"] = summary.get("dataset") or "the synthetic demo catalog"
+        info["train_runtime_s"] = summary.get("train_runtime_s")
+        info["num_eval_items"] = summary.get("num_eval_items")
+    settings = {**model_args, **training_args}
+    hyperparameters = {name: settings[name] for name in HYPERPARAMETER_NAMES if settings.get(name) is not None}
+    if hyperparameters:
+        info["hyperparameters"] = hyperparameters
+    return {key: value for key, value in info.items() if value is not None}
+
+
+def read_eval_report(model_dir: Path, eval_report=None):
+    """The report given (dict or JSON path), else eval/report.json, else train_hf.py's held-out scores, else None."""
+    if isinstance(eval_report, dict):
+        return eval_report
+    if eval_report is not None:
+        return _read_json(Path(eval_report))
+    if (model_dir / EVAL_REPORT_PATH).is_file():
+        return _read_json(model_dir / EVAL_REPORT_PATH)
+    summary_path = model_dir / "training_summary.json"
+    if summary_path.is_file():
+        summary = _read_json(summary_path)
+        if "exact_match" in summary:
+            return {
+                "metrics": {"exact_match": summary["exact_match"],
+                            "attribute_accuracy": summary.get("attribute_accuracy") or {}},
+                "dataset": summary.get("dataset"),
+                "split": summary.get("eval_split"),
+                "num_items": summary.get("num_eval_items"),
+            }
+    return None
+
+
+def report_metrics(report: dict) -> dict:
+    """{"metrics": {...}} or a flat dict -> {name: number}; nested dicts become "name/sub". Non-numbers are an error."""
+    metrics = report["metrics"] if isinstance(report.get("metrics"), dict) else report
+    described = {"dataset", "split", "num_items"} if metrics is report else set()
+    return _flatten_metrics({name: value for name, value in metrics.items() if name not in described})
+
+
+def _flatten_metrics(metrics: dict, prefix: str = "") -> dict:
+    flat = {}
+    for name, value in metrics.items():
+        full_name = f"{prefix}{name}"
+        if isinstance(value, dict):
+            flat.update(_flatten_metrics(value, f"{full_name}/"))
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"Evaluation metric {full_name!r} must be a finite number; got {value!r}.")
+        else:
+            flat[full_name] = value
+    return flat
+
+
+def metric_type(name: str) -> str:
+    """'attribute_accuracy/Colour' -> 'attribute_accuracy_colour' (model-index metric types are identifiers)."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def eval_results(metrics: dict, report: dict, dataset) -> list:
+    dataset_name = _dataset_text(dataset)
+    return [
+        EvalResult(
+            task_type="image-to-text",
+            task_name="Product description",
+            dataset_type=dataset if _is_hub_id(dataset) else "fashion-catalog",
+            dataset_name=dataset_name,
+            dataset_split=report.get("split"),
+            metric_type=metric_type(name),
+            metric_name=name,
+            metric_value=value,
+        )
+        for name, value in metrics.items()
+    ]
+
+
+def architecture_fields(config: dict, model_dir: Path, vision_model, text_model) -> dict:
+    vision, text = config["vision_config"], config["text_config"]
+    counts = parameter_counts(model_dir)
+    text_hidden = text.get("hidden_size", 768)
+    return {
+        "vision_summary": f"ViT, patch {vision.get('patch_size')}, {vision.get('image_size')} px, "
+                          f"{vision.get('num_hidden_layers')} layers, width {vision.get('hidden_size')}",
+        "text_summary": f"{text.get('num_hidden_layers')} layers, width {text_hidden}, "
+                        f"vocabulary {text.get('vocab_size')}",
+        "image_embed_dim": vision.get("projection_dim"),
+        "projector_width": config.get("projector_expansion", 4) * text_hidden,
+        "projector_act": config.get("projector_hidden_act", "gelu").upper(),
+        "text_hidden": text_hidden,
+        "num_image_tokens": config.get("num_image_tokens", 1),
+        "vision_frozen": config.get("freeze_vision_tower", True),
+        "vision_source": _source_text(vision_model),
+        "text_source": _source_text(text_model),
+        **{f"{part}_params": _format_count(count) for part, count in counts.items()},
+    }
+
+
+def parameter_counts(model_dir: Path) -> dict:
+    """Parameters per part, read from the safetensors headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    counts = {"vision": 0, "projector": 0, "text": 0, "total": 0}
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(path, framework="pt") as weights:
+            for name in weights.keys():
+                size = math.prod(weights.get_slice(name).get_shape())
+                part = "vision" if name.startswith("vision_tower") else "projector" if "projector" in name else "text"
+                counts[part] += size
+                counts["total"] += size
+    return counts
+
+
+def training_text(info: dict, vision_model, text_model, dataset) -> str:
+    if not vision_model and not text_model:
+        size = f" (the {info['model_size']!r} size)" if info.get("model_size") else ""
+        start = f"Both towers were trained from scratch{size}."
+    else:
+        start = (f"The vision tower started from {_source_text(vision_model)} and the decoder from "
+                 f"{_source_text(text_model)}; the projector is new.")
+    facts = [start, f"Data: {_dataset_text(dataset)}."]
+    if info.get("num_train_items"):
+        facts.append(f"Training examples: {info['num_train_items']:,}.")
+    if info.get("num_eval_items"):
+        facts.append(f"Held-out items evaluated: {info['num_eval_items']:,}.")
+    runtime = info.get("train_runtime_s")
+    facts.append(f"Training time: {_format_duration(runtime)}." if runtime else "Training time: not recorded.")
+    facts.append(f"Hardware: {info.get('hardware') or 'not recorded'}.")
+    facts.append("Trained with `train_hf.py` (Hugging Face Trainer, AdamW with a StepLR schedule).")
+    return " ".join(facts)
+
+
+def eval_text(report: dict, dataset) -> str:
+    where = f"the {report['split']} split of " if report.get("split") else ""
+    count = f" ({report['num_items']:,} items)" if isinstance(report.get("num_items"), int) else ""
+    return f"Scores on {where}{_dataset_text(dataset)}{count}, greedy decoding."
+
+
+def describe_hardware() -> str:
+    """What this process runs on, e.g. '1x NVIDIA H100 80GB HBM3' or 'CPU (2 threads)': for training_info."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def _name_or_path(sub_config: dict):
+    return sub_config.get("_name_or_path") or None
+
+
+def _is_hub_id(name) -> bool:
+    return isinstance(name, str) and HUB_ID.fullmatch(name) is not None and not Path(name).exists()
+
+
+def _source_text(name) -> str:
+    if not name:
+        return "random initialisation (trained from scratch)"
+    return f"[{name}](https://huggingface.co/{name})" if _is_hub_id(name) else f"`{Path(name).name}` (a local folder)"
+
+
+def _dataset_text(dataset) -> str:
+    if not dataset:
+        return "a fashion product catalog"
+    if _is_hub_id(dataset):
+        return f"[{dataset}](https://huggingface.co/datasets/{dataset})"
+    return f"the fashion catalog `{Path(str(dataset)).name}`"
+
+
+def _format_count(count: int) -> str:
+    return f"{count / 1e6:.1f}M" if count >= 1e6 else f"{count:,}"
+
+
+def _format_number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _format_duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"JSON file not found: {path}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err

@@ -1,0 +1,90 @@
+"""Inference Endpoints handler for a MODA model (the custom-handler convention: `EndpointHandler(path)`).
+
+    handler = EndpointHandler("path/to/model")
+    handler({"inputs": open("shirt.jpg", "rb").read()})                 # raw image bytes
+    handler({"inputs": base64_string, "parameters": {"max_new_tokens": 16}})
+    handler({"inputs": "https://example.com/shirt.jpg", "parameters": {"prompt": "What colour is this item?"}})
+    # -> [{"generated_text": "White Casual Shirts for Boys - Apparel Topwear"}]
+
+This file travels in the model folder. It imports only torch, transformers, PIL and the standard library's base64
+and io: URLs are fetched by transformers' own `load_image`, and a string is never read as a local path (an
+endpoint must not open files named by its callers).
+"""
+
+import base64
+import io
+
+import torch
+from PIL import Image
+from transformers import pipeline
+from transformers.image_utils import load_image
+
+# Parameters the MODA pipeline takes by name; any other parameter is a generation option (e.g. num_beams).
+PIPELINE_PARAMETERS = ("prompt", "max_new_tokens", "generate_kwargs")
+
+
+class EndpointHandler:
+    def __init__(self, path: str = ""):
+        device = 0 if torch.cuda.is_available() else -1
+        self.captioner = pipeline("image-to-text", model=path or ".", trust_remote_code=True, device=device)
+
+    def __call__(self, data: dict) -> list:
+        """`{"inputs": image, "parameters": {...}}` -> `[{"generated_text": ...}]` (a list of those for a list)."""
+        if not isinstance(data, dict) or "inputs" not in data:
+            raise ValueError(f'The request must be a dict with an "inputs" key; got {_describe(data)}.')
+        inputs = data["inputs"]
+        images = [to_image(item) for item in inputs] if isinstance(inputs, list) else to_image(inputs)
+        return self.captioner(images, **pipeline_arguments(data.get("parameters")))
+
+
+def pipeline_arguments(parameters) -> dict:
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise ValueError(f'"parameters" must be a dict; got {_describe(parameters)}.')
+    arguments = {key: value for key, value in parameters.items() if key in PIPELINE_PARAMETERS}
+    generation = {key: value for key, value in parameters.items() if key not in PIPELINE_PARAMETERS}
+    if generation:
+        arguments["generate_kwargs"] = {**arguments.get("generate_kwargs", {}), **generation}
+    return arguments
+
+
+def to_image(item) -> Image.Image:
+    """Raw bytes, a base64 string (optionally a data: URL), an http(s) URL or a PIL image -> an RGB PIL image."""
+    if isinstance(item, Image.Image):
+        return item.convert("RGB")
+    if isinstance(item, (bytes, bytearray)):
+        return _decode_image_bytes(bytes(item), "the image bytes")
+    if isinstance(item, str):
+        text = item.strip()
+        if text.startswith(("http://", "https://")):
+            try:
+                return load_image(text).convert("RGB")
+            except Exception as err:  # load_image raises several types; name the URL either way
+                raise ValueError(f"Could not load the image at {text[:200]!r}: {err}") from err
+        if text.startswith("data:"):
+            text = text.partition(",")[2]
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except ValueError as err:  # binascii.Error is a ValueError
+            raise ValueError(
+                f"A string input must be an http(s) URL or base64-encoded image bytes; {text[:40]!r}... is neither "
+                f"({err})."
+            ) from err
+        return _decode_image_bytes(raw, "the base64 input")
+    raise ValueError(f"An input must be image bytes, a base64 string or an http(s) URL; got {_describe(item)}.")
+
+
+def _decode_image_bytes(raw: bytes, name: str) -> Image.Image:
+    if not raw:
+        raise ValueError(f"{name} is empty (0 bytes).")
+    try:
+        image = Image.open(io.BytesIO(raw))
+        image.load()  # truncated or corrupt data surfaces only when the pixels are decoded
+    except Exception as err:
+        raise ValueError(f"Could not read {name} ({len(raw)} bytes) as an image: {type(err).__name__}: {err}") from err
+    return image.convert("RGB")
+
+
+def _describe(value) -> str:
+    return f"{type(value).__name__} {str(value)[:60]!r}"

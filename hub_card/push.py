@@ -1,0 +1,101 @@
+"""`moda push FOLDER USER/NAME`: upload a trained MODA folder to the Hub with its card and endpoint handler.
+
+    moda push moda-demo user/moda-demo
+    moda push out user/moda --branch experiment --private --commit_message "Epoch 12"
+
+Prints the commit hash: pin it with `revision=` when loading, since `trust_remote_code` runs the repo's code.
+The Hub address comes from huggingface_hub (HF_ENDPOINT), the token from HF_TOKEN or `hf auth login`.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from hub_card.card import CARD_NAME, HANDLER_NAME, read_moda_config, write_handler, write_model_card
+
+# Never uploaded: Trainer checkpoints and logs inside an output folder, and pickles (a MODA folder's weights
+# are safetensors; a pickle runs code when loaded).
+IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "runs/**", ".cache/**", "*.bin", "*.pt", "*.pth", "*.pkl",
+                   "*.pickle", ".*.lock", ".staging*"]
+
+
+def validate_model_folder(folder) -> Path:
+    """A folder holding a MODA config.json, safetensors weights and the model code its auto_map names."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Model folder not found: {folder}")
+    config = read_moda_config(folder)
+    if not (folder / "model.safetensors").is_file() and not (folder / "model.safetensors.index.json").is_file():
+        raise ValueError(
+            f"{folder} has no safetensors weights (model.safetensors or model.safetensors.index.json): save the "
+            "model with save_pretrained (safe_serialization is the default)."
+        )
+    code_files = {reference.split(".")[0] + ".py" for reference in (config.get("auto_map") or {}).values()}
+    missing = sorted(name for name in code_files if not (folder / name).is_file())
+    if not code_files or missing:
+        raise ValueError(
+            f"{folder} lacks the model code its config.json names ({missing or 'no auto_map'}): save the model "
+            "with MODAForConditionalGeneration.save_pretrained, which copies the MODA .py files."
+        )
+    return folder
+
+
+def push_model_folder(folder, repo_id: str, revision: str = None, private: bool = None, commit_message: str = None,
+                      token: str = None, training_info: dict = None, eval_report=None) -> str:
+    """Uploads `folder` to `repo_id` (created if needed) in one commit and returns that commit's hash.
+
+    The card (README.md) and handler.py are written first where the folder has none; an existing card is kept
+    (it may have been edited by hand). `revision` is a branch, created from main when missing.
+    """
+    from huggingface_hub import HfApi
+
+    folder = validate_model_folder(folder)
+    if "/" not in repo_id:
+        raise ValueError(f"repo_id must be 'namespace/name'; got {repo_id!r}.")
+    if not (folder / CARD_NAME).is_file():
+        write_model_card(folder, training_info, eval_report, repo_id=repo_id)
+    if not (folder / HANDLER_NAME).is_file():
+        write_handler(folder)
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    commit = api.upload_folder(
+        folder_path=folder,
+        repo_id=repo_id,
+        revision=revision,
+        commit_message=commit_message or f"Upload MODA model from {folder.resolve().name}",
+        ignore_patterns=IGNORE_PATTERNS,
+    )
+    return commit.oid
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="moda push", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", help="a MODA model folder (as train_hf.py leaves one)")
+    parser.add_argument("repo_id", help="the Hub repository, namespace/name")
+    parser.add_argument("--revision", "--branch", dest="revision", default=None,
+                        help="the branch to push to (created when missing; default: main)")
+    parser.add_argument("--private", action="store_true", default=None, help="create the repository private")
+    parser.add_argument("--commit_message", default=None)
+    parser.add_argument("--training_info", default=None,
+                        help="a JSON file of training facts for a new card (keys: hub_card.TRAINING_INFO_KEYS)")
+    args = parser.parse_args(argv)
+    training_info = json.loads(Path(args.training_info).read_text()) if args.training_info else None
+    try:
+        sha = push_model_folder(args.folder, args.repo_id, revision=args.revision, private=args.private,
+                                commit_message=args.commit_message, training_info=training_info)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"moda push: {err}", file=sys.stderr)
+        return 2
+    print(f"pushed {args.folder} to {args.repo_id} at commit {sha}")
+    print(f'load it pinned: AutoModel.from_pretrained("{args.repo_id}", trust_remote_code=True, revision="{sha}")')
+    print(sha)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
