@@ -113,6 +113,11 @@ def number_forms(phrase: tuple) -> set:
     return {phrase, tuple(head) + (other,)}
 
 
+def split_colours(value: str) -> list:
+    """A colour cell naming several colours ("Black and White", "Red/Blue") -> each colour."""
+    return [part for part in re.split(r"\s*(?:/|&|,|\+|\band\b)\s*", value, flags=re.IGNORECASE) if part]
+
+
 def is_missing(value) -> bool:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return True
@@ -159,6 +164,8 @@ class AttributeVocabulary:
         if unknown:
             raise ValueError(f"Unknown attribute(s) {sorted(unknown)}; known: {list(ATTRIBUTES)}.")
         canonical = {a: sorted({str(v).strip() for v in vs if not is_missing(v)}) for a, vs in values.items()}
+        if "colour" in canonical:
+            canonical["colour"] = sorted({part for value in canonical["colour"] for part in split_colours(value)})
         vocabulary = cls(values=canonical, columns=dict(columns or {}))
         own_phrases = {tuple(words(value)) for vs in canonical.values() for value in vs}
         for attribute, names in canonical.items():
