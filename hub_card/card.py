@@ -217,7 +217,8 @@ def metric_type(name: str) -> str:
 
 
 def eval_results(metrics: dict, report: dict, dataset) -> list:
-    dataset_name = _dataset_text(dataset)
+    # Plain text here (YAML), not the Markdown link the body uses.
+    dataset_name = (dataset if _is_hub_id(dataset) else Path(str(dataset)).name) if dataset else "fashion catalog"
     return [
         EvalResult(
             task_type="image-to-text",

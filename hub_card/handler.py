@@ -32,9 +32,10 @@ class EndpointHandler:
         """`{"inputs": image, "parameters": {...}}` -> `[{"generated_text": ...}]` (a list of those for a list)."""
         if not isinstance(data, dict) or "inputs" not in data:
             raise ValueError(f'The request must be a dict with an "inputs" key; got {_describe(data)}.')
+        arguments = pipeline_arguments(data.get("parameters"))
         inputs = data["inputs"]
         images = [to_image(item) for item in inputs] if isinstance(inputs, list) else to_image(inputs)
-        return self.captioner(images, **pipeline_arguments(data.get("parameters")))
+        return self.captioner(images, **arguments)
 
 
 def pipeline_arguments(parameters) -> dict:

@@ -1,0 +1,327 @@
+"""Model card, endpoint handler, and a push / load round trip through a local Hub (tests/hub_server.py).
+
+The test process runs with HF_HUB_OFFLINE=1 (conftest) and huggingface_hub reads that constant at import, so every
+Hub call runs in a subprocess whose environment points HF_ENDPOINT at the local Hub with HF_HUB_OFFLINE=0: one
+process pushes (transformers' push_to_hub, then `moda push` twice), a second one, started afterwards in another
+folder with an empty cache and the repo not importable, loads by repo id and pinned revisions.
+"""
+
+import ast
+import base64
+import copy
+import importlib.util
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from huggingface_hub import ModelCard
+
+from hub_card import prepare_model_folder, write_model_card
+from hub_card.push import main as push_main
+from moda.describe import load_captioner
+from tests.conftest import REPO_ROOT, randomize_weights
+from tests.hub_server import LocalHub
+
+PUSH_SCRIPT = r'''
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from transformers import AutoModel, AutoProcessor
+from moda.cli import main as moda_main
+
+first_dir, second_dir = sys.argv[2], sys.argv[3]
+model = AutoModel.from_pretrained(first_dir, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained(first_dir, trust_remote_code=True)
+result = {"model_commit": model.push_to_hub("local-user/moda-transformers").oid,
+          "processor_commit": processor.push_to_hub("local-user/moda-transformers").oid}
+assert moda_main(["push", first_dir, "local-user/moda"]) == 0
+print("FIRST_PUSH_DONE")
+assert moda_main(["push", second_dir, "local-user/moda", "--commit_message", "New weights"]) == 0
+print("RESULT" + json.dumps(result))
+'''
+
+LOAD_SCRIPT = r'''
+import json, sys
+from PIL import Image
+from transformers import AutoModel, AutoProcessor, pipeline
+
+for name in ("modeling_moda", "moda", "hub_card"):
+    try:
+        __import__(name)
+    except ImportError:
+        pass
+    else:
+        raise SystemExit(f"{name} is importable: the test must load only what the Hub serves")
+
+targets, image_paths = json.loads(sys.argv[1]), sys.argv[2:]
+images = [Image.open(path) for path in image_paths]
+result = {}
+for repo_id, revision in targets:
+    model = AutoModel.from_pretrained(repo_id, trust_remote_code=True, revision=revision)
+    processor = AutoProcessor.from_pretrained(repo_id, trust_remote_code=True, revision=revision)
+    captioner = pipeline("image-to-text", model=repo_id, trust_remote_code=True, revision=revision)
+    result[f"{repo_id}@{revision}"] = {
+        "generate": processor.batch_decode(model.generate(**processor(images=images))),
+        "pipeline": [output[0]["generated_text"] for output in captioner(images)],
+    }
+print("RESULT" + json.dumps(result))
+'''
+
+TRAINING_INFO = {
+    "vision_model": "patrickjohncyh/fashion-clip",
+    "text_model": "facebook/opt-125m",
+    "dataset": "ashraq/fashion-product-images-small",
+    "num_train_items": 18016,
+    "hyperparameters": {"learning_rate": 0.001, "num_train_epochs": 3, "per_device_train_batch_size": 32},
+    "train_runtime_s": 3725.0,
+    "hardware": "1x NVIDIA H100",
+}
+EVAL_REPORT = {
+    "metrics": {"bleu": 0.3125, "cider": 1.5, "attribute_accuracy": {"Colour": 0.81, "Gender": 0.93}},
+    "dataset": "ashraq/fashion-product-images-small",
+    "split": "test",
+    "num_items": 1984,
+}
+
+
+def copy_model(source, target):
+    shutil.copytree(source, target)
+    return target
+
+
+def local_captions(model_dir, images):
+    captioner = load_captioner(str(model_dir))
+    return [output[0]["generated_text"] for output in captioner(images)]
+
+
+def hub_env(hub, home, token=True):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_TOKEN")}
+    env.update(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1")
+    if token:
+        env["HF_TOKEN"] = "hf_local_test_token"
+    return env
+
+
+def run_script(script, args, env, cwd):
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    return json.loads(line[len("RESULT"):]), proc.stdout
+
+
+# --- the card ----------------------------------------------------------------------------------------------------
+
+def test_card_has_hub_metadata_and_sections(tiny_moda_dir, tmp_path):
+    folder = copy_model(tiny_moda_dir, tmp_path / "model")
+    path = write_model_card(folder, TRAINING_INFO, EVAL_REPORT, repo_id="someone/moda-small")
+    card = ModelCard.load(path)
+    data = card.data.to_dict()
+    assert data["library_name"] == "transformers"
+    assert data["pipeline_tag"] == "image-to-text"
+    assert {"fashion", "e-commerce", "vision-language", "image-captioning"} <= set(data["tags"])
+    assert data["base_model"] == ["patrickjohncyh/fashion-clip", "facebook/opt-125m"]
+    assert data["datasets"] == ["ashraq/fashion-product-images-small"]
+    assert data["license"]
+    assert data["widget"] and all(entry["src"].startswith("https://") for entry in data["widget"])
+    metrics = {m["name"]: m["value"] for m in data["model-index"][0]["results"][0]["metrics"]}
+    assert metrics == {"bleu": 0.3125, "cider": 1.5, "attribute_accuracy/Colour": 0.81, "attribute_accuracy/Gender": 0.93}
+    body = card.text
+    for section in ("## Architecture", "## How to use", "## Training", "## Evaluation", "## Limitations and bias"):
+        assert section in body
+    assert "| bleu | 0.3125 |" in body and "| attribute_accuracy/Gender | 0.9300 |" in body
+    assert "| learning_rate | 0.001 |" in body
+    assert "1 h 2 min" in body and "1x NVIDIA H100" in body and "18,016" in body
+    for snippet in ("AutoModel.from_pretrained(\"someone/moda-small\"", "AutoProcessor.from_pretrained(",
+                    'pipeline("image-to-text"', 'pipeline("image-text-to-text"', "revision="):
+        assert snippet in body
+
+
+def test_card_reads_what_train_hf_leaves(tiny_moda_dir, tmp_path):
+    folder = copy_model(tiny_moda_dir, tmp_path / "model")
+    summary = {"dataset": None, "eval_split": "validation", "num_eval_items": 30, "exact_match": 0.5,
+               "attribute_accuracy": {"Colour": 0.75}, "train_runtime_s": 42.0,
+               "model_args": {"model_size": "tiny", "vision_model": "patrickjohncyh/fashion-clip",
+                              "text_model": "facebook/opt-125m", "lr_gamma": 0.5}}
+    (folder / "training_summary.json").write_text(json.dumps(summary))
+    (folder / "training_args.json").write_text(json.dumps({"learning_rate": 0.001, "seed": 42, "fp16": False}))
+    card = ModelCard.load(write_model_card(folder))
+    # A from-scratch model has no base model, whatever the argument defaults named.
+    assert "base_model" not in card.data.to_dict()
+    assert "trained from scratch (the 'tiny' size)" in card.text
+    assert "| exact_match | 0.5000 |" in card.text and "| attribute_accuracy/Colour | 0.7500 |" in card.text
+    assert "| learning_rate | 0.001 |" in card.text and "| lr_gamma | 0.5 |" in card.text
+    assert "42 s" in card.text
+
+
+def test_card_reads_eval_report_json_in_folder(tiny_moda_dir, tmp_path):
+    folder = copy_model(tiny_moda_dir, tmp_path / "model")
+    (folder / "eval").mkdir()
+    (folder / "eval" / "report.json").write_text(json.dumps({"rouge_l": 0.6, "meteor": 0.4}))
+    card = ModelCard.load(write_model_card(folder))
+    assert "| rouge_l | 0.6000 |" in card.text
+    assert card.data.to_dict()["metrics"] == ["meteor", "rouge_l"]
+
+
+def test_prepare_model_folder_is_idempotent(tiny_moda_dir, tmp_path):
+    folder = copy_model(tiny_moda_dir, tmp_path / "model")
+    prepare_model_folder(folder, TRAINING_INFO, EVAL_REPORT)
+    first = {name: (folder / name).read_bytes() for name in ("README.md", "handler.py")}
+    prepare_model_folder(folder, TRAINING_INFO, EVAL_REPORT)
+    assert first == {name: (folder / name).read_bytes() for name in ("README.md", "handler.py")}
+
+
+def test_card_bad_inputs_are_named(tiny_moda_dir, tmp_path):
+    folder = copy_model(tiny_moda_dir, tmp_path / "model")
+    with pytest.raises(ValueError, match="unknown keys \\['epochs'\\]"):
+        write_model_card(folder, {"epochs": 3})
+    with pytest.raises(ValueError, match="'bleu' must be a finite number"):
+        write_model_card(folder, eval_report={"metrics": {"bleu": "high"}})
+    with pytest.raises(ValueError, match="'cider' must be a finite number"):
+        write_model_card(folder, eval_report={"cider": float("nan")})
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="model_type 'bert'"):
+        write_model_card(tmp_path / "other")
+
+
+# --- the endpoint handler ----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def handler_folder(tiny_moda_dir, tmp_path_factory):
+    folder = copy_model(tiny_moda_dir, tmp_path_factory.mktemp("handler") / "model")
+    prepare_model_folder(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def endpoint_handler(handler_folder):
+    """EndpointHandler imported from the handler.py inside the model folder, as Inference Endpoints does."""
+    spec = importlib.util.spec_from_file_location("moda_endpoint_handler", handler_folder / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EndpointHandler(str(handler_folder))
+
+
+def png_bytes(image):
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_handler_imports_only_what_endpoints_allow(handler_folder):
+    tree = ast.parse((handler_folder / "handler.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"torch", "transformers", "PIL", "base64", "io"}, imported
+    called = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    assert not called & {"eval", "exec", "open", "compile", "__import__"}
+
+
+def test_handler_bytes_and_base64_give_local_captions(endpoint_handler, handler_folder, product_images):
+    expected = local_captions(handler_folder, product_images[:2])
+    raw = png_bytes(product_images[0])
+    encoded = base64.b64encode(raw).decode()
+    assert endpoint_handler({"inputs": raw}) == [{"generated_text": expected[0]}]
+    assert endpoint_handler({"inputs": encoded}) == [{"generated_text": expected[0]}]
+    assert endpoint_handler({"inputs": "data:image/png;base64," + encoded}) == [{"generated_text": expected[0]}]
+    assert endpoint_handler({"inputs": product_images[1]}) == [{"generated_text": expected[1]}]
+    batch = endpoint_handler({"inputs": [raw, png_bytes(product_images[1])]})
+    assert batch == [[{"generated_text": expected[0]}], [{"generated_text": expected[1]}]]
+    short = endpoint_handler({"inputs": raw, "parameters": {"max_new_tokens": 2}})
+    assert len(short[0]["generated_text"]) <= len(expected[0])
+
+
+def test_handler_bad_inputs_are_named(endpoint_handler):
+    with pytest.raises(ValueError, match="Could not read the image bytes"):
+        endpoint_handler({"inputs": b"not an image at all"})
+    with pytest.raises(ValueError, match="empty"):
+        endpoint_handler({"inputs": b""})
+    with pytest.raises(ValueError, match="http\\(s\\) URL or base64"):
+        endpoint_handler({"inputs": "/etc/passwd"})  # a path is not read: endpoints take bytes, base64 or URLs
+    with pytest.raises(ValueError, match="Could not read the base64 input"):
+        endpoint_handler({"inputs": base64.b64encode(b"garbage bytes").decode()})
+    with pytest.raises(ValueError, match='"inputs" key'):
+        endpoint_handler({"image": "x"})
+    with pytest.raises(ValueError, match="got int"):
+        endpoint_handler({"inputs": 3})
+    with pytest.raises(ValueError, match='"parameters" must be a dict'):
+        endpoint_handler({"inputs": b"x", "parameters": [1]})
+
+
+# --- moda push: folder checks (no Hub needed: they fail before any request) --------------------------------------
+
+def test_push_rejects_folders_that_are_not_moda(tiny_moda_dir, tmp_path, capsys):
+    assert push_main([str(tmp_path / "missing"), "me/x"]) == 2
+    assert "Model folder not found" in capsys.readouterr().err
+    no_weights = copy_model(tiny_moda_dir, tmp_path / "no-weights")
+    (no_weights / "model.safetensors").unlink()
+    assert push_main([str(no_weights), "me/x"]) == 2
+    assert "no safetensors weights" in capsys.readouterr().err
+    no_code = copy_model(tiny_moda_dir, tmp_path / "no-code")
+    (no_code / "modeling_moda.py").unlink()
+    assert push_main([str(no_code), "me/x"]) == 2
+    assert "modeling_moda.py" in capsys.readouterr().err
+    assert push_main([str(tiny_moda_dir), "no-namespace"]) == 2
+    assert "namespace/name" in capsys.readouterr().err
+
+
+# --- push and load through the local Hub ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def local_hub(tmp_path_factory):
+    with LocalHub(tmp_path_factory.mktemp("local-hub")) as hub:
+        yield hub
+
+
+def test_push_then_load_by_repo_id_with_pinned_revisions(
+    local_hub, tiny_moda_dir, tiny_model_and_processor, product_images, tmp_path
+):
+    first = copy_model(tiny_moda_dir, tmp_path / "first")
+    (first / "loss_curves.png").write_bytes(png_bytes(product_images[0]))  # as train_hf.py leaves its plot
+    (first / "checkpoint-5").mkdir()  # Trainer checkpoints and pickles stay local
+    (first / "checkpoint-5" / "optimizer.pt").write_bytes(b"x")
+    (first / "training_args.bin").write_bytes(b"x")
+    model, processor = tiny_model_and_processor
+    second = tmp_path / "second"
+    randomize_weights(copy.deepcopy(model), seed=1).save_pretrained(second)
+    processor.save_pretrained(second)
+    first_captions, second_captions = local_captions(first, product_images), local_captions(second, product_images)
+    assert first_captions != second_captions, "the second weights must describe differently to test pinning"
+
+    _, push_output = run_script(PUSH_SCRIPT, [REPO_ROOT, first, second], hub_env(local_hub, tmp_path / "push-home"),
+                                cwd=REPO_ROOT)
+    store = local_hub.store
+    commits = store.repos["local-user/moda"]["commits"]
+    first_sha, second_sha = [sha for sha, commit in commits.items() if commit["parent"] is not None]
+    assert f"at commit {first_sha}" in push_output and f"at commit {second_sha}" in push_output
+    assert commits[second_sha]["parent"] == first_sha and commits[second_sha]["message"] == "New weights"
+    pushed = store.files("local-user/moda", first_sha)
+    assert {"README.md", "handler.py", "loss_curves.png", "model.safetensors", "modeling_moda.py",
+            "processing_moda.py", "pipeline_moda.py", "configuration_moda.py", "tokenizer.json"} <= set(pushed)
+    assert not any(path.startswith("checkpoint-") or path.endswith(".bin") for path in pushed)
+    card = store.blob_path(pushed["README.md"]).read_text()
+    assert 'AutoModel.from_pretrained("local-user/moda"' in card
+
+    image_paths = []
+    for i, image in enumerate(product_images):
+        image_paths.append(tmp_path / f"item{i}.png")
+        image.save(image_paths[-1])
+    transformers_sha = store.repos["local-user/moda-transformers"]["branches"]["main"]
+    targets = [("local-user/moda-transformers", transformers_sha), ("local-user/moda", first_sha),
+               ("local-user/moda", "main")]
+    load_dir = tmp_path / "elsewhere"
+    load_dir.mkdir()
+    loaded, _ = run_script(LOAD_SCRIPT, [json.dumps(targets), *image_paths],
+                           hub_env(local_hub, tmp_path / "fresh-home", token=False), cwd=load_dir)
+
+    expected = {
+        f"local-user/moda-transformers@{transformers_sha}": first_captions,
+        f"local-user/moda@{first_sha}": first_captions,  # pinned: the old weights after the second push
+        "local-user/moda@main": second_captions,
+    }
+    assert loaded == {key: {"generate": captions, "pipeline": captions} for key, captions in expected.items()}
