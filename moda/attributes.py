@@ -209,24 +209,32 @@ class AttributeVocabulary:
         return reference
 
 
-def extract_attributes(text: str, vocabulary: AttributeVocabulary) -> dict:
+def find_mentions(text: str, vocabulary: AttributeVocabulary) -> list:
     """
-    {attribute: [canonical values named in text, in order, without repeats]} for every attribute of the
-    vocabulary. Phrases are matched left to right, longest first; one phrase may name values of several
-    attributes (a catalog's "Flip Flops" is a product type and a subcategory).
+    The phrases of `text` that name attribute values, left to right, longest first: a list of
+    (phrase, frozenset of (attribute, canonical value)). One phrase may name values of several attributes
+    (a catalog's "Flip Flops" is a product type and a subcategory).
     """
-    found = {attribute: [] for attribute in vocabulary.values}
+    mentions = []
     tokens = words(text)
     i = 0
     while i < len(tokens):
         for length in range(min(vocabulary.longest, len(tokens) - i), 0, -1):
             names = vocabulary.phrases.get(tuple(tokens[i:i + length]))
             if names:
-                for attribute, value in sorted(names):
-                    if value not in found[attribute]:
-                        found[attribute].append(value)
+                mentions.append((" ".join(tokens[i:i + length]), names))
                 i += length
                 break
         else:
             i += 1
+    return mentions
+
+
+def extract_attributes(text: str, vocabulary: AttributeVocabulary) -> dict:
+    """{attribute: [canonical values named in text, in order, without repeats]} for every attribute of the vocabulary."""
+    found = {attribute: [] for attribute in vocabulary.values}
+    for _, names in find_mentions(text, vocabulary):
+        for attribute, value in sorted(names):
+            if value not in found[attribute]:
+                found[attribute].append(value)
     return found

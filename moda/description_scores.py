@@ -7,8 +7,9 @@ The write-up's five scores, each on 0-10 and averaged over items:
 - Category Accuracy: the item's most specific category is named: its product type (Shirts), or where a catalog has
   none its subcategory (Topwear), else its category (Apparel).
 - Gender Accuracy: the item's gender is named.
-- Factual Consistency: the share of the attribute values the description names that are right for the item
-  (a description naming nothing checkable earns 0: it states no fact about the item).
+- Factual Consistency: the share of the details (distinct attribute phrases) the description states that are right
+  for the item. A phrase naming values of several attributes ("Sandal": the subcategory Sandal and the product type
+  Sandals) is one detail, right when one of its values is. A description stating nothing checkable earns 0.
 
 Overall is the mean of the five. An item without a value for an attribute (an empty cell) is left out of that
 score's mean, and the counts say how many items each score covers. Per-attribute hit rates (0-1) are the share of
@@ -20,7 +21,7 @@ scorer, corpus-level: it needs two or more items, since its IDF comes from the r
 import re
 from collections import Counter
 
-from moda.attributes import AttributeVocabulary, columns_for, extract_attributes, is_missing
+from moda.attributes import AttributeVocabulary, columns_for, extract_attributes, find_mentions, is_missing
 
 SCORE_NAMES = ("Color Accuracy", "Style Recognition", "Category Accuracy", "Gender Accuracy", "Factual Consistency")
 CATEGORY_LEVELS = ("product_type", "subcategory", "category")  # most specific first
@@ -44,9 +45,11 @@ def item_scores(description: str, row: dict, vocabulary: AttributeVocabulary) ->
         scores["Category Accuracy"] = 10.0 * hits[category_level]
     if "gender" in reference:
         scores["Gender Accuracy"] = 10.0 * hits["gender"]
-    mentions = [(attribute, value) for attribute in reference for value in named[attribute]]
-    wrong = [f"{attribute}={value}" for attribute, value in mentions if value not in reference[attribute]]
-    scores["Factual Consistency"] = 10.0 * (len(mentions) - len(wrong)) / len(mentions) if mentions else 0.0
+    details = {frozenset((a, v) for a, v in names if a in reference) for _, names in find_mentions(description, vocabulary)}
+    details.discard(frozenset())  # phrases naming only attributes this item has no value for cannot be checked
+    wrong = sorted(", ".join(f"{a}={v}" for a, v in sorted(detail)) for detail in details
+                   if not any(v in reference[a] for a, v in detail))
+    scores["Factual Consistency"] = 10.0 * (len(details) - len(wrong)) / len(details) if details else 0.0
     return {"named": named, "reference": reference, "hits": hits, "scores": scores, "wrong_details": wrong}
 
 

@@ -17,7 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from transformers import PretrainedConfig, TrainerCallback
+from transformers import AutoConfig, PretrainedConfig, TrainerCallback
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from moda.attributes import AttributeVocabulary
 from moda.catalog import MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, load_catalog
@@ -34,9 +35,14 @@ def load_model_and_processor(model_name: str, revision: str = None):
     """A MODA folder or Hub id (or a BLIP baseline trained by train_hf.py) -> (model in eval mode, processor)."""
     model_type = PretrainedConfig.get_config_dict(model_name, revision=revision)[0].get("model_type")
     if model_type == "moda":
+        from configuration_moda import MODAConfig
         from modeling_moda import MODAForConditionalGeneration
         from processing_moda import MODAProcessor
 
+        # The processor's tokenizer loader reads the folder's config through AutoConfig; with "moda" known locally
+        # it needs no remote code (otherwise transformers asks whether to run the folder's Python files).
+        if "moda" not in CONFIG_MAPPING:
+            AutoConfig.register("moda", MODAConfig)
         model = MODAForConditionalGeneration.from_pretrained(model_name, revision=revision)
         processor = MODAProcessor.from_pretrained(model_name, revision=revision)
     elif model_type == "blip":

@@ -126,6 +126,18 @@ def test_partial_and_missing_details(vocabulary):
     assert scores_of("a nice thing", ROWS[1], vocabulary)["Factual Consistency"] == 0.0
 
 
+def test_a_phrase_naming_several_attributes_is_one_detail():
+    rows = [myntra_row("Black", "Men", "Sports Sandals", "Casual", category="Footwear", subcategory="Sandal"),
+            myntra_row("Brown", "Women", "Sandals", "Casual", category="Footwear", subcategory="Sandal")]
+    vocabulary = AttributeVocabulary.from_rows(rows)
+    # "Sandal" names the subcategory Sandal and the product type Sandals: right as a subcategory.
+    result = attribute_scores(["Black Casual Sports Sandals for Men - Footwear Sandal"], rows[:1], vocabulary)
+    assert result["scores"]["Factual Consistency"] == 10.0 and result["items"][0]["wrong_details"] == []
+    wrong = attribute_scores(["Black sandal for men"], [myntra_row("Black", "Men", "Tops", "Casual")], vocabulary)
+    assert wrong["items"][0]["wrong_details"] == ["product_type=Sandals, subcategory=Sandal"]
+    assert wrong["scores"]["Factual Consistency"] == pytest.approx(10 * 2 / 3)
+
+
 def test_items_without_a_value_are_left_out_of_that_score(vocabulary):
     rows = [dict(ROWS[1], Usage=""), ROWS[2]]
     result = attribute_scores(["Blue Casual Tshirts for Women", "Grey Formal Shirts for Boys"], rows, vocabulary)
