@@ -12,6 +12,7 @@ CORE = [
     "accelerate>=1.0",
     "peft>=0.13",
     "huggingface_hub",
+    "jinja2",  # ModelCard.from_template renders hub_card/template.md
     "matplotlib",
     "tqdm",
 ]
