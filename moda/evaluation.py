@@ -25,7 +25,6 @@ from moda.catalog import MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_fo
 from moda.description_scores import SCORE_NAMES, flat_metrics, majority_baseline, score_descriptions
 from moda.features import image_bytes, open_image
 
-BASELINE_ATTRIBUTES = ("gender", "colour", "product_type", "usage")
 CONFUSION_ATTRIBUTES = ("colour", "product_type")
 
 
