@@ -8,7 +8,7 @@ What the card reads, first found wins:
 - the model: `config.json` (shapes, parameter counts, frozen vision tower) and the weights' parameter count;
 - the backbones: `training_info["vision_model"/"text_model"]`, else the `_name_or_path` that `from_backbones`
   leaves in the sub-configs; only Hub ids (`namespace/name`) become `base_model` in the YAML;
-- training: the `training_info` dict, else `moda_training.json` in the folder, else train_hf.py's
+- training: the `training_info` dict, over `moda_training.json` in the folder, else over train_hf.py's
   `training_summary.json` + `training_args.json`. `TRAINING_INFO_KEYS` lists the keys read;
 - evaluation: the `eval_report` dict (or JSON path), else `eval/report.json` in the folder, else the held-out
   scores in `training_summary.json`. A report is `{"metrics": {name: value}, "dataset": ..., "split": ...,
@@ -87,7 +87,7 @@ def write_model_card(model_dir, training_info=None, eval_report=None, repo_id=No
 def build_model_card(model_dir, training_info=None, eval_report=None, repo_id=None) -> ModelCard:
     model_dir = Path(model_dir)
     config = read_moda_config(model_dir)
-    info = read_training_info(model_dir) if training_info is None else dict(training_info)
+    info = {**read_training_info(model_dir), **(training_info or {})}  # given facts win over the folder's files
     unknown = sorted(set(info) - set(TRAINING_INFO_KEYS))
     if unknown:
         raise ValueError(f"training_info has unknown keys {unknown}; the card reads {sorted(TRAINING_INFO_KEYS)}.")

@@ -12,6 +12,9 @@ import json
 import sys
 from pathlib import Path
 
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
+
 from hub_card.card import CARD_NAME, HANDLER_NAME, read_moda_config, write_handler, write_model_card
 
 # Never uploaded: Trainer checkpoints and logs inside an output folder, and pickles (a MODA folder's weights
@@ -48,8 +51,6 @@ def push_model_folder(folder, repo_id: str, revision: str = None, private: bool 
     The card (README.md) and handler.py are written first where the folder has none; an existing card is kept
     (it may have been edited by hand). `revision` is a branch, created from main when missing.
     """
-    from huggingface_hub import HfApi
-
     folder = validate_model_folder(folder)
     if "/" not in repo_id:
         raise ValueError(f"repo_id must be 'namespace/name'; got {repo_id!r}.")
@@ -91,6 +92,9 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"moda push: {err}", file=sys.stderr)
         return 2
+    except HfHubHTTPError as err:  # no token, no write access, a bad branch name...
+        print(f"moda push: the Hub refused the upload of {args.folder} to {args.repo_id}: {err}", file=sys.stderr)
+        return 1
     print(f"pushed {args.folder} to {args.repo_id} at commit {sha}")
     print(f'load it pinned: AutoModel.from_pretrained("{args.repo_id}", trust_remote_code=True, revision="{sha}")')
     print(sha)

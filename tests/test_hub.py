@@ -27,12 +27,15 @@ from tests.conftest import REPO_ROOT, randomize_weights
 from tests.hub_server import LocalHub
 
 PUSH_SCRIPT = r'''
-import json, sys
+import json, os, sys
 sys.path.insert(0, sys.argv[1])
 from transformers import AutoModel, AutoProcessor
 from moda.cli import main as moda_main
 
 first_dir, second_dir = sys.argv[2], sys.argv[3]
+token = os.environ.pop("HF_TOKEN")  # huggingface_hub reads the token per call: first a push without one
+assert moda_main(["push", first_dir, "local-user/moda"]) == 1
+os.environ["HF_TOKEN"] = token
 model = AutoModel.from_pretrained(first_dir, trust_remote_code=True)
 processor = AutoProcessor.from_pretrained(first_dir, trust_remote_code=True)
 result = {"model_commit": model.push_to_hub("local-user/moda-transformers").oid,
@@ -40,6 +43,7 @@ result = {"model_commit": model.push_to_hub("local-user/moda-transformers").oid,
 assert moda_main(["push", first_dir, "local-user/moda"]) == 0
 print("FIRST_PUSH_DONE")
 assert moda_main(["push", second_dir, "local-user/moda", "--commit_message", "New weights"]) == 0
+assert moda_main(["push", first_dir, "local-user/moda", "--branch", "exp", "--commit_message", "Old on a branch"]) == 0
 print("RESULT" + json.dumps(result))
 '''
 
@@ -110,7 +114,7 @@ def run_script(script, args, env, cwd):
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
-    return json.loads(line[len("RESULT"):]), proc.stdout
+    return json.loads(line[len("RESULT"):]), proc.stdout + proc.stderr
 
 
 # --- the card ----------------------------------------------------------------------------------------------------
@@ -148,13 +152,13 @@ def test_card_reads_what_train_hf_leaves(tiny_moda_dir, tmp_path):
                               "text_model": "facebook/opt-125m", "lr_gamma": 0.5}}
     (folder / "training_summary.json").write_text(json.dumps(summary))
     (folder / "training_args.json").write_text(json.dumps({"learning_rate": 0.001, "seed": 42, "fp16": False}))
-    card = ModelCard.load(write_model_card(folder))
+    card = ModelCard.load(write_model_card(folder, training_info={"hardware": "CPU (2 threads)"}))
     # A from-scratch model has no base model, whatever the argument defaults named.
     assert "base_model" not in card.data.to_dict()
     assert "trained from scratch (the 'tiny' size)" in card.text
     assert "| exact_match | 0.5000 |" in card.text and "| attribute_accuracy/Colour | 0.7500 |" in card.text
     assert "| learning_rate | 0.001 |" in card.text and "| lr_gamma | 0.5 |" in card.text
-    assert "42 s" in card.text
+    assert "42 s" in card.text and "Hardware: CPU (2 threads)." in card.text  # given facts join the files'
 
 
 def test_card_reads_eval_report_json_in_folder(tiny_moda_dir, tmp_path):
@@ -297,9 +301,12 @@ def test_push_then_load_by_repo_id_with_pinned_revisions(
                                 cwd=REPO_ROOT)
     store = local_hub.store
     commits = store.repos["local-user/moda"]["commits"]
-    first_sha, second_sha = [sha for sha, commit in commits.items() if commit["parent"] is not None]
-    assert f"at commit {first_sha}" in push_output and f"at commit {second_sha}" in push_output
-    assert commits[second_sha]["parent"] == first_sha and commits[second_sha]["message"] == "New weights"
+    sha_of = {commit["message"]: sha for sha, commit in commits.items()}
+    first_sha, second_sha = sha_of["Upload MODA model from first"], sha_of["New weights"]
+    assert all(f"at commit {sha}" in push_output for sha in sha_of.values() if sha != sha_of["initial commit"])
+    assert commits[second_sha]["parent"] == first_sha
+    assert "moda push: the Hub refused the upload of" in push_output and "401" in push_output  # no token
+    assert store.repos["local-user/moda"]["branches"] == {"main": second_sha, "exp": sha_of["Old on a branch"]}
     pushed = store.files("local-user/moda", first_sha)
     assert {"README.md", "handler.py", "loss_curves.png", "model.safetensors", "modeling_moda.py",
             "processing_moda.py", "pipeline_moda.py", "configuration_moda.py", "tokenizer.json"} <= set(pushed)
@@ -313,7 +320,7 @@ def test_push_then_load_by_repo_id_with_pinned_revisions(
         image.save(image_paths[-1])
     transformers_sha = store.repos["local-user/moda-transformers"]["branches"]["main"]
     targets = [("local-user/moda-transformers", transformers_sha), ("local-user/moda", first_sha),
-               ("local-user/moda", "main")]
+               ("local-user/moda", "main"), ("local-user/moda", "exp")]
     load_dir = tmp_path / "elsewhere"
     load_dir.mkdir()
     loaded, _ = run_script(LOAD_SCRIPT, [json.dumps(targets), *image_paths],
@@ -323,5 +330,6 @@ def test_push_then_load_by_repo_id_with_pinned_revisions(
         f"local-user/moda-transformers@{transformers_sha}": first_captions,
         f"local-user/moda@{first_sha}": first_captions,  # pinned: the old weights after the second push
         "local-user/moda@main": second_captions,
+        "local-user/moda@exp": first_captions,
     }
     assert loaded == {key: {"generate": captions, "pipeline": captions} for key, captions in expected.items()}
