@@ -1,0 +1,429 @@
+"""`moda caption`: describe a whole catalog, batched, resumable and sharded over processes.
+
+    moda caption --model ./moda-demo --images catalog/ --output captions.jsonl       # or .csv / .parquet
+    torchrun --nproc_per_node 4 -m moda.cli caption --model ... --images ... --output captions.jsonl
+
+One output row per catalog item: `id`, `file`, `description`, `descriptions` ({prompt: text}, "" for no prompt) and
+`attributes` (when an attribute vocabulary is known), or `error` for an item that could not be read.
+
+How a run survives being killed: every finished batch is written to its own part file in `<output>.parts/`
+(temp file, fsync, atomic rename), and a restart skips the ids those parts already hold. When every item is done,
+rank 0 merges the parts (and the rows of an earlier finished output) into the output through a temp file and
+`os.replace`, then removes the parts. Under torchrun / accelerate launch (RANK, WORLD_SIZE set), rank r captions
+items[r::world_size]; the ranks meet at a gloo barrier before the merge.
+"""
+
+import argparse
+import datetime
+import io
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+ID_COLUMNS = ("id", "ProductId")
+OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
+# Columns of the output that hold structures; CSV and Parquet store them as JSON text.
+STRUCTURED_COLUMNS = ("descriptions", "attributes")
+# Test hook: SIGKILL this process after it has written this many part files (a real kill, at a known point).
+KILL_AFTER_PARTS_ENV = "MODA_CAPTION_KILL_AFTER_PARTS"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The catalog: which images to describe (to merge with moda/catalog.py's loaders, whose readers it reuses).
+# ---------------------------------------------------------------------------------------------------------------
+
+def list_catalog_items(source: str, image_column: str = "image") -> list:
+    """
+    The items to caption, in a fixed order, as dicts {id, file, image, row}: `image` is a path or raw bytes,
+    `row` the item's catalog metadata. `source` is a directory of images (searched recursively), an imagefolder
+    (metadata.csv at the top or in split folders: every split is taken), a .csv/.jsonl/.json file with an
+    `image_column`, or a Hub dataset name. Ids come from an `id`/`ProductId` column, else the image's path.
+    """
+    from moda.catalog import _load_hub_dataset, _load_imagefolder, _read_table, _rows_with_image_paths
+
+    path = Path(source)
+    if path.is_dir():
+        splits = _load_imagefolder(path)
+        rows = [row for split in splits.values() for row in split] if splits else _image_files_as_rows(path)
+        if not rows:
+            raise ValueError(f"{source!r} holds no images (looked for {sorted(IMAGE_EXTENSIONS)}) and no metadata.csv.")
+        base = path
+    elif path.is_file():
+        rows, base = _rows_with_image_paths(_read_table(path), path.parent, image_column, str(path)), path.parent
+    elif path.suffix or source.startswith((".", "/")):
+        raise FileNotFoundError(f"Catalog not found: {source!r}")
+    else:
+        rows, base = [row for split in _load_hub_dataset(source, image_column).values() for row in split], None
+    return _items_from_rows(rows, base, source)
+
+
+def _image_files_as_rows(root: Path) -> list:
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return [{"image": str(p), "_where": str(p)} for p in files]
+
+
+def _items_from_rows(rows: list, base, source: str) -> list:
+    id_column = next((c for c in ID_COLUMNS if rows and all(row.get(c) not in (None, "") for row in rows)), None)
+    items, seen = [], {}
+    for i, row in enumerate(rows):
+        image = row.get("image")
+        file = image if isinstance(image, str) else row.get("file_name") or row["_where"]
+        if id_column:
+            item_id = str(row[id_column])
+        elif isinstance(image, str) and base is not None:
+            item_id = os.path.relpath(image, base)
+        else:
+            item_id = str(i)
+        if item_id in seen:
+            raise ValueError(
+                f"{source!r}: id {item_id!r} is used twice ({seen[item_id]} and {row['_where']}); ids must be unique."
+            )
+        seen[item_id] = row["_where"]
+        metadata = {k: v for k, v in row.items() if k not in ("image", "_where")}
+        items.append({"id": item_id, "file": str(file), "image": image, "row": metadata})
+    return items
+
+
+def read_image(image):
+    """An item's image (a path or bytes) as an RGB PIL image; raises ValueError/FileNotFoundError naming it."""
+    from PIL import Image
+
+    from processing_moda import _as_rgb_image
+
+    if image is None:
+        raise ValueError("the catalog row names no image")
+    if isinstance(image, (bytes, bytearray)):
+        try:
+            image = Image.open(io.BytesIO(image))
+        except Exception as err:
+            raise ValueError(f"Could not read image bytes: {type(err).__name__}: {err}") from err
+    return _as_rgb_image(image)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Describing a batch
+# ---------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def describe_images(captioner, images: list, prompt: str = None, max_new_tokens: int = None) -> list:
+    """Greedy descriptions of PIL images with the captioner pipeline's model and processor, as one batch."""
+    inputs = captioner.processor(images=images, text=prompt or None, return_tensors="pt").to(captioner.model.device)
+    ids = captioner.model.generate(**inputs, max_new_tokens=max_new_tokens)
+    return [text.strip() for text in captioner.processor.batch_decode(ids, skip_special_tokens=True)]
+
+
+def merge_descriptions(descriptions: dict) -> str:
+    """One description from several prompts' answers: the distinct non-empty ones, in prompt order."""
+    distinct = []
+    for text in descriptions.values():
+        if text and text not in distinct:
+            distinct.append(text)
+    return ". ".join(distinct)
+
+
+def caption_batch(captioner, items: list, prompts: list, vocabulary=None, max_new_tokens: int = None) -> list:
+    """Output rows for a batch of items: unreadable ones get an `error`, the others are described per prompt."""
+    rows, readable, images = [], [], []
+    for item in items:
+        row = {"id": item["id"], "file": item["file"]}
+        try:
+            images.append(read_image(item["image"]))
+            readable.append(row)
+        except (OSError, ValueError) as err:
+            row["error"] = str(err)
+        rows.append(row)
+    if images:
+        per_prompt = {prompt: describe_images(captioner, images, prompt, max_new_tokens) for prompt in prompts}
+        for i, row in enumerate(readable):
+            row["descriptions"] = {prompt: texts[i] for prompt, texts in per_prompt.items()}
+            row["description"] = merge_descriptions(row["descriptions"])
+            if vocabulary is not None:
+                from moda.attributes import extract_attributes
+
+                row["attributes"] = extract_attributes(row["description"], vocabulary)
+    return rows
+
+
+def attribute_vocabulary(rows: list, source: str):
+    """The attribute vocabulary of catalog rows, or None (with a note) when they have no attribute columns."""
+    from moda.attributes import AttributeVocabulary
+
+    try:
+        return AttributeVocabulary.from_rows(rows)
+    except ValueError as err:
+        print(f"moda caption: no attributes per item ({source}: {err})", file=sys.stderr)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output: part files, reading back, the atomic merge
+# ---------------------------------------------------------------------------------------------------------------
+
+def write_atomically(path: Path, write) -> None:
+    """Calls write(handle) on a temp file next to `path`, fsyncs it and renames it over `path`."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temp, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
+
+
+def jsonl_bytes(rows: list) -> bytes:
+    return b"".join(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n" for row in rows)
+
+
+def read_jsonl(path: Path) -> list:
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def parts_dir_for(output: Path) -> Path:
+    return output.with_name(output.name + ".parts")
+
+
+def finished_parts(parts_dir: Path) -> list:
+    """The part files a run has completed (temp files of a killed write are not parts)."""
+    return sorted(parts_dir.glob("part-*.jsonl")) if parts_dir.is_dir() else []
+
+
+def next_part_number(parts_dir: Path, rank: int) -> int:
+    numbers = [int(p.stem.split("-")[2]) for p in parts_dir.glob(f"part-{rank:05d}-*.jsonl")]
+    return max(numbers, default=-1) + 1
+
+
+def table_columns(rows: list) -> list:
+    columns = ["id", "file", "description", "descriptions", "attributes", "error"]
+    present = {key for row in rows for key in row}
+    return [c for c in columns if c in present] + sorted(present - set(columns))
+
+
+def write_output(path: Path, rows: list) -> None:
+    """Writes rows as JSONL, CSV or Parquet (by extension), atomically; structures become JSON text in tables."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        write_atomically(path, lambda handle: handle.write(jsonl_bytes(rows)))
+        return
+    import pandas as pd
+
+    columns = table_columns(rows)
+    flat = [
+        {c: json.dumps(row[c], ensure_ascii=False) if c in STRUCTURED_COLUMNS and c in row else row.get(c)
+         for c in columns}
+        for row in rows
+    ]
+    frame = pd.DataFrame(flat, columns=columns)
+    if suffix == ".csv":
+        write_atomically(path, lambda handle: handle.write(frame.to_csv(index=False).encode("utf-8")))
+    else:
+        write_atomically(path, lambda handle: frame.to_parquet(handle, index=False))
+
+
+def read_output(path: Path) -> list:
+    """Rows of a JSONL, CSV or Parquet captions file (JSON text columns decoded, empty cells left out)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return read_jsonl(path)
+    if suffix not in OUTPUT_FORMATS:
+        raise ValueError(f"Unsupported captions file {str(path)!r}: use {', '.join(OUTPUT_FORMATS)}.")
+    import pandas as pd
+
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False) if suffix == ".csv" else pd.read_parquet(path)
+    rows = []
+    for record in frame.to_dict("records"):
+        row = {k: v for k, v in record.items() if v is not None and v == v and v != ""}
+        for column in STRUCTURED_COLUMNS:
+            if column in row:
+                row[column] = json.loads(row[column])
+        rows.append(row)
+    return rows
+
+
+def merge_rows(items: list, sources: list) -> list:
+    """
+    One row per catalog item, in catalog order, from row lists (earlier output, parts). A missing item is an
+    error: the merge runs only once every shard is done.
+    """
+    by_id = {}
+    for rows in sources:
+        for row in rows:
+            by_id.setdefault(str(row["id"]), row)
+    missing = [item["id"] for item in items if item["id"] not in by_id]
+    if missing:
+        raise RuntimeError(f"Cannot merge: {len(missing)} item(s) have no row yet, e.g. {missing[:5]}.")
+    return [by_id[item["id"]] for item in items]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------------
+
+def distributed_setup():
+    """(rank, world_size) from torchrun / accelerate launch's environment; joins a gloo group when world > 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world_size > 1 and not torch.distributed.is_initialized():
+        # A long catalog shard can take hours: the barrier before the merge must wait for the slowest rank.
+        torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+    return rank, world_size
+
+
+def barrier(world_size: int) -> None:
+    if world_size > 1:
+        torch.distributed.barrier()
+
+
+def run_settings(args) -> dict:
+    """What a resumed run must share with the run that wrote the parts."""
+    return {"model": args.model, "images": args.images, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens}
+
+
+def prepare_parts_dir(output: Path, parts_dir: Path, settings: dict, overwrite: bool) -> None:
+    """Rank 0, before the others start: a fresh or resumable parts folder holding the run's settings."""
+    if overwrite:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        output.unlink(missing_ok=True)
+    for leftover in output.parent.glob(f"{parts_dir.name}.done-*"):
+        shutil.rmtree(leftover, ignore_errors=True)  # a merged run killed while cleaning up
+    settings_file = parts_dir / "run.json"
+    if settings_file.exists():
+        earlier = json.loads(settings_file.read_text())
+        if earlier != settings:
+            raise ValueError(
+                f"{str(parts_dir)!r} holds an unfinished run with other settings ({earlier}); run with the same "
+                f"settings to resume it, or pass --overwrite to start again."
+            )
+    else:
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        write_atomically(settings_file, lambda handle: handle.write(json.dumps(settings).encode("utf-8")))
+    for temp in parts_dir.glob(".*.tmp-*"):
+        temp.unlink()  # a batch whose write was killed: its items are captioned again
+
+
+def earlier_output_rows(output: Path, prompts: list) -> list:
+    """Rows of a finished earlier output, reused when the catalog has grown; they must come from the same prompts."""
+    if not output.exists():
+        return []
+    rows = read_output(output)
+    for row in rows:
+        if "descriptions" in row and sorted(row["descriptions"]) != sorted(prompts):
+            raise ValueError(
+                f"{str(output)!r} was written with prompts {sorted(row['descriptions'])}, not {sorted(prompts)}: "
+                f"pass --overwrite to caption again."
+            )
+    return rows
+
+
+def caption_shard(captioner, items, parts_dir: Path, rank: int, args, vocabulary) -> int:
+    """Captions this rank's items in batches, one part file per batch; returns how many it described."""
+    from tqdm.auto import tqdm
+
+    kill_after = int(os.environ.get(KILL_AFTER_PARTS_ENV, "0"))
+    number = next_part_number(parts_dir, rank)
+    written = 0
+    with tqdm(total=len(items), unit="item", desc=f"captioning (rank {rank})", dynamic_ncols=True) as progress:
+        for start in range(0, len(items), args.batch_size):
+            batch = items[start:start + args.batch_size]
+            rows = caption_batch(captioner, batch, args.prompts, vocabulary, args.max_new_tokens)
+            part = parts_dir / f"part-{rank:05d}-{number:06d}.jsonl"
+            write_atomically(part, lambda handle: handle.write(jsonl_bytes(rows)))
+            number, written = number + 1, written + 1
+            progress.update(len(batch))
+            if kill_after and written >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+    return len(items)
+
+
+def finish(items, output: Path, parts_dir: Path, earlier_rows: list) -> list:
+    """Rank 0: merges earlier output and parts into the output atomically, then removes the parts."""
+    sources = [earlier_rows] + [read_jsonl(part) for part in finished_parts(parts_dir)]
+    rows = merge_rows(items, sources)
+    write_output(output, rows)
+    done_dir = parts_dir.with_name(f"{parts_dir.name}.done-{os.getpid()}")
+    os.replace(parts_dir, done_dir)  # one atomic step: a rerun never sees half-removed parts
+    shutil.rmtree(done_dir)
+    return rows
+
+
+def parse_arguments(argv):
+    parser = argparse.ArgumentParser(prog="moda caption", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="a MODA model folder or Hub id")
+    parser.add_argument("--images", required=True,
+                        help="a directory of images, an imagefolder (metadata.csv), a CSV/JSONL file, or a dataset")
+    parser.add_argument("--output", required=True, help="captions file: .jsonl, .csv or .parquet")
+    parser.add_argument("--prompt", action="append", dest="prompts", default=None,
+                        help='a prompt; repeat for several (descriptions are kept per prompt). Default: no prompt ("")')
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=32)
+    parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=32)
+    parser.add_argument("--image_column", "--image-column", default="image", help="image column of a CSV/JSONL/dataset")
+    parser.add_argument("--vocabulary", default=None,
+                        help="a catalog whose attribute columns give the attribute vocabulary (default: --images)")
+    parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is there, else cpu")
+    parser.add_argument("--revision", default=None, help="a Hub revision (commit) to pin")
+    parser.add_argument("--overwrite", action="store_true", help="discard earlier output and unfinished parts")
+    args = parser.parse_args(argv)
+    args.prompts = args.prompts or [""]
+    if len(set(args.prompts)) != len(args.prompts):
+        parser.error(f"--prompt given twice with the same text: {args.prompts}")
+    if Path(args.output).suffix.lower() not in OUTPUT_FORMATS:
+        parser.error(f"--output {args.output!r}: the name must end in {', '.join(OUTPUT_FORMATS)}")
+    if args.batch_size < 1:
+        parser.error("--batch_size must be at least 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    rank, world_size = distributed_setup()
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    parts_dir = parts_dir_for(output)
+    items = list_catalog_items(args.images, args.image_column)
+    if rank == 0:
+        prepare_parts_dir(output, parts_dir, run_settings(args), args.overwrite)
+    barrier(world_size)
+
+    earlier_rows = earlier_output_rows(output, args.prompts)
+    done = {str(row["id"]) for row in earlier_rows}
+    done |= {str(row["id"]) for part in finished_parts(parts_dir) for row in read_jsonl(part)}
+    shard = [item for item in items[rank::world_size] if item["id"] not in done]
+    if shard:
+        from moda.describe import load_captioner
+
+        vocabulary_rows = [item["row"] for item in items] if args.vocabulary is None else [
+            item["row"] for item in list_catalog_items(args.vocabulary, args.image_column)]
+        vocabulary = attribute_vocabulary(vocabulary_rows, args.vocabulary or args.images)
+        device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
+        captioner = load_captioner(args.model, revision=args.revision, device=device)
+        started = time.perf_counter()
+        caption_shard(captioner, shard, parts_dir, rank, args, vocabulary)
+        seconds = time.perf_counter() - started
+        print(f"rank {rank}: described {len(shard)} item(s) in {seconds:.1f}s ({len(shard) / seconds:.1f} items/s)",
+              file=sys.stderr)
+    barrier(world_size)
+
+    if rank == 0:
+        rows = finish(items, output, parts_dir, earlier_rows)
+        errors = [row for row in rows if "error" in row]
+        print(f"wrote {len(rows)} row(s) to {output}: {len(rows) - len(errors)} described, "
+              f"{len(errors)} unreadable")
+        for row in errors[:10]:
+            print(f"  unreadable {row['id']}: {row['error']}")
+    barrier(world_size)
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+    return 0

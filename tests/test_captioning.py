@@ -1,0 +1,155 @@
+"""`moda caption`: one row per item, unreadable items recorded, several prompts, resumable after SIGKILL, sharded."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moda.captioning import KILL_AFTER_PARTS_ENV, list_catalog_items, main, parts_dir_for, read_output
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+NUM_GOOD = 10
+
+
+@pytest.fixture
+def catalog_dir(tmp_path, product_images):
+    """An imagefolder: 10 readable photos, a zero-byte .jpg and a text file named .jpg, with metadata.csv."""
+    root = tmp_path / "catalog"
+    (root / "images").mkdir(parents=True)
+    rows = []
+    colours = ["Red", "Blue", "Green", "White"]
+    for i in range(NUM_GOOD):
+        name = f"images/{i:03d}.jpg"
+        product_images[i % 4].rotate(i * 7, fillcolor="white").save(root / name)
+        rows.append({"file_name": name, "id": f"p{i}", "Colour": colours[i % 4], "Gender": "Men",
+                     "ProductType": "Shirts", "Usage": "Casual"})
+    (root / "images/empty.jpg").write_bytes(b"")
+    (root / "images/notes.jpg").write_text("this is not a picture")
+    rows += [{"file_name": "images/empty.jpg", "id": "empty", "Colour": "Red", "Gender": "Women",
+              "ProductType": "Dresses", "Usage": "Party"},
+             {"file_name": "images/notes.jpg", "id": "notes", "Colour": "Black", "Gender": "Men",
+              "ProductType": "Shoes", "Usage": "Sports"}]
+    with open(root / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def run_cli(args, env_extra=None, torchrun=False):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
+               PYTHONPATH=str(REPO_ROOT))
+    env.update(env_extra or {})
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m"] if torchrun else [sys.executable, "-m"]
+    return subprocess.run(launcher + ["moda.cli", "caption"] + args, env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=240)
+
+
+def assert_complete(rows, catalog_dir):
+    expected = [item["id"] for item in list_catalog_items(str(catalog_dir))]
+    assert sorted(row["id"] for row in rows) == sorted(expected)
+    assert len({row["id"] for row in rows}) == len(rows)
+    errors = {row["id"]: row["error"] for row in rows if "error" in row}
+    assert set(errors) == {"empty", "notes"}
+    assert "empty" in errors["empty"] and "empty.jpg" in errors["empty"]
+    assert "notes.jpg" in errors["notes"]
+    for row in rows:
+        if "error" not in row:
+            assert isinstance(row["description"], str) and row["description"]
+
+
+def test_listing_a_plain_directory_and_an_imagefolder(tmp_path, catalog_dir):
+    items = list_catalog_items(str(catalog_dir))
+    assert [item["id"] for item in items][:3] == ["p0", "p1", "p2"] and len(items) == NUM_GOOD + 2
+    assert items[0]["row"]["Colour"] == "Red"
+    plain = list_catalog_items(str(catalog_dir / "images"))
+    assert sorted(item["id"] for item in plain) == sorted(p.name for p in (catalog_dir / "images").iterdir())
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        list_catalog_items(str(tmp_path / "nowhere"))
+    (tmp_path / "blank").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        list_catalog_items(str(tmp_path / "blank"))
+
+
+def test_duplicate_ids_are_an_error(tmp_path, red_image):
+    red_image.save(tmp_path / "a.png")
+    (tmp_path / "cat.csv").write_text("image,id\na.png,x\na.png,x\n")
+    with pytest.raises(ValueError, match="id 'x' is used twice"):
+        list_catalog_items(str(tmp_path / "cat.csv"))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_caption_writes_one_row_per_item_with_attributes_and_errors(tiny_moda_dir, catalog_dir, tmp_path, suffix,
+                                                                    capsys):
+    output = tmp_path / f"captions{suffix}"
+    prompts = ["", "What colour is this item?"]
+    assert main(["--model", str(tiny_moda_dir), "--images", str(catalog_dir), "--output", str(output),
+                 "--batch_size", "4", "--max_new_tokens", "6", "--prompt", prompts[0], "--prompt", prompts[1]]) == 0
+    rows = read_output(output)
+    assert_complete(rows, catalog_dir)
+    assert [row["id"] for row in rows] == [item["id"] for item in list_catalog_items(str(catalog_dir))]
+    described = [row for row in rows if "error" not in row]
+    for row in described:
+        assert sorted(row["descriptions"]) == sorted(prompts)
+        assert all(text in row["description"] for text in row["descriptions"].values() if text)
+        assert set(row["attributes"]) >= {"colour", "gender", "product_type", "usage"}
+    assert not parts_dir_for(output).exists()
+    assert "2 unreadable" in capsys.readouterr().out
+
+
+def test_caption_resumes_after_sigkill_with_every_item_once(tiny_moda_dir, catalog_dir, tmp_path):
+    output = tmp_path / "captions.jsonl"
+    args = ["--model", str(tiny_moda_dir), "--images", str(catalog_dir), "--output", str(output),
+            "--batch_size", "3", "--max_new_tokens", "4"]
+    killed = run_cli(args, {KILL_AFTER_PARTS_ENV: "2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    parts = sorted(parts_dir_for(output).glob("part-*.jsonl"))
+    assert len(parts) == 2 and not output.exists()
+    first_rows = [json.loads(line) for part in parts for line in part.read_text().splitlines()]
+    # A write killed half way leaves only a temp file, which the next run throws away.
+    (parts_dir_for(output) / ".part-00000-000009.jsonl.tmp-1").write_text('{"id": "p9", "descr')
+
+    resumed = run_cli(args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"described {NUM_GOOD + 2 - 6} item(s)" in resumed.stderr  # only what the killed run had not done
+    rows = read_output(output)
+    assert_complete(rows, catalog_dir)
+    by_id = {row["id"]: row for row in rows}
+    assert all(by_id[row["id"]] == row for row in first_rows)
+    assert not parts_dir_for(output).exists()
+
+    again = run_cli(args)  # a finished output is complete: nothing is described twice
+    assert again.returncode == 0 and "described" not in again.stderr
+    assert read_output(output) == rows
+
+
+def test_resuming_with_other_settings_is_refused(tiny_moda_dir, catalog_dir, tmp_path):
+    output = tmp_path / "captions.jsonl"
+    args = ["--model", str(tiny_moda_dir), "--images", str(catalog_dir), "--output", str(output), "--batch_size", "4"]
+    assert run_cli(args, {KILL_AFTER_PARTS_ENV: "1"}).returncode == -signal.SIGKILL
+    with pytest.raises(ValueError, match="other settings"):
+        main(args + ["--prompt", "What colour is this item?"])
+    assert main(args + ["--prompt", "What colour is this item?", "--overwrite"]) == 0
+    rows = read_output(output)
+    assert all(list(row["descriptions"]) == ["What colour is this item?"] for row in rows if "error" not in row)
+
+
+def test_two_processes_split_the_catalog_and_merge_it_complete(tiny_moda_dir, catalog_dir, tmp_path):
+    output = tmp_path / "captions.jsonl"
+    result = run_cli(["--model", str(tiny_moda_dir), "--images", str(catalog_dir), "--output", str(output),
+                      "--batch_size", "2", "--max_new_tokens", "4"], torchrun=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0: described 6 item(s)" in result.stderr and "rank 1: described 6 item(s)" in result.stderr
+    rows = read_output(output)
+    assert_complete(rows, catalog_dir)
+
+    single = tmp_path / "single.jsonl"
+    assert main(["--model", str(tiny_moda_dir), "--images", str(catalog_dir), "--output", str(single),
+                 "--batch_size", "2", "--max_new_tokens", "4"]) == 0
+    assert read_output(single) == rows  # sharding changes nothing in the result
