@@ -95,3 +95,18 @@ def test_index_and_search_commands(tmp_path, capsys):
     assert len(lines) == 2 and {lines[0].split()[2], lines[1].split()[2]} <= {"shoe", "dress"}
     with pytest.raises(SystemExit):
         search_main([str(tmp_path / "index")])
+
+
+def test_index_with_moda_image_embeddings_finds_the_same_photo(tmp_path, tiny_moda_dir, product_images, capsys):
+    rows = []
+    for row, image in zip(ROWS, product_images):
+        image.save(tmp_path / row["file"])
+        rows.append(dict(row, file=str(tmp_path / row["file"])))
+    captions = tmp_path / "captions.csv"
+    write_output(captions, rows)
+    index_dir = str(tmp_path / "index")
+    assert index_main(["--captions", str(captions), "--output", index_dir, "--image_model", str(tiny_moda_dir)]) == 0
+    assert json.loads((tmp_path / "index" / "meta.json").read_text())["image_dim"] > 0
+    capsys.readouterr()
+    assert search_main([index_dir, "--image", rows[2]["file"], "--image_model", str(tiny_moda_dir), "-k", "1"]) == 0
+    assert capsys.readouterr().out.split()[2] == rows[2]["id"]
