@@ -11,7 +11,6 @@ Reads top to bottom: arguments -> catalog -> model -> cached image features -> T
 import json
 import logging
 import math
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,14 +18,18 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, set_seed
 
 from modeling_moda import MODAForConditionalGeneration
+from hub_card import describe_hardware, prepare_model_folder, push_model_folder
+from moda.attributes import AttributeVocabulary
 from moda.blip_baseline import BlipCollator, load_blip
 from moda.build import build_from_backbones, build_from_scratch
 from moda.catalog import MODA_CAPTION_TEMPLATE, BadRows, examples_from_rows, load_catalog
 from moda.checkpointing import AtomicCheckpointTrainer
 from moda.collate import ExampleDataset, MODACollator
+from moda.description_scores import attribute_scores
+from moda.evaluation import AttributeMetricsCallback
 from moda.features import FeatureCache, compute_features, image_embedding_encoder, model_fingerprint, pixel_values_encoder
 from moda.tokenizer import train_caption_tokenizer
 from processing_moda import MODAProcessor
@@ -73,6 +76,9 @@ class DataArguments:
     max_train_items: Optional[int] = None
     max_eval_items: Optional[int] = None
     feature_cache_dir: str = field(default=".cache/moda-features", metadata={"help": "Where image features are cached."})
+    attribute_eval_items: int = field(
+        default=64, metadata={"help": "Validation items described and scored at each evaluation (0: off)."}
+    )
     on_bad_row: str = field(default="skip", metadata={"help": "skip: report bad rows at the end; fail: stop at the first."})
     demo_items: int = field(default=3000, metadata={"help": "Size of the synthetic demo catalog."})
     demo_epochs: float = field(default=12, metadata={"help": "Epochs of the demo unless --num_train_epochs is given."})
@@ -229,34 +235,14 @@ def describe_examples(model, processor, examples, feature_name, batch_size=64, m
     return texts
 
 
-def attribute_accuracy(descriptions, rows, columns=("Colour", "ProductType", "Gender", "Usage")):
-    """
-    How often each attribute's value is named in the generated description. Values are matched as whole words,
-    longest first, so "Navy Blue" does not also count as "Blue".
-    """
-    scores = {}
-    for column in columns:
-        pairs = [(text, str(row[column])) for text, row in zip(descriptions, rows) if row.get(column)]
-        if not pairs:
-            continue
-        vocabulary = {value for _, value in pairs}
-        scores[column] = sum(value in named_values(text, vocabulary) for text, value in pairs) / len(pairs)
-    return scores
+class EpochToDataset(TrainerCallback):
+    """Tells the training set which epoch starts (its augmentation depends on it; see ExampleDataset)."""
 
+    def __init__(self, dataset):
+        self.dataset = dataset
 
-def named_values(text, vocabulary):
-    """The vocabulary values named in text, longest match first (a match's words are not matched again)."""
-    found, words = set(), f" {_words(text)} "
-    for value in sorted(vocabulary, key=len, reverse=True):
-        needle = f" {_words(value)} "
-        if needle.strip() and needle in words:
-            found.add(value)
-            words = words.replace(needle, " | ")
-    return found
-
-
-def _words(text):
-    return " ".join(re.findall(r"[\w-]+", text.lower()))
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(int(state.epoch + 1e-6))  # at a resume, state.epoch is e.g. 1.25: epoch 1
 
 
 def save_loss_curves(log_history, path):
@@ -305,20 +291,32 @@ def main(argv=None):
     # 3. Image features, computed once and cached on disk.
     splits, feature_name = prepare_examples(model, processor, splits, data_args, bad_rows)
 
-    # 4. Trainer with AdamW + StepLR (stepped per optimizer step).
+    # 4. Trainer with AdamW + StepLR (stepped per optimizer step); attribute scores on a validation sample.
     optimizer, scheduler = step_lr_optimizer(model, training_args, model_args, total_steps(training_args, len(splits["train"])))
     if model_args.architecture == "blip":
         collator = BlipCollator(processor, model.config.text_config.bos_token_id)
     else:
-        collator = MODACollator(processor, feature_name, augment=feature_name == "pixel_values")
+        collator = MODACollator(processor, feature_name)
+    vocabulary = AttributeVocabulary.from_rows([row for rows in catalog.values() for row in rows])
+    callbacks = []
+    if data_args.attribute_eval_items and training_args.eval_strategy != "no":
+        sample = [example["row"] for example in splits["validation"] if example["prompt"] is None]
+        sample = sample[: data_args.attribute_eval_items]
+        callbacks.append(AttributeMetricsCallback(processor, sample, vocabulary=vocabulary,
+                                                  caption_template=data_args.caption_template))
+    train_dataset = ExampleDataset(splits["train"], augment=feature_name == "pixel_values", seed=training_args.seed)
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # pushed once, whole, at the end
+    if push_to_hub and not training_args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (namespace/name).")
     trainer = AtomicCheckpointTrainer(
         model=model,
         args=training_args,
-        train_dataset=ExampleDataset(splits["train"]),
+        train_dataset=train_dataset,
         eval_dataset=ExampleDataset(splits["validation"]),
         data_collator=collator,
         processing_class=processor,
         optimizers=(optimizer, scheduler),
+        callbacks=callbacks + [EpochToDataset(train_dataset)],
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
@@ -335,17 +333,20 @@ def main(argv=None):
     descriptions = describe_examples(final_model, processor, test_examples, feature_name)
     for example, text in list(zip(test_examples, descriptions))[:8]:
         print(f"  truth: {example['description']}\n  model: {text}\n")
-    accuracy = attribute_accuracy(descriptions, [example["row"] for example in test_examples])
+    result = attribute_scores(descriptions, [example["row"] for example in test_examples], vocabulary)
     exact = sum(t == e["description"] for t, e in zip(descriptions, test_examples)) / max(1, len(test_examples))
     print(f"{test_split} items: {len(test_examples)}  exact caption match: {exact:.3f}")
-    for column, score in accuracy.items():
-        print(f"  {column} accuracy: {score:.3f}")
+    for attribute, rate in result["hit_rates"].items():
+        print(f"  {attribute:<12} named correctly: {rate:.3f}")
+    for name, score in result["scores"].items():
+        print(f"  {name:<20} {score:.2f} / 10" if score is not None else f"  {name:<20} -")
     print(bad_rows.summary())
     summary = {
         "dataset": data_args.dataset,
         "eval_split": test_split,
         "num_eval_items": len(test_examples),
-        "attribute_accuracy": accuracy,
+        "attribute_accuracy": result["hit_rates"],
+        "scores": result["scores"],
         "exact_match": exact,
         "train_runtime_s": round(time.time() - started, 1),
         "global_step": trainer.state.global_step,
@@ -354,6 +355,16 @@ def main(argv=None):
         "model_args": asdict(model_args),
     }
     (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    # The model card (README.md) and the Inference Endpoints handler; then one push of the finished folder.
+    hub_id = training_args.hub_model_id if push_to_hub else None
+    if model_args.architecture == "moda":  # the BLIP baseline is a plain transformers model: no MODA card
+        prepare_model_folder(output_dir, repo_id=hub_id, training_info={
+            "hardware": describe_hardware(), "num_train_items": len(splits["train"])})
+    if push_to_hub:
+        commit = push_model_folder(output_dir, hub_id, revision=getattr(training_args, "hub_revision", None),
+                                   private=training_args.hub_private_repo or None,
+                                   commit_message=f"MODA trained on {data_args.dataset}")
+        print(f"pushed to {hub_id} at commit {commit} (pin it with revision=)")
     print(f"saved to {output_dir}/ ({summary['train_runtime_s']} s)")
     return summary
 

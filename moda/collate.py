@@ -5,36 +5,62 @@ from torch.utils.data import Dataset
 
 
 class ExampleDataset(Dataset):
-    """Examples as compute_features leaves them: image features, an optional prompt and the target description."""
+    """
+    Examples as compute_features leaves them: image features, an optional prompt and the target description.
 
-    def __init__(self, examples):
+    With `augment` (pixel_values of a vision tower that trains from scratch on a small catalog), each image is
+    mirrored left-right and shifted by a few pixels at random: the same garment either way. Colours are never
+    touched: colour is a label. The randomness is a function of (seed, epoch, index) alone, so a run resumed from a
+    checkpoint sees exactly the images the uninterrupted run saw; `set_epoch` is called at each epoch's start.
+    """
+
+    def __init__(self, examples, augment: bool = False, max_shift: int = 4, seed: int = 0):
         self.examples = examples
+        self.augment = augment
+        self.max_shift = max_shift
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self):
         return len(self.examples)
 
     def __getitem__(self, index):
         example = self.examples[index]
-        return {"features": example["features"], "prompt": example["prompt"], "description": example["description"]}
+        features = example["features"]
+        if self.augment:
+            generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
+            features = flip_and_shift(features.float(), self.max_shift, generator)
+        return {"features": features, "prompt": example["prompt"], "description": example["description"]}
+
+
+def flip_and_shift(pixels: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Mirrors one (channels, height, width) image with probability 1/2 and moves it by up to max_shift pixels
+    (edges repeated), as in CIFAR training."""
+    if torch.rand((), generator=generator) < 0.5:
+        pixels = pixels.flip(-1)
+    if max_shift <= 0:
+        return pixels
+    height, width = pixels.shape[-2:]
+    padded = torch.nn.functional.pad(pixels[None], [max_shift] * 4, mode="replicate")[0]
+    dy, dx = torch.randint(0, 2 * max_shift + 1, (2,), generator=generator).tolist()
+    return padded[:, dy:dy + height, dx:dx + width]
 
 
 class MODACollator:
     """
     [BOS] + prompt + description + [EOS], right-padded; labels are -100 for BOS, prompt and padding (the processor
     makes them). `feature_name` is "image_embeds" (frozen vision tower, cached embeddings) or "pixel_values".
-    With `augment` (pixel_values only, for a vision tower that trains from scratch on a small catalog), images are
-    mirrored left-right and shifted by a few pixels at random: the same garment either way. Colours are never
-    touched: colour is a label.
     """
 
-    def __init__(self, processor, feature_name: str, max_length: int = None, augment: bool = False, max_shift: int = 4):
+    def __init__(self, processor, feature_name: str, max_length: int = None):
         if feature_name not in ("image_embeds", "pixel_values"):
             raise ValueError(f"feature_name must be 'image_embeds' or 'pixel_values', got {feature_name!r}.")
         self.processor = processor
         self.feature_name = feature_name
         self.max_length = max_length
-        self.augment = augment and feature_name == "pixel_values"
-        self.max_shift = max_shift
 
     def __call__(self, examples):
         encoded = self.processor.encode_examples(
@@ -43,22 +69,5 @@ class MODACollator:
             max_length=self.max_length,
         )
         batch = self.processor.pad(encoded, padding_side="right")
-        features = torch.stack([example["features"] for example in examples]).float()
-        if self.augment:
-            features = random_flip_and_shift(features, self.max_shift)
-        batch[self.feature_name] = features
+        batch[self.feature_name] = torch.stack([example["features"] for example in examples]).float()
         return batch
-
-
-def random_flip_and_shift(pixels: torch.Tensor, max_shift: int) -> torch.Tensor:
-    """Mirrors half the images and moves each by up to max_shift pixels (edges repeated), as in CIFAR training."""
-    flip = torch.rand(len(pixels)) < 0.5
-    pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
-    if max_shift <= 0:
-        return pixels
-    height, width = pixels.shape[-2:]
-    padded = torch.nn.functional.pad(pixels, [max_shift] * 4, mode="replicate")
-    offsets = torch.randint(0, 2 * max_shift + 1, (len(pixels), 2))
-    return torch.stack([
-        image[:, dy:dy + height, dx:dx + width] for image, (dy, dx) in zip(padded, offsets.tolist())
-    ])

@@ -17,8 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, PretrainedConfig, TrainerCallback
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers import PretrainedConfig, TrainerCallback
 
 from moda.attributes import AttributeVocabulary
 from moda.catalog import MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, load_catalog
@@ -34,14 +33,10 @@ def load_model_and_processor(model_name: str, revision: str = None):
     """A MODA folder or Hub id (or a BLIP baseline trained by train_hf.py) -> (model in eval mode, processor)."""
     model_type = PretrainedConfig.get_config_dict(model_name, revision=revision)[0].get("model_type")
     if model_type == "moda":
-        from configuration_moda import MODAConfig
+        # (importing the moda package registered MODA with AutoConfig: no remote-code prompt for the tokenizer)
         from modeling_moda import MODAForConditionalGeneration
         from processing_moda import MODAProcessor
 
-        # The processor's tokenizer loader reads the folder's config through AutoConfig; with "moda" known locally
-        # it needs no remote code (otherwise transformers asks whether to run the folder's Python files).
-        if "moda" not in CONFIG_MAPPING:
-            AutoConfig.register("moda", MODAConfig)
         model = MODAForConditionalGeneration.from_pretrained(model_name, revision=revision)
         processor = MODAProcessor.from_pretrained(model_name, revision=revision)
     elif model_type == "blip":
@@ -364,8 +359,8 @@ class AttributeMetricsCallback(TrainerCallback):
 
     def _mean_caption_tokens(self, caption_template) -> float:
         captions = [caption_for(row, None, caption_template) for row in self.rows]
-        examples = self.processor.encode_examples([None] * len(captions), captions)
-        return sum(len(example["input_ids"]) for example in examples) / len(examples)
+        lengths = [len(ids) for ids in self.processor.tokenizer(captions)["input_ids"]]  # with special tokens
+        return sum(lengths) / len(lengths)
 
     def tokens_seen(self, args, state):
         """(tokens, how they were counted)."""

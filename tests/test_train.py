@@ -73,20 +73,35 @@ def test_steplr_decays_every_lr_step_size_optimizer_steps(tmp_path, catalog_dir)
                     "--num_train_epochs", "1")
     state = json.loads(sorted(output.glob("checkpoint-*"))[-1].joinpath("trainer_state.json").read_text())
     lrs = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
-    # logged after each optimizer step: steps 1-2 at 0.01, steps 3-5 at 0.005, step 6 at 0.0025 (StepLR per step)
-    assert lrs[:7] == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.005, 0.0025, 0.0025][: len(lrs[:7])])
+    # the rate each optimizer step used: steps 1-3 at 0.01, 4-6 at 0.005, 7 at 0.0025 (StepLR stepped per step)
+    assert len(lrs) >= 7 and lrs[:7] == pytest.approx([0.01] * 3 + [0.005] * 3 + [0.0025])
     assert (output / "loss_curves.png").stat().st_size > 1000
     assert not (output / "training_args.bin").exists() and (output / "training_args.json").exists()
 
 
-def test_gradient_accumulation_matches_a_bigger_batch(tmp_path, catalog_dir):
-    common = ("--num_train_epochs", "1", "--learning_rate", "0.003", "--eval_strategy", "no", "--save_strategy", "no")
-    big, _ = run(tmp_path, catalog_dir, *common, "--per_device_train_batch_size", "8", name="big")
-    accumulated, _ = run(tmp_path, catalog_dir, *common, "--per_device_train_batch_size", "4",
-                         "--gradient_accumulation_steps", "2", name="accumulated")
-    a, b = weights(big), weights(accumulated)
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], atol=2e-5, rtol=1e-4)
+def test_gradient_accumulation_matches_a_bigger_batch(tmp_path, catalog_dir, tiny_moda_dir, monkeypatch):
+    """The gradients an optimizer step applies are the same for 8 x 1 and 4 x 2 (accumulated) examples.
+    (Weights after several AdamW steps are not compared: Adam turns float noise in near-zero gradients into
+    lr-sized steps.) A frozen vision tower: cached embeddings, no random augmentation drawn per batch."""
+    recorded = []
+    original_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        recorded.append([p.grad.clone() for group in self.param_groups for p in group["params"] if p.grad is not None])
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    common = ("--max_steps", "2", "--learning_rate", "0.003", "--eval_strategy", "no", "--save_strategy", "no",
+              "--model_name_or_path", str(tiny_moda_dir))
+    run(tmp_path, catalog_dir, *common, "--per_device_train_batch_size", "8", name="big")
+    big, recorded[:] = list(recorded), []
+    run(tmp_path, catalog_dir, *common, "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+        name="accumulated")
+    assert len(big) == len(recorded) == 2
+    for step_big, step_accumulated in zip(big, recorded):
+        assert len(step_big) == len(step_accumulated) > 0
+        for a, b in zip(step_big, step_accumulated):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
 def test_frozen_vision_features_are_cached_and_the_tower_is_not_run_again(tmp_path, catalog_dir, tiny_moda_dir,
@@ -191,7 +206,7 @@ def test_demo_at_reduced_size_leaves_a_pipeline_loadable_folder(tmp_path, red_im
         "--num_train_epochs", "1", "--feature_cache_dir", str(tmp_path / "cache"), "--model_size", "test",
         "--tokenizer_vocab_size", "300", "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true",
     ])
-    assert set(summary["attribute_accuracy"]) == {"Colour", "ProductType", "Gender", "Usage"}
+    assert {"colour", "product_type", "gender", "usage"} <= set(summary["attribute_accuracy"])
     code = ("import sys; from transformers import pipeline; from PIL import Image; "
             "p = pipeline('image-to-text', model=sys.argv[1], trust_remote_code=True); "
             "print('CAPTION', p(Image.new('RGB', (40, 40), 'red'))[0]['generated_text'])")
@@ -215,7 +230,7 @@ def test_blip_baseline_fine_tunes_on_the_same_data(tmp_path, catalog_dir):
     tuned = BlipForConditionalGeneration.from_pretrained(output)
     before = BlipForConditionalGeneration.from_pretrained(tmp_path / "tiny-blip").state_dict()
     assert any(not torch.equal(before[n], t) for n, t in tuned.state_dict().items())
-    assert set(summary["attribute_accuracy"]) == {"Colour", "ProductType", "Gender", "Usage"}
+    assert {"colour", "product_type", "gender", "usage"} <= set(summary["attribute_accuracy"])
     state = json.loads(sorted(output.glob("checkpoint-*"))[-1].joinpath("trainer_state.json").read_text())
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     assert losses[-1] < losses[0]
