@@ -157,6 +157,8 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
+        # Weights load from safetensors only: a pickle file (pytorch_model.bin) can run code when unpickled.
+        kwargs.setdefault("use_safetensors", True)
         # Loading re-creates Parameters (requires_grad=True): freeze again after every load.
         model = super().from_pretrained(*args, **kwargs)
         model.freeze_vision_tower(model.config.freeze_vision_tower)
