@@ -89,14 +89,14 @@ class DataArguments:
 class MODATrainingArguments(TrainingArguments):
     # Defaults from the MODA write-up (AdamW, lr 1e-3) and for the tiny model on a 2-core CPU.
     output_dir: Optional[str] = field(default=None, metadata={"help": "Default: ./moda-demo for the demo, else required."})
+    eval_steps: float = 200
+    save_steps: float = 200
     learning_rate: float = 1e-3
     weight_decay: float = 0.01
     num_train_epochs: float = 40
     per_device_train_batch_size: int = 32
     per_device_eval_batch_size: int = 64
     eval_strategy: str = "steps"
-    eval_steps: float = 100
-    save_steps: float = 100
     save_total_limit: int = 2
     logging_steps: float = 20
     remove_unused_columns: bool = False
@@ -118,7 +118,7 @@ def parse_arguments(argv=None):
 def resolve_demo_defaults(model_args, data_args, training_args, given):
     """No --dataset: the offline demo (a synthetic catalog, a tiny model from scratch, ./moda-demo)."""
     if data_args.dataset is not None:
-        if training_args.output_dir is None:
+        if "output_dir" not in given:
             raise ValueError("--output_dir is required with --dataset.")
         return
     from moda.synthetic import make_catalog
@@ -126,7 +126,7 @@ def resolve_demo_defaults(model_args, data_args, training_args, given):
     data_args.dataset = str(make_catalog(data_args.demo_dir, num_items=data_args.demo_items, image_size=64, seed=0))
     if model_args.model_name_or_path is None:
         model_args.model_size = model_args.model_size or "tiny"
-    if training_args.output_dir is None:
+    if "output_dir" not in given:  # (TrainingArguments fills in "trainer_output" by itself)
         training_args.output_dir = "moda-demo"
     if "num_train_epochs" not in given:
         training_args.num_train_epochs = data_args.demo_epochs
