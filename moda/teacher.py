@@ -179,24 +179,27 @@ def teacher_attributes(fields: dict) -> dict:
     return {attribute: fields[key] for attribute, key in TEACHER_COLUMNS.items() if fields.get(key)}
 
 
-def usable_description(text: str, known: dict) -> str:
-    """
-    The refiner's answer as a description: its first paragraph without a leading "Description:" label. Raises
-    ValueError (quoting it) unless it has at least three words, mostly made of letters, and names at least one of
-    the item's known attribute values (so random text is not taken for a description).
-    """
+def first_paragraph(text: str) -> str:
+    """A model answer's first paragraph, on one line, without a leading "Description:" label."""
     paragraph = next((p for p in re.split(r"\n\s*\n", str(text).strip()) if p.strip()), "")
-    paragraph = re.sub(r"^\s*(?:description|answer)\s*:\s*", "", " ".join(paragraph.split()), flags=re.IGNORECASE)
-    tokens = paragraph.split()
+    return re.sub(r"^\s*(?:description|answer)\s*:\s*", "", " ".join(paragraph.split()), flags=re.IGNORECASE)
+
+
+def check_description(description: str, known: dict, answer: str) -> str:
+    """
+    The description when it reads as one: at least three words, mostly made of letters, naming at least one of
+    the item's known attribute values (so random text is not taken for a description). Else ValueError, quoting
+    the model's `answer`.
+    """
+    tokens = description.split()
     wordlike = [t for t in tokens if re.fullmatch(r"[A-Za-z][A-Za-z'\-]*[.,;:!]?", t)]
     if len(wordlike) < 3 or len(wordlike) < 0.7 * len(tokens):
-        raise ValueError(f"refiner answer is not a description: {quote(text)}")
-    values = {attribute: [value] for attribute, value in known.items()}
-    vocabulary = AttributeVocabulary.from_values(values)
-    if not any(extract_attributes(paragraph, vocabulary).values()):
+        raise ValueError(f"refiner answer is not a description: {quote(answer)}")
+    vocabulary = AttributeVocabulary.from_values({attribute: [value] for attribute, value in known.items()})
+    if not any(extract_attributes(description, vocabulary).values()):
         raise ValueError(f"refiner answer names none of the item's attributes {sorted(set(known.values()))}: "
-                         f"{quote(text)}")
-    return paragraph
+                         f"{quote(answer)}")
+    return description
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -236,13 +239,13 @@ def remove_printed_text(text: str, brands: list, keep: set) -> str:
     the brand names (whole, then each uncommon word of them that is not in `keep`), and words in capitals of two
     or more letters that are not in `keep` ("NIKE", "JUST DO IT"). Then spaces and punctuation are tidied.
     """
-    lead = r"(?:\s*(?:with|bearing)\s+(?:the\s+|a\s+)?(?:text|words?|slogan|logo|print|lettering)\s*|" \
+    lead = r"(?:\s*(?:printed\s+)?(?:with|bearing)\s+(?:the\s+|a\s+)?(?:text|words?|slogan|logo|print|lettering)\s*|" \
            r"\s*that\s+(?:says|reads)\s*|\s*(?:reading|saying)\s*)?"
     text = re.sub(lead + r"[\"\u201c][^\"\u201d]*[\"\u201d]", "", text, flags=re.IGNORECASE)
     for brand in sorted(brands, key=len, reverse=True):
         if set(words(brand)) <= keep:
             continue  # a "brand" made of colour or item words ("Red") is not taken out of the description
-        text = re.sub(rf"\b{re.escape(brand)}(?:['\u2019]s)?\b", "", text, flags=re.IGNORECASE)
+        text = re.sub(rf"(?:\b(?:by|from)\s+)?\b{re.escape(brand)}(?:['\u2019]s)?\b", "", text, flags=re.IGNORECASE)
         for word in brand.split():
             plain = re.sub(r"['\u2019]s$", "", word)
             if len(plain) >= 3 and plain.lower() not in COMMON_WORDS and not set(words(plain)) <= keep:
@@ -279,6 +282,9 @@ def load_models(teacher_model, refiner_model, device=None, trust_remote_code=Fal
     if teacher_model:
         teacher = pipeline("image-text-to-text", model=teacher_model, device=device, dtype="auto",
                            trust_remote_code=trust_remote_code)
+        if not getattr(teacher.processor, "chat_template", None):
+            raise ValueError(f"--teacher_model {teacher_model!r}: its processor has no chat template, so it cannot be "
+                             f"asked the write-up's prompt; use an instruction-tuned image-text-to-text model")
     if refiner_model:
         refiner = pipeline("text-generation", model=refiner_model, device=device, dtype="auto",
                            trust_remote_code=trust_remote_code)
@@ -301,15 +307,11 @@ def generated_text(output) -> str:
 
 
 def ask_teacher(teacher, images: list, max_new_tokens: int, batch_size: int) -> list:
-    """The teacher's raw answers to the write-up's prompt, one per PIL image (chat format when it has a template)."""
-    generation = {"max_new_tokens": max_new_tokens, "return_full_text": False,
-                  "generate_kwargs": {"do_sample": False}}
-    if getattr(teacher.processor, "chat_template", None):
-        chats = [[{"role": "user", "content": [{"type": "image", "image": image},
-                                               {"type": "text", "text": TEACHER_PROMPT}]}] for image in images]
-        outputs = teacher(text=chats, batch_size=batch_size, **generation)
-    else:  # a processor without a chat template takes the image and the prompt as they are
-        outputs = teacher(images=images, text=[TEACHER_PROMPT] * len(images), batch_size=batch_size, **generation)
+    """The teacher's raw answers to the write-up's prompt, one per PIL image, asked as chats (image + prompt)."""
+    chats = [[{"role": "user", "content": [{"type": "image", "image": image},
+                                           {"type": "text", "text": TEACHER_PROMPT}]}] for image in images]
+    outputs = teacher(text=chats, batch_size=batch_size, max_new_tokens=max_new_tokens, return_full_text=False,
+                      generate_kwargs={"do_sample": False})
     return [generated_text(output) for output in outputs]
 
 
@@ -363,10 +365,7 @@ def describe_with_models(teacher_answers: list, rows: list, refine=None) -> list
             result.update(refiner_answer=answer, refined=True)
             known = {**teacher_attributes(fields), **attributes}
             try:
-                description = clean(usable_description(answer, known))
-                if not description:
-                    raise ValueError(f"refiner answer is empty once brands and printed text are removed: "
-                                     f"{quote(answer)}")
+                description = check_description(clean(first_paragraph(answer)), known, answer)
                 result.update(description=description, description_source="teacher+refiner")
             except ValueError as err:
                 result["error"] = f"{err}; used the teacher's description"
