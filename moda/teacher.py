@@ -15,7 +15,8 @@ and the row says why.
 The output is an imagefolder that `datasets.load_dataset("imagefolder", data_dir=...)` and
 `train_hf.py --dataset <output_dir> --caption_column description` read: `metadata.csv` (the input's columns, then
 description, description_source, teacher_model, refiner_model, error) and `images/` (hard links where possible,
-else copies). description_source is "template", "teacher+refiner", "teacher" or "template-fallback".
+else copies). description_source is "template", "teacher+refiner", "teacher" or "template-fallback"; teacher_model
+names the teacher that was asked, refiner_model the refiner when it was asked; error says why an answer was not used.
 
 Resuming: every finished item is appended to `progress.jsonl` (flushed and fsynced), and a restart skips the items
 it holds; `metadata.csv` is written at the end through a temp file and `os.replace`. Items that cannot be used (no
@@ -316,9 +317,9 @@ def ask_teacher(teacher, images: list, max_new_tokens: int, batch_size: int) -> 
 
 
 def refiner_prompt(fields: dict, attributes: dict) -> str:
-    metadata = {attribute: value for attribute, value in attributes.items()}
+    """The refiner's task: the instructions, the teacher's JSON fields and the item's metadata attributes."""
     return (f"{REFINER_INSTRUCTIONS}\n\nImage model's description: {json.dumps(fields, ensure_ascii=False)}\n"
-            f"Item metadata: {json.dumps(metadata, ensure_ascii=False)}\nDescription:")
+            f"Item metadata: {json.dumps(attributes, ensure_ascii=False)}\nDescription:")
 
 
 def ask_refiner(refiner, prompts: list, max_new_tokens: int, batch_size: int) -> list:

@@ -1,4 +1,4 @@
-"""`moda build-dataset`: template descriptions, teacher/refiner answers, tiny local models end to end, resume, bad rows."""
+"""`moda build-dataset`: template text, teacher and refiner answers, tiny local models, resume, bad rows."""
 
 import copy
 import csv
