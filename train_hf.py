@@ -76,6 +76,9 @@ class DataArguments:
     max_train_items: Optional[int] = None
     max_eval_items: Optional[int] = None
     feature_cache_dir: str = field(default=".cache/moda-features", metadata={"help": "Where image features are cached."})
+    augment_images: bool = field(
+        default=True, metadata={"help": "Random flips and shifts of the images when the vision tower trains."}
+    )
     attribute_eval_items: int = field(
         default=64, metadata={"help": "Validation items described and scored at each evaluation (0: off)."}
     )
@@ -304,7 +307,8 @@ def main(argv=None):
         sample = sample[: data_args.attribute_eval_items]
         callbacks.append(AttributeMetricsCallback(processor, sample, vocabulary=vocabulary,
                                                   caption_template=data_args.caption_template))
-    train_dataset = ExampleDataset(splits["train"], augment=feature_name == "pixel_values", seed=training_args.seed)
+    augment = data_args.augment_images and feature_name == "pixel_values"
+    train_dataset = ExampleDataset(splits["train"], augment=augment, seed=training_args.seed)
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # pushed once, whole, at the end
     if push_to_hub and not training_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id (namespace/name).")
