@@ -109,8 +109,9 @@ class MODAProcessor(ProcessorMixin):
     image_processor_class = "CLIPImageProcessor"
     tokenizer_class = "AutoTokenizer"
 
-    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
-        super().__init__(image_processor, tokenizer, **kwargs)
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        # A chat template saved with the processor (chat_template.jinja) comes back on load.
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
     @classmethod
     def from_backbones(
