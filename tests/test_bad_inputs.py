@@ -171,3 +171,17 @@ def test_training_data_loading_skips_or_fails_on_bad_rows(corpus, tiny_model_and
     assert "skipped 3 bad row(s)" in skip.summary()
     with pytest.raises(BadRowError, match="row 3: missing value for caption template column 'ProductType'"):
         examples_from_rows(rows, BadRows("fail"))
+
+
+def test_catalog_captioning_reads_every_input_or_names_it(corpus):
+    from moda.captioning import read_image
+
+    for name, (path, expectation) in corpus.items():
+        if name == "failing-url":
+            continue  # catalog items are files or bytes, not URLs
+        if isinstance(expectation, str) and expectation not in ("red", "portrait", "first-frame-red"):
+            with pytest.raises((ValueError, FileNotFoundError)) as info:
+                read_image(path)
+            assert path[-20:] in str(info.value), (name, str(info.value))
+        else:
+            check_decoded(name, read_image(path), expectation)
