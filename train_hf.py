@@ -84,7 +84,7 @@ class DataArguments:
     )
     on_bad_row: str = field(default="skip", metadata={"help": "skip: report bad rows at the end; fail: stop at the first."})
     demo_items: int = field(default=3000, metadata={"help": "Size of the synthetic demo catalog."})
-    demo_epochs: float = field(default=12, metadata={"help": "Epochs of the demo unless --num_train_epochs is given."})
+    demo_epochs: float = field(default=25, metadata={"help": "Epochs of the demo unless --num_train_epochs is given."})
     demo_dir: str = field(default=".cache/moda-synthetic", metadata={"help": "Where the synthetic demo catalog goes."})
 
 
@@ -133,6 +133,15 @@ def resolve_demo_defaults(model_args, data_args, training_args, given):
         training_args.output_dir = "moda-demo"
     if "num_train_epochs" not in given:
         training_args.num_train_epochs = data_args.demo_epochs
+    if "augment_images" not in given:  # the generator already jitters position, size and rotation
+        data_args.augment_images = False
+
+
+def resolve_size_defaults(model_args, training_args, given):
+    """A from-scratch vision tower learns shapes far better at 3e-4 than at the write-up's 1e-3 (which suits
+    pretrained backbones): measured on the demo catalog, product type stayed at chance with 1e-3."""
+    if model_args.model_size and not model_args.model_name_or_path and "learning_rate" not in given:
+        training_args.learning_rate = 3e-4
 
 
 def build_model(model_args, data_args, training_args, captions):
@@ -274,6 +283,7 @@ def main(argv=None):
     model_args, data_args, training_args, given = parse_arguments(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     resolve_demo_defaults(model_args, data_args, training_args, given)
+    resolve_size_defaults(model_args, training_args, given)
     set_seed(training_args.seed)
     started = time.time()
 
