@@ -17,6 +17,15 @@ from moda.tokenizer import train_caption_tokenizer  # noqa: E402
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
+# Prepended to scripts that run in a fresh interpreter as a user would: the workshop may be pip-installed there
+# (editable, as CI installs it), so hide it, as on a machine that has only torch, transformers and pillow.
+HIDE_REPO = """
+import sys
+from pathlib import Path
+sys.meta_path[:] = [finder for finder in sys.meta_path if not str(getattr(finder, "__module__", "")).startswith("__editable__")]
+sys.path[:] = [entry for entry in sys.path if not (Path(entry) / "modeling_moda.py").exists()]
+"""
+
 CAPTIONS = [
     "White Casual Shirts for Boys - Apparel Topwear",
     "Black Sports Shoes for Men - Footwear Shoes",

@@ -23,7 +23,7 @@ from huggingface_hub import ModelCard
 from hub_card import prepare_model_folder, write_model_card
 from hub_card.push import main as push_main
 from moda.describe import load_captioner
-from tests.conftest import REPO_ROOT, randomize_weights
+from tests.conftest import HIDE_REPO, REPO_ROOT, randomize_weights
 from tests.hub_server import LocalHub
 
 PUSH_SCRIPT = r'''
@@ -47,7 +47,7 @@ assert moda_main(["push", first_dir, "local-user/moda", "--branch", "exp", "--co
 print("RESULT" + json.dumps(result))
 '''
 
-LOAD_SCRIPT = r'''
+LOAD_SCRIPT = HIDE_REPO + r'''
 import json, sys
 from PIL import Image
 from transformers import AutoModel, AutoProcessor, pipeline

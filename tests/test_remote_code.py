@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import HIDE_REPO, REPO_ROOT
 
-LOAD_SCRIPT = r'''
+LOAD_SCRIPT = HIDE_REPO + r'''
 import json, sys
 from pathlib import Path
 import transformers
