@@ -155,3 +155,70 @@ def test_greedy_with_a_generation_config_object_uses_the_fast_loop(model_and_pro
     config = GenerationConfig(max_new_tokens=5, eos_token_id=model.generation_config.eos_token_id, pad_token_id=1)
     fast, reference = generate_both(model, **processor(images=product_images[:2]), generation_config=config)
     assert len(spy) == 1 and torch.equal(fast, reference) and fast.shape[1] <= 5
+
+
+def copy_of(model):
+    copied = MODAForConditionalGeneration(model.config).eval()
+    copied.load_state_dict(model.state_dict())
+    copied.generation_config = model.generation_config
+    return copied
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_fast_greedy_runs_the_decoder_linears_on_packed_weights(model_and_processor, product_images, monkeypatch):
+    model, processor = model_and_processor
+    calls = []
+    original = torch.ops.mkldnn._linear_pointwise
+
+    class Recorder:  # torch.ops entries cannot be monkeypatched one by one: stand in for the namespace
+        def __getattr__(self, name):
+            return getattr(torch.ops.mkldnn, name)
+
+        def _linear_pointwise(self, *args):
+            calls.append(args[1].shape)
+            return original(*args)
+
+    import modeling_moda
+
+    monkeypatch.setattr(modeling_moda.torch.ops, "mkldnn", Recorder(), raising=False)
+    model.generate(**processor(images=product_images[0]), max_new_tokens=3)
+    monkeypatch.undo()
+    layers = model.config.text_config.num_hidden_layers
+    # 6 Linear layers a decoder layer, each step (prompt + 2 more), and the lm_head 3 times
+    assert len(calls) == 3 * 6 * layers + 3
+    assert tuple(model.language_model.lm_head.weight.shape) in calls
+
+
+@pytest.mark.parametrize("how", ["optimizer step", "load_state_dict", "write through .data", "to bfloat16 and back"])
+def test_packed_weights_follow_changed_weights(model_and_processor, product_images, how):
+    model, processor = model_and_processor
+    model = copy_of(model)
+    inputs = processor(images=product_images, text=PROMPTS)
+    before = model.generate(**inputs, max_new_tokens=8)  # packs the weights
+    decoder = model.language_model.model.decoder
+    torch.manual_seed(1)
+    new_weights = {name: torch.randn_like(p) * 0.2 for name, p in decoder.named_parameters() if p.ndim == 2}
+    if how == "optimizer step":
+        with torch.no_grad():
+            for name, p in decoder.named_parameters():
+                if name in new_weights:
+                    p.add_(new_weights[name])
+    elif how == "load_state_dict":
+        state = decoder.state_dict()
+        state.update({name: state[name] + value for name, value in new_weights.items()})
+        decoder.load_state_dict(state)
+    elif how == "write through .data":  # .data has a version counter of its own: the values must be checked
+        for name, p in decoder.named_parameters():
+            if name in new_weights:
+                p.data.add_(new_weights[name])
+    else:
+        model.to(torch.bfloat16)
+        model.generate(**processor(images=product_images), max_new_tokens=2)
+        model.to(torch.float32)
+        with torch.no_grad():
+            for name, p in decoder.named_parameters():
+                if name in new_weights:
+                    p.add_(new_weights[name])
+    fast, reference = generate_both(model, **inputs, max_new_tokens=8)
+    assert torch.equal(fast, reference)
+    assert not torch.equal(fast, before)  # the change shows in the captions
