@@ -206,7 +206,22 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         if not torch.isfinite(pixel_values).all():
             raise ValueError("pixel_values contain NaN or infinite values.")
         pixel_values = pixel_values.to(device=self.device, dtype=self.vision_tower.dtype)
+        if self.fast_greedy and not torch.is_grad_enabled() and isinstance(self.vision_tower, CLIPVisionModelWithProjection):
+            return self._inference_image_features(pixel_values)
         return self.vision_tower(pixel_values=pixel_values).image_embeds
+
+    def _inference_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """
+        The vision tower's forward for inference, with one saving: the pooled output reads only the class token, so
+        past its attention the last layer runs the class token alone (its projections and MLP on 1 row instead of
+        50 at ViT-B/32: about 7 % of the tower's work). Same arithmetic as CLIP's layers otherwise.
+        """
+        vision = self.vision_tower.vision_model
+        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
+        layers = vision.encoder.layers
+        for index, layer in enumerate(layers):
+            hidden = _clip_layer_pass(layer, hidden, class_token_only=index == len(layers) - 1)
+        return self.vision_tower.visual_projection(vision.post_layernorm(hidden[:, 0]))
 
     def get_image_prefix(self, pixel_values=None, image_embeds=None) -> tuple:
         """Returns (image_embeds, prefix embeddings of shape (batch, num_image_tokens, hidden))."""
@@ -514,6 +529,27 @@ _PLAIN_GREEDY_VALUES = {
     "return_dict_in_generate": False, "repetition_penalty": 1.0, "min_length": 0, "no_repeat_ngram_size": 0,
     "encoder_no_repeat_ngram_size": 0, "diversity_penalty": 0.0, "renormalize_logits": False, "low_memory": None,
 }
+
+
+def _clip_layer_pass(layer: nn.Module, hidden: torch.Tensor, class_token_only: bool) -> torch.Tensor:
+    """One CLIPEncoderLayer (inference); with `class_token_only`, only the class token's output is computed."""
+    attention = layer.self_attn
+    batch, length, width = hidden.shape
+    normed = layer.layer_norm1(hidden)
+    if class_token_only:  # its keys and values still come from every token
+        hidden, queries_from = hidden[:, :1], normed[:, :1]
+    else:
+        queries_from = normed
+
+    def heads(states):
+        return states.view(batch, -1, attention.num_heads, attention.head_dim).transpose(1, 2)
+
+    attended = F.scaled_dot_product_attention(
+        heads(attention.q_proj(queries_from)), heads(attention.k_proj(normed)), heads(attention.v_proj(normed)),
+        scale=attention.scale,
+    )
+    hidden = hidden + attention.out_proj(attended.transpose(1, 2).reshape(batch, -1, width))
+    return hidden + layer.mlp(layer.layer_norm2(hidden))
 
 
 _PACKED_DTYPES = (torch.float32, torch.bfloat16)

@@ -222,3 +222,17 @@ def test_packed_weights_follow_changed_weights(model_and_processor, product_imag
     fast, reference = generate_both(model, **inputs, max_new_tokens=8)
     assert torch.equal(fast, reference)
     assert not torch.equal(fast, before)  # the change shows in the captions
+
+
+def test_inference_image_features_match_the_vision_tower(model_and_processor, product_images):
+    model, processor = model_and_processor
+    pixel_values = processor(images=product_images)["pixel_values"]
+    with torch.no_grad():
+        lean = model.get_image_features(pixel_values)  # the last layer runs the class token alone
+        reference = model.vision_tower(pixel_values=pixel_values).image_embeds
+    torch.testing.assert_close(lean, reference, rtol=1e-5, atol=1e-5)
+    assert lean.shape == reference.shape and not torch.equal(lean, torch.zeros_like(lean))
+    with torch.enable_grad():  # training takes CLIP's own forward: gradients reach every token
+        pixel_values.requires_grad_(True)
+        model.get_image_features(pixel_values).sum().backward()
+    assert pixel_values.grad is not None and pixel_values.grad.abs().sum() > 0
