@@ -4,9 +4,11 @@
 
 "Notebook way": every step decodes the JPEGs, runs the CLIP vision tower (frozen, no gradients), then the projector
 and OPT forward and backward. "Cached": the image embeddings are computed once with moda/features.py
-(FeatureCache + compute_features) and every step runs only the projector and OPT. Both use the same batch size, the
-same collator (moda/collate.py), AdamW, and are timed on the same sample of the real train split in the same run,
-interleaved step by step; the epoch time is extrapolated from the median step time to the full train split.
+(FeatureCache + compute_features) and every step runs only the projector and OPT. "Cached, bf16 autocast": the same
+with the forward under `torch.autocast("cpu", torch.bfloat16)` (weights, gradients and AdamW stay fp32), what
+`train_hf.py --bf16 true --use_cpu true` does through the Trainer. All use the same batch size, the same collator
+(moda/collate.py), AdamW, and are timed on the same sample of the real train split in the same run, interleaved step
+by step; the epoch time is extrapolated from the median step time to the full train split.
 """
 
 import argparse
@@ -53,8 +55,14 @@ def cached_step(model, collator, optimizer, examples):
     return train_step(model, optimizer, collator(examples))
 
 
-def train_step(model, optimizer, batch) -> float:
-    loss = model(**batch).loss
+def cached_bf16_step(model, collator, optimizer, examples):
+    """cached_step with the forward under bf16 autocast (the matmuls in bf16, fp32 weights and optimizer)."""
+    return train_step(model, optimizer, collator(examples), autocast=True)
+
+
+def train_step(model, optimizer, batch, autocast: bool = False) -> float:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(**batch).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -97,14 +105,16 @@ def main(argv=None) -> dict:
     batches = [range(i, i + args.batch_size) for i in range(0, len(cached) - args.batch_size + 1, args.batch_size)]
     if len(batches) < args.steps + 1:
         raise SystemExit(f"--sample {args.sample} gives {len(batches)} batches; --steps {args.steps} needs one more.")
-    times = {"notebook": [], "cached": []}
+    steps = {"notebook": (notebook_step, processor, examples), "cached": (cached_step, collator, cached),
+             "cached_bf16_autocast": (cached_bf16_step, collator, cached)}
+    times = {name: [] for name in steps}
     for index, rows in enumerate(batches[: args.steps + 1]):  # interleaved, the first step of each is a warm-up
-        notebook = timed(notebook_step, model, processor, optimizer, [examples[i] for i in rows])
-        cache = timed(cached_step, model, collator, optimizer, [cached[i] for i in rows])
+        seconds = {name: timed(step, model, inputs, optimizer, [items[i] for i in rows])
+                   for name, (step, inputs, items) in steps.items()}
         if index:
-            times["notebook"].append(notebook)
-            times["cached"].append(cache)
-        print(f"step {index}: notebook {notebook:.2f} s, cached {cache:.2f} s", flush=True)
+            for name, value in seconds.items():
+                times[name].append(value)
+        print(f"step {index}: " + ", ".join(f"{name} {value:.2f} s" for name, value in seconds.items()), flush=True)
 
     full_train = len(train_rows)
     steps_per_epoch = -(-full_train // args.batch_size)
@@ -117,6 +127,7 @@ def main(argv=None) -> dict:
         # Computing the features once costs about this per epoch's worth of images (paid on the first epoch only).
         "feature_cache_seconds_full_train_extrapolated": feature_seconds * full_train / len(examples),
         "speedup_cached_over_notebook": per_step["notebook"] / per_step["cached"],
+        "speedup_cached_bf16_autocast_over_notebook": per_step["notebook"] / per_step["cached_bf16_autocast"],
         "bad_rows": bad_rows.rows,
     }
     print(json.dumps(results, indent=2, default=str))
