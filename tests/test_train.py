@@ -79,6 +79,22 @@ def test_steplr_decays_every_lr_step_size_optimizer_steps(tmp_path, catalog_dir)
     assert not (output / "training_args.bin").exists() and (output / "training_args.json").exists()
 
 
+def test_warmup_rises_linearly_then_steplr_counts_from_its_end():
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments
+
+    model = torch.nn.Linear(2, 2)
+    training_args = TrainingArguments("unused", learning_rate=1.0, warmup_steps=3, weight_decay=0.0)
+    optimizer, scheduler = train_hf.step_lr_optimizer(model, training_args, SimpleNamespace(lr_step_size=4, lr_gamma=0.5), 16)
+    lrs = []
+    for _ in range(14):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([0.25, 0.5, 0.75] + [1.0] * 4 + [0.5] * 4 + [0.25] * 3)
+
+
 def test_gradient_accumulation_matches_a_bigger_batch(tmp_path, catalog_dir, tiny_moda_dir, monkeypatch):
     """The gradients an optimizer step applies are the same for 8 x 1 and 4 x 2 (accumulated) examples.
     (Weights after several AdamW steps are not compared: Adam turns float noise in near-zero gradients into
