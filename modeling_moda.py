@@ -347,9 +347,12 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
     # Plain greedy decoding (the pipeline's and the CLI's case) skips GenerationMixin: a key/value cache
     # preallocated for the whole caption and a tight loop over OPT's layers. Per step that is about 15 ops a layer
     # instead of GenerationMixin's and the cache classes' several hundred small ops, which matters most where a
-    # small op is expensive (batch 1, busy CPUs). The arithmetic is OPT's own, in the same order, so the tokens are
-    # those GenerationMixin gives. Any other option (sampling, beams, processors, streamers, use_cache=False,
-    # outputs beyond the token ids) goes to GenerationMixin; `model.fast_greedy = False` sends everything there.
+    # small op is expensive (batch 1, busy CPUs). The arithmetic is OPT's own, in the same order, with the Linear
+    # layers on oneDNN's packed kernels (`_PackedLinears`: results within rounding of F.linear's): the tests check
+    # that the tokens are those GenerationMixin gives, benchmarks/precision_agreement.py that a trained model's
+    # captions are. Any other option (sampling, beams, processors, streamers, use_cache=False,
+    # outputs beyond the token ids) goes to GenerationMixin; `model.fast_greedy = False` sends everything there (and
+    # makes inference image features come from CLIP's own forward too).
 
     fast_greedy = True
 
