@@ -234,8 +234,8 @@ def step_lr_optimizer(model, training_args, model_args, total_steps):
     """
     AdamW over the trainable parameters and a StepLR that decays every `lr_step_size` optimizer steps (the Trainer
     steps it once per optimizer step). By default the rate is cut three times: after 1/4, 1/2 and 3/4 of training.
-    With `--warmup_steps` / `--warmup_ratio` the rate first rises linearly from 0 over those steps (a vision tower
-    trained from scratch needs it), then StepLR counts from the end of the warm-up.
+    With `--warmup_steps N` (or a fraction of all steps, below 1) the rate first rises linearly over those steps, then
+    StepLR counts from the end of the warm-up. (Off by default: on the demo, warm-up with a higher rate did not help.)
     """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=training_args.learning_rate, weight_decay=training_args.weight_decay)
