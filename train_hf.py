@@ -140,18 +140,31 @@ def resolve_demo_defaults(model_args, data_args, training_args, given):
         data_args.augment_images = False
 
 
+# A from-scratch tiny MODA on a real catalog sees this many training examples by default: 160 epochs of
+# fashion-images' 2,337 train items, which measured best within 20 minutes on 2 cores (BENCHMARKS.md). A bigger
+# catalog gets fewer epochs of the same cost.
+TINY_EXAMPLES_SEEN = 160 * 2337
+
+
 def resolve_size_defaults(model_args, data_args, training_args, given):
     """
     A from-scratch vision tower learns shapes far better at 3e-4 than at the write-up's 1e-3 (which suits
-    pretrained backbones): measured on the demo catalog, product type stayed at chance with 1e-3. On a real catalog
-    it keeps improving to 80 epochs (fashion-images: 14.5 min on 2 cores; see BENCHMARKS.md).
+    pretrained backbones): measured on the demo catalog, product type stayed at chance with 1e-3.
     """
     if not model_args.model_size or model_args.model_name_or_path:
         return
     if "learning_rate" not in given:
         training_args.learning_rate = 3e-4
-    if "num_train_epochs" not in given and Path(data_args.dataset) != Path(data_args.demo_dir):  # demo: own
-        training_args.num_train_epochs = 80
+
+
+def resolve_epochs(model_args, data_args, training_args, given, num_train_examples: int) -> None:
+    """Epochs of a from-scratch model on a real catalog, unless given: TINY_EXAMPLES_SEEN examples in all."""
+    from_scratch = model_args.model_size and not model_args.model_name_or_path
+    if "num_train_epochs" in given or not from_scratch or Path(data_args.dataset) == Path(data_args.demo_dir):
+        return  # (the demo has its own: --demo_epochs)
+    training_args.num_train_epochs = max(1, round(TINY_EXAMPLES_SEEN / max(1, num_train_examples)))
+    logger.info(f"--model_size {model_args.model_size} from scratch: {training_args.num_train_epochs:g} epochs of "
+                f"{num_train_examples} examples (set --num_train_epochs to change).")
 
 
 def build_model(model_args, data_args, training_args, captions):
@@ -313,6 +326,8 @@ def main(argv=None):
                                   data_args.caption_template, data_args.qa_from_metadata)
         for split, rows in catalog.items()
     }
+
+    resolve_epochs(model_args, data_args, training_args, given, len(splits["train"]))
 
     # 2. Model and processor (a from-scratch tokenizer learns the training captions and questions).
     captions = [text for example in splits["train"] for text in (example["prompt"], example["description"]) if text]

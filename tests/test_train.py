@@ -95,6 +95,21 @@ def test_warmup_rises_linearly_then_steplr_counts_from_its_end():
     assert lrs == pytest.approx([0.25, 0.5, 0.75] + [1.0] * 4 + [0.5] * 4 + [0.25] * 3)
 
 
+def test_from_scratch_epochs_follow_the_catalog_size_unless_given(tmp_path):
+    def epochs(num_train_examples, *extra):
+        argv = ["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--model_size", "tiny", *extra]
+        model_args, data_args, training_args, given = train_hf.parse_arguments(argv)
+        train_hf.resolve_epochs(model_args, data_args, training_args, given, num_train_examples)
+        return training_args.num_train_epochs
+
+    assert epochs(2337) == 160  # fashion-images' train split: the measured default
+    assert epochs(18016) == 21  # fashion-product-images-small: the same number of examples seen
+    assert epochs(10**7) == 1
+    assert epochs(2337, "--num_train_epochs", "3") == 3
+    pretrained = epochs(2337, "--model_size", "", "--model_name_or_path", str(tmp_path))
+    assert pretrained == train_hf.MODATrainingArguments.num_train_epochs != 160  # the write-up's default stays
+
+
 def test_gradient_accumulation_matches_a_bigger_batch(tmp_path, catalog_dir, tiny_moda_dir, monkeypatch):
     """The gradients an optimizer step applies are the same for 8 x 1 and 4 x 2 (accumulated) examples.
     (Weights after several AdamW steps are not compared: Adam turns float noise in near-zero gradients into
