@@ -14,7 +14,6 @@ run, and MODA's share of each bound is reported: at batch 1 decoding reads the d
 """
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configuration_moda import MODAConfig  # noqa: E402
 from modeling_moda import MODAForConditionalGeneration  # noqa: E402
+from benchmarks.results import print_and_save  # noqa: E402
 
 MODELS = ("moda", "moda-plain", "git-base", "blip-base")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -224,10 +224,7 @@ def main(argv=None) -> dict:
                 results["models"][f"{name} {precision}"]["peak_rss_mb"] = peak_rss_mb(name, precision, args)
     results["settings"] = {k: v for k, v in vars(args).items() if k not in ("rss_child",)}
     results["settings"]["torch"] = torch.__version__
-    print(json.dumps(results, indent=2))
-    if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2))
-    return results
+    return print_and_save(results, args.output)
 
 
 if __name__ == "__main__":

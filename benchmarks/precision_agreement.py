@@ -9,7 +9,6 @@ captions equal to the reference.
 """
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from modeling_moda import MODAForConditionalGeneration  # noqa: E402
 from moda.catalog import load_catalog  # noqa: E402
 from moda.features import image_bytes, open_image  # noqa: E402
 from processing_moda import MODAProcessor  # noqa: E402
+from benchmarks.results import print_and_save  # noqa: E402
 
 
 def load_variant(model_dir: str, variant: str):
@@ -78,10 +78,7 @@ def main(argv=None) -> dict:
         results.setdefault("examples_that_differ", {})[variant] = [
             {"fp32": b, variant: a} for a, b in zip(written, reference) if a != b
         ][:5]
-    print(json.dumps(results, indent=2))
-    if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2))
-    return results
+    return print_and_save(results, args.output)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ by step; the epoch time is extrapolated from the median step time to the full tr
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -32,6 +31,7 @@ from moda.collate import MODACollator  # noqa: E402
 from moda.features import FeatureCache, compute_features, image_bytes, image_embedding_encoder, open_image  # noqa: E402
 from moda.tokenizer import train_caption_tokenizer  # noqa: E402
 from processing_moda import MODAProcessor  # noqa: E402
+from benchmarks.results import print_and_save  # noqa: E402
 
 
 def build(examples):
@@ -130,10 +130,7 @@ def main(argv=None) -> dict:
         "speedup_cached_bf16_autocast_over_notebook": per_step["notebook"] / per_step["cached_bf16_autocast"],
         "bad_rows": bad_rows.rows,
     }
-    print(json.dumps(results, indent=2, default=str))
-    if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2, default=str))
-    return results
+    return print_and_save(results, args.output)
 
 
 if __name__ == "__main__":
