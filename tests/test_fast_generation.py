@@ -184,9 +184,12 @@ def test_fast_greedy_runs_the_decoder_linears_on_packed_weights(model_and_proces
     model.generate(**processor(images=product_images[0]), max_new_tokens=3)
     monkeypatch.undo()
     layers = model.config.text_config.num_hidden_layers
-    # 6 Linear layers a decoder layer, each step (prompt + 2 more), and the lm_head 3 times
-    assert len(calls) == 3 * 6 * layers + 3
+    # 4 products a decoder layer (q, k and v stacked into one; out_proj, fc1, fc2), each step (prompt + 2 more), and
+    # the lm_head 3 times
+    assert len(calls) == 3 * 4 * layers + 3
     assert tuple(model.language_model.lm_head.weight.shape) in calls
+    width = model.config.text_config.hidden_size
+    assert calls.count((3 * width, width)) == 3 * layers
 
 
 @pytest.mark.parametrize("how", ["optimizer step", "load_state_dict", "write through .data", "to bfloat16 and back"])
