@@ -584,7 +584,7 @@ class _PackedLinears:
     `.data`), is packed again.
     """
 
-    # first layer of a group -> (weights, versions, fingerprints, packed stacked weight, stacked bias)
+    # first layer of a group -> (weights and biases, versions, fingerprints, packed stacked weight, stacked bias)
     _cache = weakref.WeakKeyDictionary()
 
     def __init__(self, groups):
@@ -602,15 +602,16 @@ class _PackedLinears:
 
     @classmethod
     def _pack(cls, group: tuple) -> tuple:
-        weights = tuple(module.weight for module in group)
+        # Weights and biases alike: either may change alone (a bias-only fine-tune, a partial load_state_dict).
+        tensors = tuple(tensor for module in group for tensor in (module.weight, module.bias) if tensor is not None)
         stamp = (
-            tuple(weight._version for weight in weights),
-            tuple(float(weight.detach().reshape(-1)[::997].double().sum()) for weight in weights),
+            tuple(tensor._version for tensor in tensors),
+            tuple(float(tensor.detach().reshape(-1)[::997].double().sum()) for tensor in tensors),
         )
         entry = cls._cache.get(group[0])
-        if entry is None or len(entry[0]) != len(weights) or any(a is not b for a, b in zip(entry[0], weights)) \
+        if entry is None or len(entry[0]) != len(tensors) or any(a is not b for a, b in zip(entry[0], tensors)) \
                 or entry[1:3] != stamp:
-            stacked = torch.cat([weight.detach() for weight in weights])
+            stacked = torch.cat([module.weight.detach() for module in group])
             if any(module.bias is not None for module in group):
                 bias = torch.cat([
                     module.bias.detach() if module.bias is not None else stacked.new_zeros(module.out_features)
@@ -619,7 +620,7 @@ class _PackedLinears:
             else:
                 bias = None
             # No batch-size hint: one layout serves batch 1 and batch 16 alike (a batch-1 layout is slow at 16).
-            entry = (weights, *stamp, torch.ops.mkldnn._reorder_linear_weight(stacked), bias)
+            entry = (tensors, *stamp, torch.ops.mkldnn._reorder_linear_weight(stacked), bias)
             cls._cache[group[0]] = entry
         return entry[3:]
 

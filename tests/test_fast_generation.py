@@ -192,7 +192,9 @@ def test_fast_greedy_runs_the_decoder_linears_on_packed_weights(model_and_proces
     assert calls.count((3 * width, width)) == 3 * layers
 
 
-@pytest.mark.parametrize("how", ["optimizer step", "load_state_dict", "write through .data", "to bfloat16 and back"])
+@pytest.mark.parametrize(
+    "how", ["optimizer step", "load_state_dict", "write through .data", "to bfloat16 and back", "biases only"]
+)
 def test_packed_weights_follow_changed_weights(model_and_processor, product_images, how):
     model, processor = model_and_processor
     model = copy_of(model)
@@ -200,8 +202,12 @@ def test_packed_weights_follow_changed_weights(model_and_processor, product_imag
     before = model.generate(**inputs, max_new_tokens=8)  # packs the weights
     decoder = model.language_model.model.decoder
     torch.manual_seed(1)
-    new_weights = {name: torch.randn_like(p) * 0.2 for name, p in decoder.named_parameters() if p.ndim == 2}
-    if how == "optimizer step":
+    if how == "biases only":  # the Linear layers' biases, nothing else
+        linear_biases = {f"{name}.bias" for name, m in decoder.named_modules() if isinstance(m, torch.nn.Linear)}
+        new_weights = {name: torch.randn_like(p) * 2 for name, p in decoder.named_parameters() if name in linear_biases}
+    else:
+        new_weights = {name: torch.randn_like(p) * 0.2 for name, p in decoder.named_parameters() if p.ndim == 2}
+    if how in ("optimizer step", "biases only"):
         with torch.no_grad():
             for name, p in decoder.named_parameters():
                 if name in new_weights:
