@@ -437,9 +437,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         groups = [(linear,) for linear in (decoder.project_in, decoder.project_out, self.language_model.lm_head)
                   if linear is not None]
         for layer in decoder.layers:
-            attention = layer.self_attn
-            groups += [(attention.q_proj, attention.k_proj, attention.v_proj), (attention.out_proj,), (layer.fc1,),
-                       (layer.fc2,)]
+            groups += [_qkv(layer.self_attn), (layer.self_attn.out_proj,), (layer.fc1,), (layer.fc2,)]
         return groups
 
     def _decoder_pass(self, embeds, positions, caches, start, attention_mask, extra_slots, linear):
@@ -464,7 +462,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         if layer.do_layer_norm_before:
             hidden = layer.self_attn_layer_norm(hidden)
         heads = attention.num_heads
-        query, key, value = linear.stacked((attention.q_proj, attention.k_proj, attention.v_proj), hidden)
+        query, key, value = linear.stacked(_qkv(attention), hidden)
         query = (query * attention.scaling).view(batch, length, heads, -1)
         key = key.view(batch, length, heads, -1)
         value = value.view(batch, length, heads, -1)
@@ -475,7 +473,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         end = start + length
         key_cache[:, :, start:end] = key.transpose(1, 2)
         value_cache[:, :, start:end] = value.transpose(1, 2)
-        if length == 1 and query.dtype == torch.bfloat16:
+        if length == 1 and query.dtype == torch.bfloat16 and query.device.type == "cpu":
             # One new token against the cache: in bf16, torch's CPU attention kernel takes about 4x as long as two
             # small products in fp32 (batch 16), a tenth of a bf16 caption's time.
             scores = torch.matmul(query.transpose(1, 2).float(), key_cache[:, :, :end].transpose(-1, -2).float())
@@ -567,7 +565,17 @@ def _clip_layer_pass(layer: nn.Module, hidden: torch.Tensor, class_token_only: b
     return hidden + layer.mlp(layer.layer_norm2(hidden))
 
 
-_PACKED_DTYPES = (torch.float32, torch.bfloat16)
+def _qkv(attention: nn.Module) -> tuple:
+    """An attention's q, k and v projections: one group of _PackedLinears (they read the same input)."""
+    return attention.q_proj, attention.k_proj, attention.v_proj
+
+
+def _packed_dtypes() -> tuple:
+    """Dtypes oneDNN's packed kernels take here: fp32, and bf16 where the CPU has the instructions for it (oneDNN
+    refuses to pack bf16 otherwise). None where oneDNN is missing or switched off (torch.backends.mkldnn.enabled)."""
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return ()
+    return (torch.float32, torch.bfloat16) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else (torch.float32,)
 
 
 class _PackedLinears:
@@ -590,12 +598,11 @@ class _PackedLinears:
     def __init__(self, groups):
         """`groups`: tuples of Linear layers that share their input (most are single layers)."""
         self.packed = {}
-        if not torch.backends.mkldnn.is_available():
-            return
+        dtypes = _packed_dtypes()
         for group in groups:
             # Other layers (e.g. int8 dynamically quantized ones) keep their own kernels.
             if all(
-                type(module) is nn.Linear and module.weight.device.type == "cpu" and module.weight.dtype in _PACKED_DTYPES
+                type(module) is nn.Linear and module.weight.device.type == "cpu" and module.weight.dtype in dtypes
                 for module in group
             ) and len({module.weight.dtype for module in group}) == 1:
                 self.packed[group] = self._pack(group)

@@ -169,10 +169,11 @@ def test_fast_greedy_runs_the_decoder_linears_on_packed_weights(model_and_proces
     model, processor = model_and_processor
     calls = []
     original = torch.ops.mkldnn._linear_pointwise
+    namespace = torch.ops.mkldnn
 
     class Recorder:  # torch.ops entries cannot be monkeypatched one by one: stand in for the namespace
         def __getattr__(self, name):
-            return getattr(torch.ops.mkldnn, name)
+            return getattr(namespace, name)
 
         def _linear_pointwise(self, *args):
             calls.append(args[1].shape)
@@ -190,6 +191,33 @@ def test_fast_greedy_runs_the_decoder_linears_on_packed_weights(model_and_proces
     assert tuple(model.language_model.lm_head.weight.shape) in calls
     width = model.config.text_config.hidden_size
     assert calls.count((3 * width, width)) == 3 * layers
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_unchanged_weights_are_packed_once(model_and_processor, product_images, monkeypatch):
+    import modeling_moda
+
+    model, processor = model_and_processor
+    model = copy_of(model)
+    packed = []
+    original = torch.ops.mkldnn._reorder_linear_weight
+    namespace = torch.ops.mkldnn
+
+    class Recorder:  # stands in for the torch.ops.mkldnn namespace
+        def __getattr__(self, name):
+            return getattr(namespace, name)
+
+        def _reorder_linear_weight(self, weight, *args):
+            packed.append(tuple(weight.shape))
+            return original(weight, *args)
+
+    monkeypatch.setattr(modeling_moda.torch.ops, "mkldnn", Recorder(), raising=False)
+    inputs = processor(images=product_images[:2])
+    first = model.generate(**inputs, max_new_tokens=4)
+    groups = len(model._decoding_linears())
+    assert len(packed) == groups  # one pack per group, q/k/v stacked
+    second = model.generate(**inputs, max_new_tokens=4)
+    assert len(packed) == groups and torch.equal(first, second)  # the second call packs nothing
 
 
 @pytest.mark.parametrize(
