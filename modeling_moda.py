@@ -504,7 +504,9 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
     def _max_new_tokens(self, input_length: int, generate_kwargs: dict) -> int:
         """The requested number of new tokens, capped where the decoder runs out of positions."""
         generation_config = generate_kwargs.get("generation_config") or self.generation_config
-        requested = generate_kwargs.get("max_new_tokens") or generation_config.max_new_tokens
+        requested = generate_kwargs.get("max_new_tokens")
+        if requested is None:
+            requested = generation_config.max_new_tokens
         if requested is None:  # with inputs_embeds only, transformers counts max_length in new tokens
             requested = generate_kwargs.get("max_length") or generation_config.max_length
         room = self.config.text_config.max_position_embeddings - input_length

@@ -185,3 +185,9 @@ def test_catalog_captioning_reads_every_input_or_names_it(corpus):
             assert path[-20:] in str(info.value), (name, str(info.value))
         else:
             check_decoded(name, read_image(path), expectation)
+
+
+def test_zero_new_tokens_is_refused_not_replaced_by_the_default(tiny_model_and_processor, product_images):
+    model, processor = tiny_model_and_processor
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate(**processor(images=product_images[0]), max_new_tokens=0)
