@@ -114,7 +114,8 @@ def parse_arguments(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
         return (*parser.parse_json_file(argv[0]), set(json.loads(Path(argv[0]).read_text())))
-    given = {arg[2:].split("=")[0] for arg in argv if arg.startswith("--")}
+    # HfArgumentParser takes --output-dir as well as --output_dir: one name for both
+    given = {arg[2:].split("=")[0].replace("-", "_") for arg in argv if arg.startswith("--")}
     return (*parser.parse_args_into_dataclasses(args=argv), given)
 
 
@@ -262,6 +263,13 @@ def step_lr_optimizer(model, training_args, model_args, total_steps):
     return optimizer, scheduler
 
 
+def mean_tokens_per_example(processor, examples, sample: int = 512) -> float:
+    """Tokens a training example puts through the decoder: BOS, prompt, description and EOS (from a sample)."""
+    texts = [" ".join(filter(None, (e["prompt"], e["description"]))) for e in examples[:sample]]
+    lengths = [len(ids) + 1 for ids in processor.tokenizer(texts)["input_ids"]]  # + 1: the EOS
+    return sum(lengths) / max(1, len(lengths))
+
+
 @torch.no_grad()
 def describe_examples(model, processor, examples, feature_name, batch_size=64, max_new_tokens=32):
     """Greedy descriptions for examples with cached features (no image decoding)."""
@@ -342,13 +350,17 @@ def main(argv=None):
         collator = BlipCollator(processor, model.config.text_config.bos_token_id)
     else:
         collator = MODACollator(processor, feature_name)
-    vocabulary = AttributeVocabulary.from_rows([row for rows in catalog.values() for row in rows])
+    try:
+        vocabulary = AttributeVocabulary.from_rows([row for rows in catalog.values() for row in rows])
+    except ValueError as err:  # e.g. a catalog of images and captions only: nothing to score per attribute
+        logger.warning(f"No per-attribute scores: {err}")
+        vocabulary = None
     callbacks = []
-    if data_args.attribute_eval_items and training_args.eval_strategy != "no":
+    if vocabulary is not None and data_args.attribute_eval_items and training_args.eval_strategy != "no":
         sample = [example["row"] for example in splits["validation"] if example["prompt"] is None]
         sample = sample[: data_args.attribute_eval_items]
         callbacks.append(AttributeMetricsCallback(processor, sample, vocabulary=vocabulary,
-                                                  caption_template=data_args.caption_template))
+                                                  tokens_per_example=mean_tokens_per_example(processor, splits["train"])))
     augment = data_args.augment_images and feature_name == "pixel_values"
     train_dataset = ExampleDataset(splits["train"], augment=augment, seed=training_args.seed)
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # pushed once, whole, at the end
@@ -379,12 +391,14 @@ def main(argv=None):
     descriptions = describe_examples(final_model, processor, test_examples, feature_name)
     for example, text in list(zip(test_examples, descriptions))[:8]:
         print(f"  truth: {example['description']}\n  model: {text}\n")
-    result = attribute_scores(descriptions, [example["row"] for example in test_examples], vocabulary)
+    result = {"hit_rates": None, "scores": None}
+    if vocabulary is not None:
+        result = attribute_scores(descriptions, [example["row"] for example in test_examples], vocabulary)
     exact = sum(t == e["description"] for t, e in zip(descriptions, test_examples)) / max(1, len(test_examples))
     print(f"{test_split} items: {len(test_examples)}  exact caption match: {exact:.3f}")
-    for attribute, rate in result["hit_rates"].items():
+    for attribute, rate in (result["hit_rates"] or {}).items():
         print(f"  {attribute:<12} named correctly: {rate:.3f}")
-    for name, score in result["scores"].items():
+    for name, score in (result["scores"] or {}).items():
         print(f"  {name:<20} {score:.2f} / 10" if score is not None else f"  {name:<20} -")
     print(bad_rows.summary())
     summary = {

@@ -265,3 +265,32 @@ def test_blip_baseline_fine_tunes_on_the_same_data(tmp_path, catalog_dir):
     state = json.loads(sorted(output.glob("checkpoint-*"))[-1].joinpath("trainer_state.json").read_text())
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     assert losses[-1] < losses[0]
+
+
+def test_a_catalog_of_images_and_captions_only_trains_without_attribute_scores(tmp_path, catalog_dir):
+    import csv
+    import shutil
+
+    captions_only = tmp_path / "captions-only"
+    for split in ("train", "validation", "test"):
+        shutil.copytree(catalog_dir / split / "images", captions_only / split / "images")
+        with open(catalog_dir / split / "metadata.csv", newline="") as handle:
+            rows = [{"file_name": row["file_name"], "description": row["caption"]} for row in csv.DictReader(handle)]
+        with open(captions_only / split / "metadata.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["file_name", "description"])
+            writer.writeheader()
+            writer.writerows(rows)
+    output, _ = run(tmp_path, captions_only, "--caption_column", "description", "--num_train_epochs", "1")
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["attribute_accuracy"] is None and summary["scores"] is None
+    assert summary["num_eval_items"] == 8 and 0 <= summary["exact_match"] <= 1
+    assert (output / "model.safetensors").is_file()
+
+
+def test_dashed_argument_names_count_as_given(tmp_path):
+    model_args, data_args, training_args, given = train_hf.parse_arguments(
+        ["--dataset", str(tmp_path), "--output-dir", str(tmp_path / "out"), "--num-train-epochs", "3"]
+    )
+    assert {"output_dir", "num_train_epochs"} <= given
+    train_hf.resolve_demo_defaults(model_args, data_args, training_args, given)  # no "--output_dir is required"
+    assert training_args.output_dir == str(tmp_path / "out") and training_args.num_train_epochs == 3
