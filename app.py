@@ -105,10 +105,21 @@ def build_demo_index(model: str, cache: Path = DEMO_CACHE) -> tuple:
     except ImportError:
         sys.exit("app.py: moda/synthetic.py is missing, so there is no demo catalog: give --index (from moda index).")
     catalog = Path(make_catalog(str(cache / "catalog"), num_items=DEMO_CATALOG_ITEMS, image_size=64, seed=0))
-    captions = cache / "captions.jsonl"
+    described = cache / model_key(model)  # each model's captions and index apart: never another model's captions
+    captions = described / "captions.jsonl"
     caption_main(["--model", model, "--images", str(catalog.resolve()), "--output", str(captions)])
-    index_main(["--captions", str(captions), "--output", str(cache / "index")])
-    return cache / "index", str(catalog)
+    index_main(["--captions", str(captions), "--output", str(described / "index")])
+    return described / "index", str(catalog)
+
+
+def model_key(model: str) -> str:
+    """A folder name for a model: its resolved path (or Hub id) and, for a local folder, when its weights changed."""
+    import hashlib
+
+    path = Path(model)
+    weights = path / "model.safetensors"
+    identity = f"{path.resolve()}@{weights.stat().st_mtime_ns}" if weights.is_file() else model
+    return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
 
 
 def parse_arguments(argv):

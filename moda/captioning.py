@@ -291,7 +291,13 @@ def barrier(world_size: int) -> None:
 
 def run_settings(args) -> dict:
     """What a resumed run must share with the run that wrote the parts."""
-    return {"model": args.model, "images": args.images, "prompts": args.prompts, "max_new_tokens": args.max_new_tokens}
+    return {"model": args.model, "revision": args.revision, "images": args.images, "prompts": args.prompts,
+            "max_new_tokens": args.max_new_tokens}
+
+
+def settings_file_for(output: Path) -> Path:
+    """Where a finished output keeps the settings that wrote it (next to it), so a later run can reuse its rows."""
+    return output.with_name(f"{output.name}.run.json")
 
 
 def prepare_parts_dir(output: Path, parts_dir: Path, settings: dict, overwrite: bool) -> None:
@@ -299,6 +305,7 @@ def prepare_parts_dir(output: Path, parts_dir: Path, settings: dict, overwrite: 
     if overwrite:
         shutil.rmtree(parts_dir, ignore_errors=True)
         output.unlink(missing_ok=True)
+        settings_file_for(output).unlink(missing_ok=True)
     for leftover in output.parent.glob(f"{parts_dir.name}.done-*"):
         shutil.rmtree(leftover, ignore_errors=True)  # a merged run killed while cleaning up
     settings_file = parts_dir / "run.json"
@@ -316,11 +323,25 @@ def prepare_parts_dir(output: Path, parts_dir: Path, settings: dict, overwrite: 
         temp.unlink()  # a batch whose write was killed: its items are captioned again
 
 
-def earlier_output_rows(output: Path, prompts: list) -> list:
-    """Rows of a finished earlier output, reused when the catalog has grown; they must come from the same prompts."""
+def earlier_output_rows(output: Path, settings: dict) -> list:
+    """
+    Rows of a finished earlier output, reused when the catalog has grown: they must come from the same model,
+    revision, prompts and max_new_tokens (its settings file says; the catalog's path may differ). An output written
+    before settings files were kept is checked by its prompts alone.
+    """
     if not output.exists():
         return []
+    settings_file = settings_file_for(output)
+    if settings_file.exists():
+        earlier = json.loads(settings_file.read_text())
+        differ = sorted(key for key in settings if key != "images" and earlier.get(key) != settings[key])
+        if differ:
+            raise ValueError(
+                f"{str(output)!r} was written with other {', '.join(differ)} "
+                f"({ {key: earlier.get(key) for key in differ} }): pass --overwrite to caption again."
+            )
     rows = read_output(output)
+    prompts = settings["prompts"]
     for row in rows:
         if "descriptions" in row and sorted(row["descriptions"]) != sorted(prompts):
             raise ValueError(
@@ -350,10 +371,12 @@ def caption_shard(captioner, items, parts_dir: Path, rank: int, args, vocabulary
     return len(items)
 
 
-def finish(items, output: Path, parts_dir: Path, earlier_rows: list) -> list:
+def finish(items, output: Path, parts_dir: Path, earlier_rows: list, settings: dict) -> list:
     """Rank 0: merges earlier output and parts into the output atomically, then removes the parts."""
     sources = [earlier_rows] + [read_jsonl(part) for part in finished_parts(parts_dir)]
     rows = merge_rows(items, sources)
+    # The settings first: a run killed in between leaves settings that the parts folder (still there) also holds.
+    write_atomically(settings_file_for(output), lambda handle: handle.write(json.dumps(settings).encode("utf-8")))
     write_output(output, rows)
     done_dir = parts_dir.with_name(f"{parts_dir.name}.done-{os.getpid()}")
     os.replace(parts_dir, done_dir)  # one atomic step: a rerun never sees half-removed parts
@@ -395,11 +418,13 @@ def main(argv=None) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     parts_dir = parts_dir_for(output)
     items = list_catalog_items(args.images, args.image_column)
+    settings = run_settings(args)
+    # Checked before anything is written: a refused run leaves no parts folder behind.
+    earlier_rows = [] if args.overwrite else earlier_output_rows(output, settings)
     if rank == 0:
-        prepare_parts_dir(output, parts_dir, run_settings(args), args.overwrite)
+        prepare_parts_dir(output, parts_dir, settings, args.overwrite)
     barrier(world_size)
 
-    earlier_rows = earlier_output_rows(output, args.prompts)
     done = {str(row["id"]) for row in earlier_rows}
     done |= {str(row["id"]) for part in finished_parts(parts_dir) for row in read_jsonl(part)}
     shard = [item for item in items[rank::world_size] if item["id"] not in done]
@@ -419,7 +444,7 @@ def main(argv=None) -> int:
     barrier(world_size)
 
     if rank == 0:
-        rows = finish(items, output, parts_dir, earlier_rows)
+        rows = finish(items, output, parts_dir, earlier_rows, settings)
         errors = [row for row in rows if "error" in row]
         print(f"wrote {len(rows)} row(s) to {output}: {len(rows) - len(errors)} described, "
               f"{len(errors)} unreadable")

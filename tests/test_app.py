@@ -108,3 +108,16 @@ def test_app_in_headless_chromium(captioner, catalog_index, vocabulary, red_imag
             browser.close()
     finally:
         demo.close()
+
+
+def test_each_model_gets_its_own_demo_captions(tiny_moda_dir, tmp_path):
+    import app
+
+    other = shutil.copytree(tiny_moda_dir, tmp_path / "other")
+    assert app.model_key(str(tiny_moda_dir)) == app.model_key(str(tiny_moda_dir))
+    assert app.model_key(str(tiny_moda_dir)) != app.model_key(str(other))
+    before = app.model_key(str(other))
+    weights = other / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # retrained in place
+    assert app.model_key(str(other)) != before
+    assert app.model_key("someone/moda") != app.model_key("someone/moda-v2")

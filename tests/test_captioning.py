@@ -140,6 +140,23 @@ def test_resuming_with_other_settings_is_refused(tiny_moda_dir, catalog_dir, tmp
     assert all(list(row["descriptions"]) == ["What colour is this item?"] for row in rows if "error" not in row)
 
 
+def test_a_finished_output_is_not_reused_for_another_model(tiny_moda_dir, catalog_dir, tmp_path):
+    import shutil
+
+    output = tmp_path / "captions.jsonl"
+    args = ["--images", str(catalog_dir), "--output", str(output), "--batch_size", "8", "--max_new_tokens", "4"]
+    assert main(["--model", str(tiny_moda_dir), *args]) == 0
+    first = read_output(output)
+    other_model = shutil.copytree(tiny_moda_dir, tmp_path / "other-model")
+    with pytest.raises(ValueError, match="other model"):  # not "already done" with the first model's captions
+        main(["--model", str(other_model), *args])
+    with pytest.raises(ValueError, match="other max_new_tokens"):
+        main(["--model", str(tiny_moda_dir), *args[:-1], "5"])
+    assert read_output(output) == first
+    assert main(["--model", str(other_model), *args, "--overwrite"]) == 0
+    assert json.loads(output.with_name("captions.jsonl.run.json").read_text())["model"] == str(other_model)
+
+
 def test_two_processes_split_the_catalog_and_merge_it_complete(tiny_moda_dir, catalog_dir, tmp_path):
     output = tmp_path / "captions.jsonl"
     result = run_cli(["--model", str(tiny_moda_dir), "--images", str(catalog_dir), "--output", str(output),
