@@ -20,6 +20,14 @@ def generate_both(model, **inputs):
     return fast, reference
 
 
+def copy_of(model):
+    """A separate model with the same weights and generation settings (tests that change weights or dtype)."""
+    copied = MODAForConditionalGeneration(model.config).eval()
+    copied.load_state_dict(model.state_dict())
+    copied.generation_config = model.generation_config
+    return copied
+
+
 @pytest.fixture
 def model_and_processor(tiny_model_and_processor):
     return tiny_model_and_processor
@@ -87,19 +95,14 @@ def test_fast_greedy_min_new_tokens_suppresses_eos_like_generation_mixin(model_a
 
 def test_fast_greedy_in_bfloat16_equals_generation_mixin_in_bfloat16(model_and_processor, product_images):
     model, processor = model_and_processor
-    bf16 = MODAForConditionalGeneration(model.config).eval()
-    bf16.load_state_dict(model.state_dict())
-    bf16.generation_config = model.generation_config
-    bf16.to(torch.bfloat16)
+    bf16 = copy_of(model).to(torch.bfloat16)
     fast, reference = generate_both(bf16, **processor(images=product_images, text=PROMPTS), max_new_tokens=8)
     assert torch.equal(fast, reference)
 
 
 def test_fast_greedy_runs_int8_dynamic_quantized_linears(model_and_processor, product_images):
     model, processor = model_and_processor
-    quantized = MODAForConditionalGeneration(model.config).eval()
-    quantized.load_state_dict(model.state_dict())
-    quantized.generation_config = model.generation_config
+    quantized = copy_of(model)
     quantized.language_model = torch.ao.quantization.quantize_dynamic(
         quantized.language_model, {torch.nn.Linear}, dtype=torch.qint8
     )
@@ -156,12 +159,6 @@ def test_greedy_with_a_generation_config_object_uses_the_fast_loop(model_and_pro
     fast, reference = generate_both(model, **processor(images=product_images[:2]), generation_config=config)
     assert len(spy) == 1 and torch.equal(fast, reference) and fast.shape[1] <= 5
 
-
-def copy_of(model):
-    copied = MODAForConditionalGeneration(model.config).eval()
-    copied.load_state_dict(model.state_dict())
-    copied.generation_config = model.generation_config
-    return copied
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
