@@ -3,12 +3,13 @@
     python benchmarks/training_speed.py --dataset ../shared/data/fashion-images --sample 256 --steps 4
 
 "Notebook way": every step decodes the JPEGs, runs the CLIP vision tower (frozen, no gradients), then the projector
-and OPT forward and backward. "Cached": the image embeddings are computed once with moda/features.py
-(FeatureCache + compute_features) and every step runs only the projector and OPT. "Cached, bf16 autocast": the same
-with the forward under `torch.autocast("cpu", torch.bfloat16)` (weights, gradients and AdamW stay fp32), what
-`train_hf.py --bf16 true --use_cpu true` does through the Trainer. All use the same batch size, the same collator
-(moda/collate.py), AdamW, and are timed on the same sample of the real train split in the same run, interleaved step
-by step; the epoch time is extrapolated from the median step time to the full train split.
+and OPT forward and backward, with torch's default AdamW and the model's default (SDPA) attention. "Cached": what
+train_hf.py does: the image embeddings are computed once with moda/features.py (FeatureCache + compute_features),
+every step runs only the projector and OPT, with train_hf's optimizer (fused AdamW) and CPU attention (eager).
+"Cached, bf16 autocast": the same with the forward under `torch.autocast("cpu", torch.bfloat16)` (weights, gradients
+and AdamW stay fp32), what `train_hf.py --bf16 true --use_cpu true` does through the Trainer. All use the same model,
+batch size and collator (moda/collate.py), and are timed on the same sample of the real train split in the same run,
+interleaved step by step; the epoch time is extrapolated from the median step time to the full train split.
 """
 
 import argparse
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import TrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -31,6 +33,7 @@ from moda.collate import MODACollator  # noqa: E402
 from moda.features import FeatureCache, compute_features, image_bytes, image_embedding_encoder, open_image  # noqa: E402
 from moda.tokenizer import train_caption_tokenizer  # noqa: E402
 from processing_moda import MODAProcessor  # noqa: E402
+from train_hf import adamw, use_training_attention  # noqa: E402
 from benchmarks.results import print_and_save  # noqa: E402
 
 
@@ -45,6 +48,7 @@ def build(examples):
 
 def notebook_step(model, processor, optimizer, examples):
     """JPEG decoding, preprocessing, the vision tower, projector and OPT: what the original notebook did per step."""
+    model.set_attn_implementation("sdpa")
     images = [open_image(image_bytes(e["image"]), e["row"].get("_where", "row")) for e in examples]
     batch = processor(images=images, descriptions=[e["description"] for e in examples])
     return train_step(model, optimizer, batch)
@@ -52,11 +56,13 @@ def notebook_step(model, processor, optimizer, examples):
 
 def cached_step(model, collator, optimizer, examples):
     """Projector and OPT on cached image embeddings (the collator stacks them as image_embeds)."""
+    use_training_attention(model, torch.device("cpu"))
     return train_step(model, optimizer, collator(examples))
 
 
 def cached_bf16_step(model, collator, optimizer, examples):
     """cached_step with the forward under bf16 autocast (the matmuls in bf16, fp32 weights and optimizer)."""
+    use_training_attention(model, torch.device("cpu"))
     return train_step(model, optimizer, collator(examples), autocast=True)
 
 
@@ -93,7 +99,9 @@ def main(argv=None) -> dict:
     examples = examples_from_rows(train_rows[: args.sample], bad_rows)
     model, processor = build(examples)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    notebook_optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    training_args = TrainingArguments(output_dir=tempfile.mkdtemp(), use_cpu=True, learning_rate=1e-5, report_to=[])
+    optimizer = adamw(model, training_args)
 
     with tempfile.TemporaryDirectory() as cache_dir:
         encoder = image_embedding_encoder(model, processor)
@@ -105,12 +113,13 @@ def main(argv=None) -> dict:
     batches = [range(i, i + args.batch_size) for i in range(0, len(cached) - args.batch_size + 1, args.batch_size)]
     if len(batches) < args.steps + 1:
         raise SystemExit(f"--sample {args.sample} gives {len(batches)} batches; --steps {args.steps} needs one more.")
-    steps = {"notebook": (notebook_step, processor, examples), "cached": (cached_step, collator, cached),
-             "cached_bf16_autocast": (cached_bf16_step, collator, cached)}
+    steps = {"notebook": (notebook_step, processor, examples, notebook_optimizer),
+             "cached": (cached_step, collator, cached, optimizer),
+             "cached_bf16_autocast": (cached_bf16_step, collator, cached, optimizer)}
     times = {name: [] for name in steps}
     for index, rows in enumerate(batches[: args.steps + 1]):  # interleaved, the first step of each is a warm-up
-        seconds = {name: timed(step, model, inputs, optimizer, [items[i] for i in rows])
-                   for name, (step, inputs, items) in steps.items()}
+        seconds = {name: timed(step, model, inputs, step_optimizer, [items[i] for i in rows])
+                   for name, (step, inputs, items, step_optimizer) in steps.items()}
         if index:
             for name, value in seconds.items():
                 times[name].append(value)

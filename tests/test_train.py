@@ -1,5 +1,6 @@
 """train_hf.py: masks, StepLR, gradient accumulation, feature cache, resume, LoRA, two stages, DDP, the demo."""
 
+import copy
 import json
 import os
 import subprocess
@@ -93,6 +94,44 @@ def test_warmup_rises_linearly_then_steplr_counts_from_its_end():
         optimizer.step()
         scheduler.step()
     assert lrs == pytest.approx([0.25, 0.5, 0.75] + [1.0] * 4 + [0.5] * 4 + [0.25] * 3)
+
+
+def test_cpu_training_uses_fused_adamw_with_the_same_update_as_torch_default():
+    from transformers import TrainingArguments
+
+    torch.manual_seed(0)
+    fused_model, plain_model = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    plain_model.load_state_dict(fused_model.state_dict())
+    initial_weight = fused_model.weight.detach().clone()
+    training_args = TrainingArguments("unused", learning_rate=0.1, weight_decay=0.01, use_cpu=True, report_to=[])
+    fused = train_hf.adamw(fused_model, training_args)
+    plain = torch.optim.AdamW(plain_model.parameters(), lr=0.1, weight_decay=0.01)
+    assert fused.defaults["fused"] is True
+    inputs = torch.randn(16, 8)
+    for _ in range(3):
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            model(inputs).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert not torch.allclose(fused_model.weight, initial_weight, atol=0.05)  # three steps of lr 0.1 moved it
+    for name, value in plain_model.state_dict().items():
+        torch.testing.assert_close(fused_model.state_dict()[name], value)
+
+
+def test_cpu_training_attention_is_eager_computes_the_same_loss_and_is_not_saved(tmp_path, tiny_model_and_processor):
+    model, processor = tiny_model_and_processor
+    model = copy.deepcopy(model)
+    batch = MODACollator(processor, "image_embeds")(
+        [{"features": torch.randn(24), "prompt": None, "description": "Black Sports Shoes for Men"},
+         {"features": torch.randn(24), "prompt": "What colour is this item?", "description": "Red"}]
+    )
+    sdpa_loss = model(**batch).loss
+    train_hf.use_training_attention(model, torch.device("cpu"))
+    assert model.config.text_config._attn_implementation == "eager"
+    torch.testing.assert_close(model(**batch).loss, sdpa_loss)
+    model.save_pretrained(tmp_path)
+    reloaded = MODAForConditionalGeneration.from_pretrained(tmp_path)
+    assert reloaded.config.text_config._attn_implementation == "sdpa"
 
 
 def test_from_scratch_epochs_follow_the_catalog_size_unless_given(tmp_path):
