@@ -1,5 +1,7 @@
 """MODA's fast greedy loop gives GenerationMixin's tokens, and every other option still goes to GenerationMixin."""
 
+from collections import Counter
+
 import pytest
 import torch
 from transformers import TextStreamer
@@ -162,32 +164,48 @@ def test_greedy_with_a_generation_config_object_uses_the_fast_loop(model_and_pro
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
-def test_fast_greedy_runs_the_decoder_linears_on_packed_weights(model_and_processor, product_images, monkeypatch):
+def test_fast_greedy_runs_the_decoder_and_vision_linears_on_packed_weights(model_and_processor, product_images,
+                                                                          monkeypatch):
     model, processor = model_and_processor
     calls = []
-    original = torch.ops.mkldnn._linear_pointwise
     namespace = torch.ops.mkldnn
+    original = namespace._linear_pointwise
+
+    class RecordedLinear:
+        def __call__(self, *args):
+            calls.append(tuple(args[1].shape))
+            return original(*args)
+
+        def binary(self, *args):  # the product with a residual added inside it
+            calls.append(tuple(args[2].shape))
+            return original.binary(*args)
 
     class Recorder:  # torch.ops entries cannot be monkeypatched one by one: stand in for the namespace
+        _linear_pointwise = RecordedLinear()
+
         def __getattr__(self, name):
             return getattr(namespace, name)
-
-        def _linear_pointwise(self, *args):
-            calls.append(args[1].shape)
-            return original(*args)
 
     import modeling_moda
 
     monkeypatch.setattr(modeling_moda.torch.ops, "mkldnn", Recorder(), raising=False)
     model.generate(**processor(images=product_images[0]), max_new_tokens=3)
     monkeypatch.undo()
-    layers = model.config.text_config.num_hidden_layers
-    # 4 products a decoder layer (q, k and v stacked into one; out_proj, fc1, fc2), each step (prompt + 2 more), and
-    # the lm_head 3 times
-    assert len(calls) == 3 * 4 * layers + 3
-    assert tuple(model.language_model.lm_head.weight.shape) in calls
-    width = model.config.text_config.hidden_size
-    assert calls.count((3 * width, width)) == 3 * layers
+
+    def shapes(*layers):  # the packed weights' shapes: (out_features, in_features), q/k/v stacked
+        qkv = (3 * layers[0].q_proj.out_features, layers[0].q_proj.in_features)
+        return [qkv] + [tuple(layer.weight.shape) for layer in layers[1:]]
+
+    text = model.language_model.model.decoder.layers
+    vision = model.vision_tower.vision_model.encoder.layers
+    expected = Counter()
+    for layer in text:  # each step: the prompt and 2 more tokens
+        expected.update(3 * shapes(layer.self_attn, layer.self_attn.out_proj, layer.fc1, layer.fc2))
+    expected[tuple(model.language_model.lm_head.weight.shape)] += 3
+    for layer in vision:
+        expected.update(shapes(layer.self_attn, layer.self_attn.out_proj, layer.mlp.fc1, layer.mlp.fc2))
+    expected[tuple(model.vision_tower.visual_projection.weight.shape)] += 1
+    assert Counter(calls) == expected
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
@@ -211,7 +229,7 @@ def test_unchanged_weights_are_packed_once(model_and_processor, product_images, 
     monkeypatch.setattr(modeling_moda.torch.ops, "mkldnn", Recorder(), raising=False)
     inputs = processor(images=product_images[:2])
     first = model.generate(**inputs, max_new_tokens=4)
-    groups = len(model._decoding_linears())
+    groups = len(model._decoding_linears()) + len(model._vision_linears())
     assert len(packed) == groups  # one pack per group, q/k/v stacked
     second = model.generate(**inputs, max_new_tokens=4)
     assert len(packed) == groups and torch.equal(first, second)  # the second call packs nothing
@@ -266,7 +284,28 @@ def test_inference_image_features_match_the_vision_tower(model_and_processor, pr
         reference = model.vision_tower(pixel_values=pixel_values).image_embeds
     torch.testing.assert_close(lean, reference, rtol=1e-5, atol=1e-5)
     assert lean.shape == reference.shape and not torch.equal(lean, torch.zeros_like(lean))
+    changed = copy_of(model)  # a tower that trains (e.g. from scratch) gets its new weights packed
+    with torch.no_grad():
+        changed.vision_tower.vision_model.encoder.layers[0].mlp.fc1.weight.mul_(3.0)
+        torch.testing.assert_close(changed.get_image_features(pixel_values),
+                                   changed.vision_tower(pixel_values=pixel_values).image_embeds, rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(changed.get_image_features(pixel_values), lean, atol=1e-3)
     with torch.enable_grad():  # training takes CLIP's own forward: gradients reach every token
         pixel_values.requires_grad_(True)
         model.get_image_features(pixel_values).sum().backward()
     assert pixel_values.grad is not None and pixel_values.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_a_write_through_data_to_any_one_row_is_packed_again():
+    from modeling_moda import _PackedLinears
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(768, 1024)
+    inputs = torch.randn(4, 768)
+    for row in range(0, 1024, 7):
+        _PackedLinears([(linear,)])(linear, inputs)  # packed as it is now
+        linear.weight.data[row] = torch.randn(768)  # .data: no version counter bump
+        packed = _PackedLinears([(linear,)])
+        expected = torch.nn.functional.linear(inputs, linear.weight, linear.bias)
+        torch.testing.assert_close(packed(linear, inputs), expected, rtol=1e-4, atol=1e-4)  # a stale row: off by ~1
