@@ -228,8 +228,8 @@ class CatalogIndex:
         return index
 
 
-def image_embeddings_for(rows: list, model_name: str, batch_size: int = 64) -> np.ndarray:
-    """MODA's image embeddings (`get_image_features`) of the rows' image files."""
+def image_embeddings_for(images: list, model_name: str, batch_size: int = 64) -> np.ndarray:
+    """MODA's image embeddings (`get_image_features`) of images given as paths or bytes."""
     import torch
 
     from moda.captioning import read_image
@@ -238,11 +238,36 @@ def image_embeddings_for(rows: list, model_name: str, batch_size: int = 64) -> n
     captioner = load_captioner(model_name)
     chunks = []
     with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            images = [read_image(row["file"]) for row in rows[start:start + batch_size]]
-            pixels = captioner.processor(images=images, return_tensors="pt")["pixel_values"]
+        for start in range(0, len(images), batch_size):
+            images_batch = [read_image(image) for image in images[start:start + batch_size]]
+            pixels = captioner.processor(images=images_batch, return_tensors="pt")["pixel_values"]
             chunks.append(captioner.model.get_image_features(pixels.to(captioner.model.device)).float().cpu().numpy())
     return np.concatenate(chunks)
+
+
+def images_of(rows: list, catalog: str = None) -> list:
+    """
+    The captioned rows' images: the catalog's own (matched by id) when `catalog` is given, else the image file each
+    row names. A catalog whose images are bytes (a Hub dataset, a table of encoded images) leaves no file on disk:
+    its rows name where the image came from, so it needs `catalog`.
+    """
+    from moda.captioning import list_catalog_items
+
+    if catalog is None:
+        missing = [row for row in rows if not Path(str(row["file"])).is_file()]
+        if missing:
+            raise ValueError(
+                f"item {missing[0]['id']!r}: {missing[0]['file']!r} is not an image file on disk ({len(missing)} "
+                "item(s) like it); if the captioned catalog holds its images as bytes (e.g. a Hub dataset), give "
+                "--catalog with that catalog"
+            )
+        return [row["file"] for row in rows]
+    images = {item["id"]: item["image"] for item in list_catalog_items(catalog)}
+    missing = [str(row["id"]) for row in rows if str(row["id"]) not in images]
+    if missing:
+        raise ValueError(f"--catalog {catalog!r} has no item with id {missing[0]!r} ({len(missing)} caption id(s) "
+                         "not in it): give the catalog that was captioned")
+    return [images[str(row["id"])] for row in rows]
 
 
 def index_main(argv=None) -> int:
@@ -256,8 +281,13 @@ def index_main(argv=None) -> int:
                         help="past this many items the index is HNSW (approximate) instead of exact")
     parser.add_argument("--image_model", "--image-model", default=None,
                         help="a MODA model: also index its image embeddings (for search by image)")
+    parser.add_argument("--catalog", default=None,
+                        help="with --image_model: read the images from this catalog (the one captioned), by id; "
+                             "needed where its images are bytes (e.g. a Hub dataset), not files")
     parser.add_argument("--rebuild", action="store_true", help="start a new index even if one exists")
     args = parser.parse_args(argv)
+    if args.catalog and not args.image_model:
+        parser.error("--catalog is read for image embeddings only: give --image_model too")
 
     rows = read_output(args.captions)
     unreadable = [row for row in rows if "error" in row]
@@ -270,7 +300,12 @@ def index_main(argv=None) -> int:
     else:
         index = CatalogIndex(args.embedder, args.exact_up_to)
     new_rows = [row for row in rows if str(row["id"]) not in index.positions]
-    images = image_embeddings_for(new_rows, args.image_model) if args.image_model and new_rows else None
+    images = None
+    if args.image_model and new_rows:
+        try:
+            images = image_embeddings_for(images_of(new_rows, args.catalog), args.image_model)
+        except ValueError as err:
+            parser.error(str(err))
     if images is None and index.images is not None and new_rows:
         parser.error(f"{args.output} holds image embeddings: give --image_model to add items to it")
     added = index.add(new_rows, images)
@@ -296,7 +331,7 @@ def search_main(argv=None) -> int:
     if args.image:
         if not args.image_model:
             parser.error("--image needs --image_model (the MODA model that embedded the catalog)")
-        hits = index.search_by_image_embedding(image_embeddings_for([{"file": args.image}], args.image_model), args.k)
+        hits = index.search_by_image_embedding(image_embeddings_for([args.image], args.image_model), args.k)
     else:
         hits = index.search(args.query, args.k)
     for rank, hit in enumerate(hits, 1):

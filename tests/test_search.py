@@ -110,3 +110,42 @@ def test_index_with_moda_image_embeddings_finds_the_same_photo(tmp_path, tiny_mo
     capsys.readouterr()
     assert search_main([index_dir, "--image", rows[2]["file"], "--image_model", str(tiny_moda_dir), "-k", "1"]) == 0
     assert capsys.readouterr().out.split()[2] == rows[2]["id"]
+
+
+def test_image_embeddings_of_a_catalog_of_image_bytes_come_from_the_catalog(tmp_path, tiny_moda_dir, product_images,
+                                                                            monkeypatch, capsys):
+    import io
+
+    import moda.catalog
+
+    encoded = []
+    for image in product_images[:3]:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        encoded.append(buffer.getvalue())
+    hub_rows = [{"id": row["id"], "image": data, "_where": f"shop/items[train] row {i}"}
+                for i, (row, data) in enumerate(zip(ROWS, encoded))]
+    # A Hub dataset (not reachable here) as moda.catalog loads one: images as bytes, no file on disk.
+    monkeypatch.setattr(moda.catalog, "_load_hub_dataset", lambda name, column: {"train": [dict(r) for r in hub_rows]})
+    captions = tmp_path / "captions.jsonl"
+    write_output(captions, [dict(row, file=hub["_where"]) for row, hub in zip(ROWS, hub_rows)])
+    index_dir = str(tmp_path / "index")
+    base = ["--captions", str(captions), "--output", index_dir, "--image_model", str(tiny_moda_dir)]
+
+    with pytest.raises(SystemExit):
+        index_main(base)
+    error = capsys.readouterr().err
+    assert "'shop/items[train] row 0' is not an image file on disk" in error and "--catalog" in error
+    assert not (tmp_path / "index").exists()
+    complete = list(hub_rows)
+    hub_rows[:] = complete[:2]  # a catalog that lacks one of the captioned items
+    with pytest.raises(SystemExit):
+        index_main(base + ["--catalog", "shop/items"])
+    assert "has no item with id 'shirt'" in capsys.readouterr().err
+
+    hub_rows[:] = complete
+    assert index_main(base + ["--catalog", "shop/items"]) == 0
+    capsys.readouterr()
+    product_images[2].save(tmp_path / "query.png")
+    assert search_main([index_dir, "--image", str(tmp_path / "query.png"), "--image_model", str(tiny_moda_dir)]) == 0
+    assert capsys.readouterr().out.split()[2] == ROWS[2]["id"]
