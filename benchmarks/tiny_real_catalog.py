@@ -6,7 +6,8 @@
 
 Runs `python train_hf.py --model_size tiny --dataset DATASET --output_dir OUT` as a user would (nothing else on the
 command line for the default catalog), then reports, on the test split, how often each attribute appears correctly in
-the generated descriptions next to the majority-class rate, and appends the result to BENCHMARKS.md.
+the generated descriptions next to the majority-class rate, as a markdown table (for BENCHMARKS.md) and, with
+`--output`, as JSON.
 """
 
 import argparse
@@ -21,6 +22,7 @@ sys.path.insert(0, str(REPO))
 
 from moda.catalog import load_catalog  # noqa: E402
 from moda.description_scores import majority_baseline  # noqa: E402
+from benchmarks.results import print_and_save  # noqa: E402
 
 AIMS = {"gender": 0.75, "colour": 0.8, "product_type": 0.7}
 ATTRIBUTES = ("colour", "product_type", "gender", "usage")
@@ -31,7 +33,7 @@ def main():
     parser.add_argument("--dataset", default="../shared/data/fashion-images")
     parser.add_argument("--output_dir", default="out")
     parser.add_argument("--caption_template", default=None)
-    parser.add_argument("--report", default=str(REPO / "BENCHMARKS.md"))
+    parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args()
 
     command = [sys.executable, "train_hf.py", "--model_size", "tiny", "--dataset", args.dataset,
@@ -57,10 +59,10 @@ def main():
         aim = AIMS.get(attribute)
         lines.append(f"| {attribute} | {accuracy.get(attribute, float('nan')):.3f} | "
                      f"{majority[attribute]['rate']:.3f} | {'>= %.2f' % aim if aim else '-'} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(args.report, "a", encoding="utf-8") as handle:
-        handle.write(text)
+    print("\n".join(lines) + "\n")
+    print_and_save({"command": command[1:], "minutes": minutes, "eval_split": summary["eval_split"],
+                    "num_eval_items": summary["num_eval_items"], "attribute_accuracy": accuracy,
+                    "majority_class_rate": {a: majority[a]["rate"] for a in ATTRIBUTES}, "aims": AIMS}, args.output)
 
 
 if __name__ == "__main__":
