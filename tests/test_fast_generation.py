@@ -309,3 +309,24 @@ def test_a_write_through_data_to_any_one_row_is_packed_again():
         packed = _PackedLinears([(linear,)])
         expected = torch.nn.functional.linear(inputs, linear.weight, linear.bias)
         torch.testing.assert_close(packed(linear, inputs), expected, rtol=1e-4, atol=1e-4)  # a stale row: off by ~1
+
+
+@pytest.mark.skipif(
+    torch.bfloat16 not in __import__("modeling_moda")._packed_dtypes(), reason="oneDNN cannot pack bf16 on this CPU"
+)
+def test_bf16_quick_gelu_runs_inside_the_first_product_and_matches_clip(model_and_processor, product_images):
+    from modeling_moda import _PackedLinears
+
+    model, processor = model_and_processor
+    model = copy_of(model).to(torch.bfloat16)
+    layers = model.vision_tower.vision_model.encoder.layers
+    packed = _PackedLinears(model._vision_linears(), [(layer.mlp.fc1, layer.mlp.fc2) for layer in layers])
+    assert packed.swish_inputs == {layer.mlp.fc1 for layer in layers}  # the fused path is the one taken
+    pixel_values = processor(images=product_images)["pixel_values"].to(torch.bfloat16)
+    with torch.no_grad():
+        fused = model.get_image_features(pixel_values).float()
+        reference = model.vision_tower(pixel_values=pixel_values).image_embeds.float()
+        fp32 = copy_of(model).float().vision_tower(pixel_values=pixel_values.float()).image_embeds
+    # within bf16's own error of the fp32 result, as CLIP's bf16 forward is
+    assert (fused - fp32).norm() / fp32.norm() < 2 * max((reference - fp32).norm() / fp32.norm(), 0.01)
+    assert torch.nn.functional.cosine_similarity(fused, reference).min() > 0.99
