@@ -26,11 +26,11 @@ GALLERY_SIZE = 8
 
 def describe(captioner, image, vocabulary=None) -> tuple:
     """(description, attributes) of a PIL image; attributes are {} without a vocabulary."""
-    from moda.captioning import describe_images
+    from moda.evaluation import describe_images
 
     if image is None:
         return "Upload a product photo first.", {}
-    description = describe_images(captioner, [image.convert("RGB")])[0]
+    description = describe_images(captioner.model, captioner.processor, [image.convert("RGB")], max_new_tokens=None)[0]
     if vocabulary is None:
         return description, {}
     from moda.attributes import extract_attributes

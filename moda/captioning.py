@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from moda.evaluation import describe_images
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 ID_COLUMNS = ("id", "ProductId")
 OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
@@ -111,16 +113,6 @@ def read_image(image):
 # Describing a batch
 # ---------------------------------------------------------------------------------------------------------------
 
-@torch.no_grad()
-def describe_images(captioner, images: list, prompt: str = None, max_new_tokens: int = None) -> list:
-    """Greedy descriptions of PIL images with the captioner pipeline's model and processor, as one batch."""
-    inputs = captioner.processor(images=images, text=prompt or None, return_tensors="pt").to(captioner.model.device)
-    # None means the model's generation config; it is left out because generate would take it as a value.
-    limits = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-    ids = captioner.model.generate(**inputs, **limits)
-    return [text.strip() for text in captioner.processor.batch_decode(ids, skip_special_tokens=True)]
-
-
 def merge_descriptions(descriptions: dict) -> str:
     """One description from several prompts' answers: the distinct non-empty ones, in prompt order."""
     distinct = []
@@ -142,7 +134,11 @@ def caption_batch(captioner, items: list, prompts: list, vocabulary=None, max_ne
             row["error"] = str(err)
         rows.append(row)
     if images:
-        per_prompt = {prompt: describe_images(captioner, images, prompt, max_new_tokens) for prompt in prompts}
+        per_prompt = {
+            prompt: describe_images(captioner.model, captioner.processor, images, batch_size=len(images),
+                                    max_new_tokens=max_new_tokens, prompt=prompt)
+            for prompt in prompts
+        }
         for i, row in enumerate(readable):
             row["descriptions"] = {prompt: texts[i] for prompt, texts in per_prompt.items()}
             row["description"] = merge_descriptions(row["descriptions"])

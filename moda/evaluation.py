@@ -64,8 +64,12 @@ def load_image(image, where: str):
 
 
 @torch.no_grad()
-def describe_images(model, processor, images, batch_size: int = 16, max_new_tokens: int = 32, progress: bool = False):
-    """Greedy descriptions for PIL images, in batches (processor + model.generate; no pipeline)."""
+def describe_images(model, processor, images, batch_size: int = 16, max_new_tokens: int = 32, progress: bool = False,
+                    prompt: str = None):
+    """
+    Greedy descriptions for PIL images, in batches (processor + model.generate; no pipeline), answering `prompt` when
+    one is given. `max_new_tokens=None` leaves the length to the model's generation config.
+    """
     from tqdm.auto import tqdm
 
     if batch_size < 1:
@@ -77,9 +81,11 @@ def describe_images(model, processor, images, batch_size: int = 16, max_new_toke
     starts = range(0, len(images), batch_size)
     try:
         for start in tqdm(starts, desc="describing", unit="batch", disable=not progress):
-            inputs = processor(images=list(images[start:start + batch_size]), return_tensors="pt")
+            inputs = processor(images=list(images[start:start + batch_size]), text=prompt or None, return_tensors="pt")
             inputs = {key: value.to(device) for key, value in inputs.items()}
-            ids = model.generate(**inputs, max_new_tokens=max_new_tokens)
+            # None is left out rather than passed: generate would take it as a value.
+            limits = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+            ids = model.generate(**inputs, **limits)
             texts += [text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True)]
     finally:
         model.train(was_training)

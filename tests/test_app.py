@@ -60,10 +60,11 @@ def vocabulary():
 
 def test_describe_and_gallery_functions(captioner, catalog_index, red_image):
     from app import describe, gallery_items
-    from moda.captioning import describe_images
+    from moda.evaluation import describe_images
 
     text, attributes = describe(captioner, red_image)
-    assert text == describe_images(captioner, [red_image])[0] and attributes == {}
+    assert text == describe_images(captioner.model, captioner.processor, [red_image], max_new_tokens=None)[0]
+    assert text and attributes == {}
     assert describe(captioner, None)[0] == "Upload a product photo first."
     hits = gallery_items(catalog_index, "red dress", k=2)
     assert len(hits) == 2 and "Red Casual Dresses" in hits[0][1] and hits[0][0].getpixel((5, 5)) == (200, 30, 30)
@@ -76,7 +77,7 @@ def test_app_in_headless_chromium(captioner, catalog_index, vocabulary, red_imag
     from playwright.sync_api import expect, sync_playwright
 
     from app import build_demo, offline_theme
-    from moda.captioning import describe_images
+    from moda.evaluation import describe_images
 
     demo = build_demo(captioner, catalog_index, vocabulary, k=3)
     port = free_port()
@@ -84,7 +85,7 @@ def test_app_in_headless_chromium(captioner, catalog_index, vocabulary, red_imag
                 theme=offline_theme())
     photo = tmp_path / "red.png"
     red_image.save(photo)
-    expected = describe_images(captioner, [red_image])[0]
+    expected = describe_images(captioner.model, captioner.processor, [red_image], max_new_tokens=None)[0]
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
