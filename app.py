@@ -43,14 +43,14 @@ def gallery_items(index, query: str, k: int = GALLERY_SIZE) -> list:
     """(image, caption) pairs of the query's top hits; an image that cannot be read shows as a grey tile."""
     from PIL import Image
 
-    from moda.captioning import read_image
+    from moda.features import load_image
 
     if not query or not query.strip():
         return []
     pairs = []
     for hit in index.search(query, k):
         try:
-            image = read_image(hit["file"])
+            image = load_image(hit["file"], hit["file"])
         except (OSError, ValueError):
             image = Image.new("RGB", (64, 64), (200, 200, 200))
         pairs.append((image, f"{hit['score']:.2f}  {hit['description']}"))

@@ -15,7 +15,6 @@ items[r::world_size]; the ranks meet at a gloo barrier before the merge.
 
 import argparse
 import datetime
-import io
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from moda.evaluation import describe_images
+from moda.features import load_image
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 ID_COLUMNS = ("id", "ProductId")
@@ -93,22 +93,6 @@ def _items_from_rows(rows: list, base, source: str) -> list:
     return items
 
 
-def read_image(image):
-    """An item's image (a path or bytes) as an RGB PIL image; raises ValueError/FileNotFoundError naming it."""
-    from PIL import Image
-
-    from processing_moda import _as_rgb_image
-
-    if image is None:
-        raise ValueError("the catalog row names no image")
-    if isinstance(image, (bytes, bytearray)):
-        try:
-            image = Image.open(io.BytesIO(image))
-        except Exception as err:
-            raise ValueError(f"Could not read image bytes: {type(err).__name__}: {err}") from err
-    return _as_rgb_image(image)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Describing a batch
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,7 +112,7 @@ def caption_batch(captioner, items: list, prompts: list, vocabulary=None, max_ne
     for item in items:
         row = {"id": item["id"], "file": item["file"]}
         try:
-            images.append(read_image(item["image"]))
+            images.append(load_image(item["image"], item["file"]))
             readable.append(row)
         except (OSError, ValueError) as err:
             row["error"] = str(err)

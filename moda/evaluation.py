@@ -22,7 +22,7 @@ from transformers import PretrainedConfig, TrainerCallback
 from moda.attributes import AttributeVocabulary
 from moda.catalog import MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, load_catalog
 from moda.description_scores import SCORE_NAMES, flat_metrics, majority_baseline, score_descriptions
-from moda.features import image_bytes, open_image
+from moda.features import load_image
 
 CONFUSION_ATTRIBUTES = ("colour", "product_type")
 
@@ -46,21 +46,6 @@ def load_model_and_processor(model_name: str, revision: str = None):
     else:
         raise ValueError(f"{model_name!r} is a {model_type!r} model; moda eval reads MODA and BLIP captioners.")
     return model.eval(), processor
-
-
-def load_image(image, where: str):
-    """A PIL image, a path or raw bytes -> an RGB PIL image; ValueError naming `where` when it cannot be read."""
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if image is None:
-        raise ValueError(f"{where}: no image")
-    try:
-        data = image_bytes(image)
-    except OSError as err:
-        raise ValueError(f"{where}: cannot read image {str(image)[:200]!r} ({err})") from err
-    return open_image(data, where)
 
 
 @torch.no_grad()

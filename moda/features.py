@@ -35,12 +35,30 @@ def open_image(data: bytes, where: str):
 
     if not data:
         raise ValueError(f"{where}: the image file is empty (0 bytes)")
+    buffer = io.BytesIO(data)
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(buffer)
         image.load()
     except Exception as err:
-        raise ValueError(f"{where}: not a readable image ({type(err).__name__}: {err})") from err
+        reason = str(err).replace(repr(buffer), "the data")  # PIL names the buffer: an address, other every run
+        raise ValueError(f"{where}: not a readable image ({type(err).__name__}: {reason})") from err
     return _as_rgb_image(image)
+
+
+def load_image(image, where: str):
+    """A PIL image, a path or raw bytes -> an RGB PIL image; ValueError naming `where` when it cannot be read
+    (a missing or unreadable file, no image, empty or undecodable bytes)."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return _as_rgb_image(image)
+    if image is None:
+        raise ValueError(f"{where}: no image")
+    try:
+        data = image_bytes(image)
+    except OSError as err:
+        raise ValueError(f"{where}: cannot read image {str(image)[:200]!r} ({err})") from err
+    return open_image(data, where)
 
 
 def model_fingerprint(module: torch.nn.Module, extra: dict = None) -> str:

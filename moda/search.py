@@ -12,7 +12,6 @@ embedding its projector reads) are indexed too, for search by image. The index f
 
 import argparse
 import json
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -232,14 +231,15 @@ def image_embeddings_for(images: list, model_name: str, batch_size: int = 64) ->
     """MODA's image embeddings (`get_image_features`) of images given as paths or bytes."""
     import torch
 
-    from moda.captioning import read_image
     from moda.describe import load_captioner
+    from moda.features import load_image
 
     captioner = load_captioner(model_name)
     chunks = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            images_batch = [read_image(image) for image in images[start:start + batch_size]]
+            images_batch = [load_image(image, image if isinstance(image, str) else f"image {start + i}")
+                            for i, image in enumerate(images[start:start + batch_size])]
             pixels = captioner.processor(images=images_batch, return_tensors="pt")["pixel_values"]
             chunks.append(captioner.model.get_image_features(pixels.to(captioner.model.device)).float().cpu().numpy())
     return np.concatenate(chunks)

@@ -36,7 +36,8 @@ from pathlib import Path
 
 from moda.attributes import MYNTRA_COLUMNS, SMALL_COLUMNS, SYNONYMS, AttributeVocabulary, columns_for, \
     extract_attributes, is_missing, words
-from moda.captioning import IMAGE_EXTENSIONS, read_image, write_atomically
+from moda.captioning import IMAGE_EXTENSIONS, write_atomically
+from moda.features import load_image
 from moda.catalog import BadRowError, BadRows, _load_imagefolder, _read_table, _rows_with_image_paths
 
 # The write-up's teacher prompt: the item only, not the person or any text on it, as JSON.
@@ -514,7 +515,7 @@ def load_batch(rows: list, bad_rows: BadRows) -> tuple:
             bad_rows.report(where, "no file_name")
             continue
         try:
-            images.append(read_image(row["image"]))
+            images.append(load_image(row["image"], where))
         except (OSError, ValueError) as err:
             bad_rows.report(where, f"image cannot be used: {err}")
             continue

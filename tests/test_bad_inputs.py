@@ -174,17 +174,17 @@ def test_training_data_loading_skips_or_fails_on_bad_rows(corpus, tiny_model_and
 
 
 def test_catalog_captioning_reads_every_input_or_names_it(corpus):
-    from moda.captioning import read_image
+    from moda.features import load_image
 
     for name, (path, expectation) in corpus.items():
         if name == "failing-url":
             continue  # catalog items are files or bytes, not URLs
         if isinstance(expectation, str) and expectation not in ("red", "portrait", "first-frame-red"):
             with pytest.raises((ValueError, FileNotFoundError)) as info:
-                read_image(path)
+                load_image(path, path)
             assert path[-20:] in str(info.value), (name, str(info.value))
         else:
-            check_decoded(name, read_image(path), expectation)
+            check_decoded(name, load_image(path, path), expectation)
 
 
 def test_zero_new_tokens_is_refused_not_replaced_by_the_default(tiny_model_and_processor, product_images):
