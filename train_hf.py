@@ -257,8 +257,9 @@ def adamw(model, training_args):
 
 def use_training_attention(model, device: torch.device) -> None:
     """
-    On CPU, MODA trains with eager attention: at caption lengths torch's SDPA backward is slower (about 10 % of a
-    full-size bf16 step; benchmarks/training_speed.py). The choice is not saved: a saved model loads with its default.
+    On CPU, MODA trains with eager attention (decoder and vision tower): at caption lengths torch's SDPA backward is
+    slower (about 10 % of a full-size bf16 step, benchmarks/training_speed.py; ~5 % of a tiny from-scratch step). The
+    choice is not saved: a saved model loads with its default.
     """
     base = unwrap(model)
     if device.type == "cpu" and isinstance(base, MODAForConditionalGeneration):

@@ -129,7 +129,10 @@ def main(argv=None) -> dict:
     steps_per_epoch = -(-full_train // args.batch_size)
     per_step = {name: statistics.median(values) for name, values in times.items()}
     results = {
-        "settings": vars(args) | {"torch": torch.__version__, "train_items": full_train, "sampled": len(cached)},
+        "settings": vars(args) | {"torch": torch.__version__, "train_items": full_train, "sampled": len(cached),
+                                  # the allocator's environment (see BENCHMARKS.md): none set means glibc's defaults
+                                  "allocator_env": {k: v for k, v in os.environ.items()
+                                                    if k.startswith("MALLOC_") or k == "LD_PRELOAD"}},
         "seconds_per_step": per_step,
         "all_step_seconds": times,
         "epoch_seconds_extrapolated": {name: value * steps_per_epoch for name, value in per_step.items()},

@@ -46,14 +46,19 @@ def open_image(data: bytes, where: str):
 
 
 def load_image(image, where: str):
-    """A PIL image, a path or raw bytes -> an RGB PIL image; ValueError naming `where` when it cannot be read
-    (a missing or unreadable file, no image, empty or undecodable bytes)."""
+    """A PIL image, a path, an http(s) URL or raw bytes -> an RGB PIL image; ValueError naming `where` when it cannot
+    be read (a missing or unreadable file or URL, no image, empty or undecodable bytes)."""
     from PIL import Image
 
     if isinstance(image, Image.Image):
         return _as_rgb_image(image)
     if image is None:
         raise ValueError(f"{where}: no image")
+    if isinstance(image, str) and image.startswith(("http://", "https://")):
+        try:
+            return _as_rgb_image(image)  # transformers' own loader for URLs
+        except Exception as err:
+            raise ValueError(f"{where}: cannot read image {image[:200]!r} ({type(err).__name__}: {err})") from err
     try:
         data = image_bytes(image)
     except OSError as err:

@@ -227,19 +227,21 @@ class CatalogIndex:
         return index
 
 
-def image_embeddings_for(images: list, model_name: str, batch_size: int = 64) -> np.ndarray:
-    """MODA's image embeddings (`get_image_features`) of images given as paths or bytes."""
+def image_embeddings_for(images: list, model_name: str, names: list = None, batch_size: int = 64) -> np.ndarray:
+    """MODA's image embeddings (`get_image_features`) of images given as paths, URLs or bytes; `names` (one per image,
+    default: the path) are what an error about an image calls it."""
     import torch
 
     from moda.describe import load_captioner
     from moda.features import load_image
 
+    names = names or [image if isinstance(image, str) else f"image {i}" for i, image in enumerate(images)]
     captioner = load_captioner(model_name)
     chunks = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            images_batch = [load_image(image, image if isinstance(image, str) else f"image {start + i}")
-                            for i, image in enumerate(images[start:start + batch_size])]
+            end = start + batch_size
+            images_batch = [load_image(image, name) for image, name in zip(images[start:end], names[start:end])]
             pixels = captioner.processor(images=images_batch, return_tensors="pt")["pixel_values"]
             chunks.append(captioner.model.get_image_features(pixels.to(captioner.model.device)).float().cpu().numpy())
     return np.concatenate(chunks)
@@ -303,8 +305,9 @@ def index_main(argv=None) -> int:
     images = None
     if args.image_model and new_rows:
         try:
-            images = image_embeddings_for(images_of(new_rows, args.catalog), args.image_model)
-        except ValueError as err:
+            names = [f"item {row['id']!r}" for row in new_rows]
+            images = image_embeddings_for(images_of(new_rows, args.catalog), args.image_model, names)
+        except (OSError, ValueError) as err:  # a missing catalog or image file, an unreadable image
             parser.error(str(err))
     if images is None and index.images is not None and new_rows:
         parser.error(f"{args.output} holds image embeddings: give --image_model to add items to it")
@@ -331,7 +334,11 @@ def search_main(argv=None) -> int:
     if args.image:
         if not args.image_model:
             parser.error("--image needs --image_model (the MODA model that embedded the catalog)")
-        hits = index.search_by_image_embedding(image_embeddings_for([args.image], args.image_model), args.k)
+        try:
+            embedding = image_embeddings_for([args.image], args.image_model)
+        except ValueError as err:
+            parser.error(str(err))
+        hits = index.search_by_image_embedding(embedding, args.k)
     else:
         hits = index.search(args.query, args.k)
     for rank, hit in enumerate(hits, 1):

@@ -330,3 +330,37 @@ def test_bf16_quick_gelu_runs_inside_the_first_product_and_matches_clip(model_an
     # within bf16's own error of the fp32 result, as CLIP's bf16 forward is
     assert (fused - fp32).norm() / fp32.norm() < 2 * max((reference - fp32).norm() / fp32.norm(), 0.01)
     assert torch.nn.functional.cosine_similarity(fused, reference).min() > 0.99
+
+
+def test_training_mode_gives_the_packed_copies_back(model_and_processor, product_images):
+    from modeling_moda import _PackedLinears
+
+    model, processor = model_and_processor
+    model = copy_of(model)
+    inputs = processor(images=product_images[:2])
+    first = model.generate(**inputs, max_new_tokens=4)
+
+    def packed_modules():
+        return [module for module in model.modules() if module in _PackedLinears._cache]
+
+    assert len(packed_modules()) == len(model._decoding_linears()) + len(model._vision_linears())
+    model.train()
+    assert packed_modules() == []
+    model.eval()
+    assert torch.equal(model.generate(**inputs, max_new_tokens=4), first)  # packed again, same tokens
+
+
+@pytest.mark.skipif(
+    torch.bfloat16 not in __import__("modeling_moda")._packed_dtypes(), reason="oneDNN cannot pack bf16 on this CPU"
+)
+def test_a_bf16_vision_tower_in_an_fp32_model_under_autocast_matches_clip(model_and_processor, product_images):
+    model, processor = model_and_processor
+    model = copy_of(model)
+    for module in model.vision_tower.modules():  # bf16 Linear layers, everything else fp32
+        if isinstance(module, torch.nn.Linear):
+            module.to(torch.bfloat16)
+    pixel_values = processor(images=product_images)["pixel_values"]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        lean = model.get_image_features(pixel_values).float()
+        reference = model.vision_tower(pixel_values=pixel_values).image_embeds.float()
+    assert (lean - reference).norm() / reference.norm() < 0.02

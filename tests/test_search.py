@@ -143,9 +143,20 @@ def test_image_embeddings_of_a_catalog_of_image_bytes_come_from_the_catalog(tmp_
         index_main(base + ["--catalog", "shop/items"])
     assert "has no item with id 'shirt'" in capsys.readouterr().err
 
+    with pytest.raises(SystemExit):  # a catalog file that is not there: an error, not a traceback
+        index_main(base + ["--catalog", str(tmp_path / "missing.csv")])
+    assert "missing.csv" in capsys.readouterr().err
+    hub_rows[:] = complete[:2] + [dict(complete[2], image=b"not an image")]
+    with pytest.raises(SystemExit):
+        index_main(base + ["--catalog", "shop/items"])
+    assert "item 'shirt': not a readable image" in capsys.readouterr().err
+
     hub_rows[:] = complete
     assert index_main(base + ["--catalog", "shop/items"]) == 0
     capsys.readouterr()
     product_images[2].save(tmp_path / "query.png")
     assert search_main([index_dir, "--image", str(tmp_path / "query.png"), "--image_model", str(tiny_moda_dir)]) == 0
     assert capsys.readouterr().out.split()[2] == ROWS[2]["id"]
+    with pytest.raises(SystemExit):
+        search_main([index_dir, "--image", str(tmp_path / "gone.png"), "--image_model", str(tiny_moda_dir)])
+    assert "gone.png" in capsys.readouterr().err
