@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modeling_moda import MODAForConditionalGeneration  # noqa: E402
 from moda.catalog import load_catalog  # noqa: E402
-from moda.features import image_bytes, open_image  # noqa: E402
+from moda.features import load_image  # noqa: E402
 from processing_moda import MODAProcessor  # noqa: E402
 from benchmarks.results import print_and_save  # noqa: E402
 
@@ -65,7 +65,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
 
     rows = load_catalog(args.dataset)[args.split][: args.limit]
-    images = [open_image(image_bytes(row["image"]), row.get("_where", "row")) for row in rows]
+    images = [load_image(row["image"], row.get("_where", "row")) for row in rows]
     processor = MODAProcessor.from_pretrained(args.model_dir)
     results = {"settings": vars(args), "photos": len(images), "agreement_with_fp32_generation_mixin": {}}
     reference = captions(load_variant(args.model_dir, "fp32-generation-mixin"), processor, images,

@@ -30,7 +30,7 @@ from modeling_moda import MODAForConditionalGeneration  # noqa: E402
 from moda.build import image_processor_for  # noqa: E402
 from moda.catalog import BadRows, examples_from_rows, load_catalog  # noqa: E402
 from moda.collate import MODACollator  # noqa: E402
-from moda.features import FeatureCache, compute_features, image_bytes, image_embedding_encoder, open_image  # noqa: E402
+from moda.features import FeatureCache, compute_features, image_embedding_encoder, load_image  # noqa: E402
 from moda.tokenizer import train_caption_tokenizer  # noqa: E402
 from processing_moda import MODAProcessor  # noqa: E402
 from train_hf import adamw, use_training_attention  # noqa: E402
@@ -49,7 +49,7 @@ def build(examples):
 def notebook_step(model, processor, optimizer, examples):
     """JPEG decoding, preprocessing, the vision tower, projector and OPT: what the original notebook did per step."""
     model.set_attn_implementation("sdpa")
-    images = [open_image(image_bytes(e["image"]), e["row"].get("_where", "row")) for e in examples]
+    images = [load_image(e["image"], e["row"].get("_where", "row")) for e in examples]
     batch = processor(images=images, descriptions=[e["description"] for e in examples])
     return train_step(model, optimizer, batch)
 
