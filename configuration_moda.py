@@ -17,11 +17,12 @@ class MODAConfig(PretrainedConfig):
         vision_config (`dict` or `CLIPVisionConfig`, *optional*):
             The CLIP vision tower. Its `projection_dim` is the size of the image embedding the projector reads.
         text_config (`dict` or `OPTConfig`, *optional*):
-            The OPT decoder. Its `hidden_size` is the size of each image prefix token.
+            The OPT decoder. Its token embedding width (`word_embed_proj_dim`, which is `hidden_size` at OPT-125m) is
+            the size of each image prefix token.
         num_image_tokens (`int`, *optional*, defaults to 1):
             How many prefix embeddings one image becomes (the original MODA used one).
         projector_expansion (`int`, *optional*, defaults to 4):
-            The projector's hidden width as a multiple of the decoder's hidden size (Linear 512 -> 4d -> d).
+            The projector's hidden width as a multiple of the prefix token size d (Linear 512 -> 4d -> d).
         projector_hidden_act (`str`, *optional*, defaults to `"gelu"`):
             The projector's non-linearity.
         image_embed_dim (`int`, *optional*):

@@ -79,7 +79,9 @@ class MODAProjector(nn.Module):
 
     def __init__(self, config: MODAConfig):
         super().__init__()
-        hidden = config.text_config.hidden_size
+        # The prefix tokens sit among the token embeddings, so they have their width: OPT's word_embed_proj_dim (768,
+        # its hidden size, at OPT-125m; 512 at OPT-350m, whose project_in maps every embedding to its 1024-d layers).
+        hidden = getattr(config.text_config, "word_embed_proj_dim", None) or config.text_config.hidden_size
         self.num_image_tokens = config.num_image_tokens
         self.linear_1 = nn.Linear(config.image_embed_dim, config.projector_expansion * hidden)
         self.act = ACT2FN[config.projector_hidden_act]
