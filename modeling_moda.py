@@ -12,9 +12,11 @@ the other MODA files, by relative import when loaded as remote code.
 """
 
 import copy
+import functools
+import math
 import weakref
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -225,11 +227,11 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         layers = vision.encoder.layers
         quick_gelu_mlps = [(layer.mlp.fc1, layer.mlp.fc2) for layer in layers
                            if isinstance(layer.mlp.activation_fn, QuickGELUActivation)]
-        linear = _PackedLinears(self._vision_linears(), quick_gelu_mlps)
+        linears = _PackedLinears(self._vision_linears(), quick_gelu_mlps)
         hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
         for index, layer in enumerate(layers):
-            hidden = _clip_layer_pass(layer, hidden, index == len(layers) - 1, linear)
-        return linear(self.vision_tower.visual_projection, vision.post_layernorm(hidden[:, 0]))
+            hidden = _clip_layer_pass(layer, hidden, index == len(layers) - 1, linears)
+        return linears(self.vision_tower.visual_projection, vision.post_layernorm(hidden[:, 0]))
 
     def _vision_linears(self) -> list:
         """The vision tower's Linear layers in `_inference_image_features`, grouped by shared input (q, k, v)."""
@@ -425,8 +427,11 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             prompt_mask = (causal & key_mask[:, None, None, :prompt_length]) | torch.eye(
                 prompt_length, dtype=torch.bool, device=device
             )
-        linear = _PackedLinears(self._decoding_linears())
-        hidden = self._decoder_pass(inputs_embeds, positions, caches, 0, prompt_mask, max_new_tokens, linear)
+        linears = _PackedLinears(self._decoding_linears())
+        plans = [_OPTLayerPlan.of(layer, linears) for layer in self.language_model.model.decoder.layers]
+        lm_head = linears.linear((self.language_model.lm_head,))
+        slots = prompt_length + max_new_tokens
+        hidden = self._decoder_pass(inputs_embeds, positions, caches, 0, prompt_mask, slots, linears, plans)
         next_positions = attention_mask.long().sum(1, keepdim=True)
 
         eos = torch.tensor(eos_token_ids, dtype=torch.long, device=device)
@@ -434,7 +439,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         unfinished = torch.ones(batch, dtype=torch.bool, device=device)
         embed_tokens = self.language_model.model.decoder.embed_tokens
         for step in range(max_new_tokens):
-            logits = linear(self.language_model.lm_head, hidden[:, -1]).float()
+            logits = lm_head(hidden[:, -1]).float()
             if step < min_new_tokens and len(eos_token_ids):
                 logits[:, eos] = -float("inf")
             tokens = logits.argmax(-1)
@@ -447,7 +452,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             end = prompt_length + step + 1
             step_mask = key_mask[:, None, None, :end] if padded else None
             hidden = self._decoder_pass(
-                embed_tokens(tokens[:, None]), next_positions, caches, end - 1, step_mask, 0, linear
+                embed_tokens(tokens[:, None]), next_positions, caches, end - 1, step_mask, slots, linears, plans
             )
             next_positions = next_positions + 1
         return new_tokens
@@ -462,65 +467,20 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             groups += [_qkv(layer.self_attn), (layer.self_attn.out_proj,), (layer.fc1,), (layer.fc2,)]
         return groups
 
-    def _decoder_pass(self, embeds, positions, caches, start, attention_mask, extra_slots, linear):
-        """OPT's decoder on `embeds` at cache slots start..; fills the caches (allocated on the first pass)."""
+    def _decoder_pass(self, embeds, positions, caches, start, attention_mask, slots, linears, plans):
+        """OPT's decoder on `embeds` at cache slots start..; fills the caches (of `slots` slots, made on the first
+        pass)."""
         decoder = self.language_model.model.decoder
-        hidden = embeds if decoder.project_in is None else linear(decoder.project_in, embeds)
+        hidden = embeds if decoder.project_in is None else linears(decoder.project_in, embeds)
         hidden = hidden + F.embedding(positions + decoder.embed_positions.offset, decoder.embed_positions.weight)
-        for index, layer in enumerate(decoder.layers):
-            hidden = self._layer_pass(layer, hidden, caches, index, start, attention_mask, extra_slots, linear)
+        for index, plan in enumerate(plans):
+            if caches[index] is None:
+                caches[index] = plan.new_cache(hidden, slots)
+            hidden = plan.forward(hidden, caches[index], start, attention_mask)
         if decoder.final_layer_norm is not None:
             hidden = decoder.final_layer_norm(hidden)
         if decoder.project_out is not None:
-            hidden = linear(decoder.project_out, hidden)
-        return hidden
-
-    @staticmethod
-    def _layer_pass(layer, hidden, caches, index, start, attention_mask, extra_slots, linear):
-        """One OPTDecoderLayer (inference) with its keys/values written into a preallocated cache."""
-        attention = layer.self_attn
-        batch, length, width = hidden.shape
-        residual = hidden
-        if layer.do_layer_norm_before:
-            hidden = layer.self_attn_layer_norm(hidden)
-        heads = attention.num_heads
-        query, key, value = linear.stacked(_qkv(attention), hidden)
-        query = (query * attention.scaling).view(batch, length, heads, -1)
-        key = key.view(batch, length, heads, -1)
-        value = value.view(batch, length, heads, -1)
-        if caches[index] is None:
-            shape = (batch, attention.num_heads, length + extra_slots, key.shape[-1])
-            caches[index] = (key.new_empty(shape), value.new_empty(shape))
-        key_cache, value_cache = caches[index]
-        end = start + length
-        key_cache[:, :, start:end] = key.transpose(1, 2)
-        value_cache[:, :, start:end] = value.transpose(1, 2)
-        if length == 1 and batch > 1 and query.dtype == torch.bfloat16 and query.device.type == "cpu":
-            # One new token against the cache: in bf16, torch's CPU attention kernel takes about 4x as long as two
-            # small products in fp32 at batch 16 (a tenth of a bf16 caption's time); at batch 1 it is the faster
-            # (46 against 62 us a layer, -3 % of a batch-1 caption).
-            scores = torch.matmul(query.transpose(1, 2).float(), key_cache[:, :, :end].transpose(-1, -2).float())
-            if attention_mask is not None:
-                scores = scores.masked_fill(~attention_mask, float("-inf"))
-            hidden = torch.matmul(scores.softmax(-1), value_cache[:, :, :end].float()).to(query.dtype)
-        else:
-            hidden = F.scaled_dot_product_attention(
-                query.transpose(1, 2),
-                key_cache[:, :, :end],
-                value_cache[:, :, :end],
-                attn_mask=attention_mask,
-                is_causal=attention_mask is None and length > 1,
-                scale=1.0,  # OPT scales the query before the product
-            )
-        hidden = linear(attention.out_proj, hidden.transpose(1, 2).reshape(batch, length, width), residual=residual)
-        if not layer.do_layer_norm_before:
-            hidden = layer.self_attn_layer_norm(hidden)
-        residual = hidden
-        if layer.do_layer_norm_before:
-            hidden = layer.final_layer_norm(hidden)
-        hidden = linear.mlp(layer.fc1, layer.activation_fn, layer.fc2, hidden, residual=residual)
-        if not layer.do_layer_norm_before:
-            hidden = layer.final_layer_norm(hidden)
+            hidden = linears(decoder.project_out, hidden)
         return hidden
 
     def _max_new_tokens(self, input_length: int, generate_kwargs: dict) -> int:
@@ -568,11 +528,103 @@ _PLAIN_GREEDY_VALUES = {
 }
 
 
-def _clip_layer_pass(layer: nn.Module, hidden: torch.Tensor, class_token_only: bool, linear) -> torch.Tensor:
+class _OPTLayerPlan(NamedTuple):
+    """
+    One OPTDecoderLayer as the fast greedy loop runs it: its functions and settings, resolved once per generate
+    call, so a decoding step does only the layer's ops (at batch 1 a step's module calls, attribute and pack lookups
+    had cost about a tenth of a caption's time).
+    """
+
+    pre_norm: bool  # OPT-125m normalises before the attention and the MLP, OPT-350m after them
+    attention_norm: Callable
+    qkv: Callable  # hidden -> (query, key, value)
+    query_scale: float  # OPT scales the query before the product ...
+    attention_scale: float  # ... or, where the scale is a power of two and so exact either way, the attention does
+    heads: int
+    out: Callable  # (hidden, residual) -> residual + out_proj(hidden)
+    mlp_norm: Callable
+    mlp: Callable  # (hidden, residual) -> residual + fc2(activation(fc1(hidden)))
+
+    @classmethod
+    def of(cls, layer: nn.Module, linears: "_PackedLinears") -> "_OPTLayerPlan":
+        attention = layer.self_attn
+        exact = math.frexp(attention.scaling)[0] == 0.5  # one op a layer less
+        return cls(
+            pre_norm=layer.do_layer_norm_before,
+            attention_norm=_layer_norm_function(layer.self_attn_layer_norm),
+            qkv=linears.linear(_qkv(attention)),
+            query_scale=1.0 if exact else attention.scaling,
+            attention_scale=attention.scaling if exact else 1.0,
+            heads=attention.num_heads,
+            out=linears.linear_add(attention.out_proj),
+            mlp_norm=_layer_norm_function(layer.final_layer_norm),
+            mlp=linears.mlp(layer.fc1, layer.activation_fn, layer.fc2),
+        )
+
+    def new_cache(self, hidden: torch.Tensor, slots: int) -> tuple:
+        """Keys and values for `slots` positions: (batch, heads, slots, head_dim) each."""
+        shape = (hidden.shape[0], self.heads, slots, hidden.shape[-1] // self.heads)
+        return hidden.new_empty(shape), hidden.new_empty(shape)
+
+    def forward(self, hidden: torch.Tensor, cache: tuple, start: int, attention_mask) -> torch.Tensor:
+        """The layer (inference) on `hidden`, its keys and values written into the cache at slots start.."""
+        batch, length, width = hidden.shape
+        residual = hidden
+        if self.pre_norm:
+            hidden = self.attention_norm(hidden)
+        query, key, value = self.qkv(hidden)
+        if self.query_scale != 1.0:
+            query = query * self.query_scale
+        query = query.view(batch, length, self.heads, -1).transpose(1, 2)
+        key_cache, value_cache = cache
+        end = start + length
+        key_cache[:, :, start:end] = key.view(batch, length, self.heads, -1).transpose(1, 2)
+        value_cache[:, :, start:end] = value.view(batch, length, self.heads, -1).transpose(1, 2)
+        if length == 1 and batch > 1 and query.dtype == torch.bfloat16 and query.device.type == "cpu":
+            # One new token against the cache: in bf16, torch's CPU attention kernel takes about 4x as long as two
+            # small products in fp32 at batch 16 (a tenth of a bf16 caption's time); at batch 1 it is the faster
+            # (46 against 62 us a layer, -3 % of a batch-1 caption).
+            query = query.float() if self.attention_scale == 1.0 else query.float() * self.attention_scale
+            scores = torch.matmul(query, key_cache[:, :, :end].transpose(-1, -2).float())
+            if attention_mask is not None:
+                scores = scores.masked_fill(~attention_mask, float("-inf"))
+            hidden = torch.matmul(scores.softmax(-1), value_cache[:, :, :end].float()).to(key.dtype)
+        else:
+            hidden = F.scaled_dot_product_attention(
+                query,
+                key_cache[:, :, :end],
+                value_cache[:, :, :end],
+                attn_mask=attention_mask,
+                is_causal=attention_mask is None and length > 1,
+                scale=self.attention_scale,
+            )
+        hidden = self.out(hidden.transpose(1, 2).reshape(batch, length, width), residual)
+        if not self.pre_norm:
+            hidden = self.attention_norm(hidden)
+        residual = hidden
+        if self.pre_norm:
+            hidden = self.mlp_norm(hidden)
+        hidden = self.mlp(hidden, residual)
+        if not self.pre_norm:
+            hidden = self.mlp_norm(hidden)
+        return hidden
+
+
+def _layer_norm_function(norm: nn.Module) -> Callable:
+    """An nn.LayerNorm as one op (at batch 1 its module call costs about as much again as the op itself)."""
+    if type(norm) is not nn.LayerNorm:
+        return norm
+    weight = None if norm.weight is None else norm.weight.detach()
+    bias = None if norm.bias is None else norm.bias.detach()
+    return functools.partial(torch.layer_norm, normalized_shape=norm.normalized_shape, weight=weight, bias=bias,
+                             eps=norm.eps)
+
+
+def _clip_layer_pass(layer: nn.Module, hidden: torch.Tensor, class_token_only: bool, linears) -> torch.Tensor:
     """One CLIPEncoderLayer (inference); with `class_token_only`, only the class token's output is computed."""
     attention = layer.self_attn
     batch, length, width = hidden.shape
-    query, key, value = linear.stacked(_qkv(attention), layer.layer_norm1(hidden))
+    query, key, value = linears.linear(_qkv(attention))(layer.layer_norm1(hidden))
     if class_token_only:  # its keys and values still come from every token
         hidden, query = hidden[:, :1].contiguous(), query[:, :1]
 
@@ -580,8 +632,9 @@ def _clip_layer_pass(layer: nn.Module, hidden: torch.Tensor, class_token_only: b
         return states.reshape(batch, -1, attention.num_heads, attention.head_dim).transpose(1, 2)
 
     attended = F.scaled_dot_product_attention(heads(query), heads(key), heads(value), scale=attention.scale)
-    hidden = linear(attention.out_proj, attended.transpose(1, 2).reshape(batch, -1, width), residual=hidden)
-    return linear.mlp(layer.mlp.fc1, layer.mlp.activation_fn, layer.mlp.fc2, layer.layer_norm2(hidden), residual=hidden)
+    hidden = linears.linear_add(attention.out_proj)(attended.transpose(1, 2).reshape(batch, -1, width), hidden)
+    mlp = linears.mlp(layer.mlp.fc1, layer.mlp.activation_fn, layer.mlp.fc2)
+    return mlp(layer.layer_norm2(hidden), hidden)
 
 
 def _qkv(attention: nn.Module) -> tuple:
@@ -600,14 +653,14 @@ def _packed_dtypes() -> tuple:
 _QUICK_GELU = 1.702  # CLIP's quick GELU: y * sigmoid(1.702 y)
 
 
-def _fingerprint(tensor: torch.Tensor, stride: int = 509) -> float:
+def _value_sample(tensors: tuple, stride: int = 509) -> torch.Tensor:
     """
-    A sum over a strided sample of the values, to see writes through `.data` (which bump no version counter). The
-    stride is at most a row, so a write to any whole row of a weight is seen; at full size all the packed layers'
-    fingerprints take about 7 ms per generate call (mostly per-tensor op overhead), against ~40 ms to read every
-    weight.
+    A strided sample of the tensors' values, to see writes through `.data` (which bump no version counter). The
+    stride is at most a row, so a write to any whole row of a weight is seen, and compared exactly (a sum can miss
+    two values swapped). At full size sampling every pack takes about 7 ms a generate call (a cache line per row:
+    memory latency), against ~40 ms to read every weight.
     """
-    return float(tensor.detach().reshape(-1)[:: min(stride, tensor.shape[-1])].double().sum())
+    return torch.cat([tensor.detach().reshape(-1)[:: min(stride, tensor.shape[-1])] for tensor in tensors])
 
 
 class _PackedLinears:
@@ -625,7 +678,7 @@ class _PackedLinears:
     `.data`), is packed again.
     """
 
-    # first layer of a group -> (weights and biases, versions, fingerprints, scales, packed stacked weight, bias)
+    # first layer of a group -> (weights and biases, versions, value sample, scales, packed stacked weight, bias)
     _cache = weakref.WeakKeyDictionary()
 
     def __init__(self, groups, quick_gelu_mlps=()):
@@ -657,14 +710,10 @@ class _PackedLinears:
     def _pack(cls, group: tuple, scales: tuple) -> tuple:
         # Weights and biases alike: either may change alone (a bias-only fine-tune, a partial load_state_dict).
         tensors = tuple(tensor for module in group for tensor in (module.weight, module.bias) if tensor is not None)
-        stamp = (
-            tuple(tensor._version for tensor in tensors),
-            tuple(_fingerprint(tensor) for tensor in tensors),
-            scales,
-        )
+        versions, sample = tuple(tensor._version for tensor in tensors), _value_sample(tensors)
         entry = cls._cache.get(group[0])
         if entry is None or len(entry[0]) != len(tensors) or any(a is not b for a, b in zip(entry[0], tensors)) \
-                or entry[1:4] != stamp:
+                or entry[1] != versions or entry[3] != scales or not torch.equal(entry[2], sample):
             weight_scale, bias_scale = scales
             stacked = torch.cat([module.weight.detach() for module in group])
             if any(module.bias is not None for module in group):
@@ -677,7 +726,7 @@ class _PackedLinears:
                 bias = None
             stacked = stacked * weight_scale if weight_scale != 1.0 else stacked
             # No batch-size hint: one layout serves batch 1 and 16 alike (an fp32 batch-1 layout is slow at 16).
-            entry = (tensors, *stamp, torch.ops.mkldnn._reorder_linear_weight(stacked), bias)
+            entry = (tensors, versions, sample, scales, torch.ops.mkldnn._reorder_linear_weight(stacked), bias)
             cls._cache[group[0]] = entry
         return entry[4:]
 
@@ -687,47 +736,79 @@ class _PackedLinears:
         for module in modules:
             cls._cache.pop(module, None)
 
-    def __call__(self, module: nn.Module, hidden: torch.Tensor, activation: Optional[nn.Module] = None,
-                 residual: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """`residual + activation(module(hidden))`; on oneDNN a ReLU or the sum runs inside the product."""
-        packed = self.packed.get((module,))
-        if packed is None or hidden.dtype != packed[0].dtype:
-            output = module(hidden)
-        elif residual is not None and activation is None and residual.dtype == hidden.dtype:
-            return torch.ops.mkldnn._linear_pointwise.binary(hidden, residual, packed[0], packed[1], "add")
-        elif isinstance(activation, nn.ReLU):
-            output, activation = torch.ops.mkldnn._linear_pointwise(hidden, packed[0], packed[1], "relu", [], ""), None
-        else:
-            output = torch.ops.mkldnn._linear_pointwise(hidden, packed[0], packed[1], "none", [], "")
-        if activation is not None:
-            output = activation(output)
-        return output if residual is None else residual + output
-
-    def mlp(self, fc1: nn.Module, activation: nn.Module, fc2: nn.Module, hidden: torch.Tensor,
-            residual: torch.Tensor) -> torch.Tensor:
+    def linear(self, group: tuple, activation: Optional[nn.Module] = None) -> Callable:
         """
-        `residual + fc2(activation(fc1(hidden)))`. A quick-GELU MLP packed for it (bf16) runs the activation inside
-        fc1's product as oneDNN's swish: quick_gelu(y) = y * sigmoid(1.702 y) = swish(1.702 y) / 1.702, with 1.702
-        folded into fc1's packed weight and bias and 1 / 1.702 into fc2's weight. In bf16 the three elementwise
-        passes over the (batch x 50 x 3072) activations took ~15 % of the vision tower's time.
+        A function hidden -> the outputs of the layers of `group` on `hidden` (one tensor for a single layer, a
+        tuple for a stacked group), with `activation` (single layers only) applied; on oneDNN a ReLU runs inside
+        the product. Built once per call of the model, so the decoding loop pays no lookups per step.
         """
-        if fc1 not in self.swish_inputs:
-            return self(fc2, self(fc1, hidden, activation=activation), residual=residual)
-        packed = self.packed[(fc1,)]
-        if hidden.dtype != packed[0].dtype:  # e.g. under autocast: fc2's pack is scaled, so both take the modules
-            return residual + fc2(activation(fc1(hidden)))
-        inner = torch.ops.mkldnn._linear_pointwise(hidden, packed[0], packed[1], "swish", [], "")
-        return self(fc2, inner, residual=residual)
-
-    def stacked(self, group: tuple, hidden: torch.Tensor) -> tuple:
-        """The outputs of the layers of `group` on the same `hidden`."""
         packed = self.packed.get(group)
-        if packed is None or hidden.dtype != packed[0].dtype:
-            return tuple(module(hidden) for module in group)
-        output = torch.ops.mkldnn._linear_pointwise(hidden, packed[0], packed[1], "none", [], "")
-        if len(group) == 1:
-            return (output,)
-        return output.split([module.out_features for module in group], dim=-1)
+
+        def plain(hidden):
+            if len(group) > 1:
+                return tuple(module(hidden) for module in group)
+            output = group[0](hidden)
+            return output if activation is None else activation(output)
+
+        if packed is None:
+            return plain
+        weight, bias = packed
+        relu = isinstance(activation, nn.ReLU)
+        sizes = [module.out_features for module in group]
+
+        def fused(hidden):
+            if hidden.dtype != weight.dtype:
+                return plain(hidden)
+            output = torch.ops.mkldnn._linear_pointwise(hidden, weight, bias, "relu" if relu else "none", [], "")
+            if len(group) > 1:
+                return output.split(sizes, dim=-1)
+            return output if activation is None or relu else activation(output)
+
+        return fused
+
+    def linear_add(self, module: nn.Module) -> Callable:
+        """A function (hidden, residual) -> residual + module(hidden); on oneDNN the sum runs inside the product."""
+        packed = self.packed.get((module,))
+
+        def plain(hidden, residual):
+            return residual + module(hidden)
+
+        if packed is None:
+            return plain
+        weight, bias = packed
+
+        def fused(hidden, residual):
+            if hidden.dtype != weight.dtype or residual.dtype != weight.dtype:
+                return plain(hidden, residual)
+            return torch.ops.mkldnn._linear_pointwise.binary(hidden, residual, weight, bias, "add")
+
+        return fused
+
+    def mlp(self, fc1: nn.Module, activation: nn.Module, fc2: nn.Module) -> Callable:
+        """
+        A function (hidden, residual) -> residual + fc2(activation(fc1(hidden))). A quick-GELU MLP packed for it
+        (bf16) runs the activation inside fc1's product as oneDNN's swish: quick_gelu(y) = y * sigmoid(1.702 y) =
+        swish(1.702 y) / 1.702, with 1.702 folded into fc1's packed weight and bias and 1 / 1.702 into fc2's weight.
+        In bf16 the three elementwise passes over the (batch x 50 x 3072) activations took ~15 % of the vision
+        tower's time.
+        """
+        second = self.linear_add(fc2)
+        if fc1 not in self.swish_inputs:
+            first = self.linear((fc1,), activation)
+            return lambda hidden, residual: second(first(hidden), residual)
+        weight, bias = self.packed[(fc1,)]
+
+        def swish(hidden, residual):
+            if hidden.dtype != weight.dtype or residual.dtype != weight.dtype:
+                # e.g. under autocast: fc2's pack is scaled for swish, so both products take the modules
+                return residual + fc2(activation(fc1(hidden)))
+            return second(torch.ops.mkldnn._linear_pointwise(hidden, weight, bias, "swish", [], ""), residual)
+
+        return swish
+
+    def __call__(self, module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """module(hidden), on oneDNN where the module is packed."""
+        return self.linear((module,))(hidden)
 
 
 def _has_cache(kwargs: dict) -> bool:

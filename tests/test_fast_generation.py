@@ -73,6 +73,35 @@ def test_fast_greedy_equals_generation_mixin_from_image_embeds(model_and_process
     assert torch.equal(fast, reference)
 
 
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(do_layer_norm_before=False),  # OPT-350m normalises after the attention and the MLP
+        dict(hidden_size=24, num_attention_heads=2, ffn_dim=48, word_embed_proj_dim=24),  # head_dim 12: scale not 2^k
+        dict(word_embed_proj_dim=16),  # project_in / project_out around the layers, as OPT-350m
+    ],
+    ids=["post-norm", "query-scale-not-a-power-of-two", "projected-embeddings"],
+)
+def test_fast_greedy_equals_generation_mixin_for_other_opt_layouts(variant):
+    from transformers import CLIPVisionConfig, OPTConfig
+
+    from configuration_moda import MODAConfig
+
+    torch.manual_seed(0)
+    text = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64,
+                word_embed_proj_dim=32, max_position_embeddings=64, bos_token_id=2, eos_token_id=None, pad_token_id=1)
+    vision = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, projection_dim=24)
+    model = MODAForConditionalGeneration(MODAConfig(vision_config=vision, text_config=OPTConfig(**{**text, **variant})))
+    model.eval()
+    for parameter in model.parameters():  # well away from zero, so the tokens differ from step to step
+        torch.nn.init.normal_(parameter, std=0.5) if parameter.ndim > 1 else None
+    embeds = torch.randn(3, 24, generator=torch.Generator().manual_seed(1))
+    fast, reference = generate_both(model, image_embeds=embeds, max_new_tokens=8, min_new_tokens=8)
+    assert torch.equal(fast, reference)
+    assert len(set(fast.flatten().tolist())) > 3  # a real sequence, not one token repeated
+
+
 def test_fast_greedy_stops_at_eos_and_pads_like_generation_mixin(model_and_processor, product_images, spy):
     model, processor = model_and_processor
     batch = processor(images=product_images, text=PROMPTS)
