@@ -439,10 +439,12 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         unfinished = torch.ones(batch, dtype=torch.bool, device=device)
         embed_tokens = self.language_model.model.decoder.embed_tokens
         for step in range(max_new_tokens):
-            logits = lm_head(hidden[:, -1]).float()
+            logits = lm_head(hidden[:, -1])
             if step < min_new_tokens and len(eos_token_ids):
-                logits[:, eos] = -float("inf")
-            tokens = logits.argmax(-1)
+                logits.index_fill_(-1, eos, -float("inf"))
+            # max, as argmax, gives the first maximal index, and takes less time on bf16: 0.35 ms at batch 16 against
+            # 1.5 ms for argmax and 0.7 ms for a cast to fp32 and argmax (-2.7 % of bf16 decoding at batch 16 and 1)
+            tokens = logits.max(-1).indices
             if len(eos_token_ids):
                 tokens = torch.where(unfinished, tokens, pad_token_id)
                 unfinished &= ~torch.isin(tokens, eos)
