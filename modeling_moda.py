@@ -237,7 +237,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         """The vision tower's Linear layers in `_inference_image_features`, grouped by shared input (q, k, v)."""
         groups = [(self.vision_tower.visual_projection,)]
         for layer in self.vision_tower.vision_model.encoder.layers:
-            groups += [_qkv(layer.self_attn), (layer.self_attn.out_proj,), (layer.mlp.fc1,), (layer.mlp.fc2,)]
+            groups += _layer_linears(layer.self_attn, layer.mlp.fc1, layer.mlp.fc2)
         return groups
 
     def get_image_prefix(self, pixel_values=None, image_embeds=None) -> tuple:
@@ -466,7 +466,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         groups = [(linear,) for linear in (decoder.project_in, decoder.project_out, self.language_model.lm_head)
                   if linear is not None]
         for layer in decoder.layers:
-            groups += [_qkv(layer.self_attn), (layer.self_attn.out_proj,), (layer.fc1,), (layer.fc2,)]
+            groups += _layer_linears(layer.self_attn, layer.fc1, layer.fc2)
         return groups
 
     def _decoder_pass(self, embeds, positions, caches, start, attention_mask, slots, linears, plans):
@@ -642,6 +642,11 @@ def _clip_layer_pass(layer: nn.Module, hidden: torch.Tensor, class_token_only: b
 def _qkv(attention: nn.Module) -> tuple:
     """An attention's q, k and v projections: one group of _PackedLinears (they read the same input)."""
     return attention.q_proj, attention.k_proj, attention.v_proj
+
+
+def _layer_linears(attention: nn.Module, fc1: nn.Module, fc2: nn.Module) -> list:
+    """A transformer layer's Linear layers as _PackedLinears groups: (q, k, v), the output projection, fc1, fc2."""
+    return [_qkv(attention), (attention.out_proj,), (fc1,), (fc2,)]
 
 
 def _packed_dtypes() -> tuple:
