@@ -48,21 +48,16 @@ def list_catalog_items(source: str, image_column: str = "image") -> list:
     (metadata.csv at the top or in split folders: every split is taken), a .csv/.jsonl/.json file with an
     `image_column`, or a Hub dataset name. Ids come from an `id`/`ProductId` column, else the image's path.
     """
-    from moda.catalog import _load_hub_dataset, _load_imagefolder, _read_table, _rows_with_image_paths
+    from moda.catalog import read_splits
 
     path = Path(source)
-    if path.is_dir():
-        splits = _load_imagefolder(path)
-        rows = [row for split in splits.values() for row in split] if splits else _image_files_as_rows(path)
-        if not rows:
-            raise ValueError(f"{source!r} holds no images (looked for {sorted(IMAGE_EXTENSIONS)}) and no metadata.csv.")
-        base = path
-    elif path.is_file():
-        rows, base = _rows_with_image_paths(_read_table(path), path.parent, image_column, str(path)), path.parent
-    elif path.suffix or source.startswith((".", "/")):
-        raise FileNotFoundError(f"Catalog not found: {source!r}")
-    else:
-        rows, base = [row for split in _load_hub_dataset(source, image_column).values() for row in split], None
+    splits = read_splits(source, image_column)
+    if path.is_dir() and not splits:  # a plain folder of images
+        splits = {"images": _image_files_as_rows(path)}
+    rows = [row for split in splits.values() for row in split]
+    if path.is_dir() and not rows:
+        raise ValueError(f"{source!r} holds no images (looked for {sorted(IMAGE_EXTENSIONS)}) and no metadata.csv.")
+    base = path if path.is_dir() else path.parent if path.is_file() else None
     return _items_from_rows(rows, base, source)
 
 

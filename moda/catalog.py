@@ -122,23 +122,31 @@ def _load_hub_dataset(name: str, image_column: str) -> dict:
     return splits
 
 
+def read_splits(source: str, image_column: str = "image") -> dict:
+    """
+    A catalog's rows as {split: [row, ...]}, as its source holds them: an imagefolder directory (split folders with
+    metadata.csv, or a single metadata.csv; {} when it has none), a .csv/.jsonl/.json file with an image column (one
+    "train" split, paths relative to the file), or a Hub dataset name.
+    """
+    path = Path(source)
+    if path.is_dir():
+        return _load_imagefolder(path)
+    if path.is_file():
+        return {"train": _rows_with_image_paths(_read_table(path), path.parent, image_column, str(path))}
+    if path.suffix or source.startswith((".", "/")):
+        raise FileNotFoundError(f"Catalog not found: {source!r}")
+    return _load_hub_dataset(source, image_column)
+
+
 def load_catalog(dataset: str, image_column: str = "image", validation_fraction: float = 0.1, seed: int = 0) -> dict:
     """
     Loads a catalog as {split: [row, ...]}. `dataset` is an imagefolder directory (split folders with metadata.csv,
     or a single metadata.csv), a .csv/.jsonl/.json file with an image column (paths relative to the file), or a Hub
     dataset name. A validation split is carved out of train (deterministically) when there is none.
     """
-    path = Path(dataset)
-    if path.is_dir():
-        splits = _load_imagefolder(path)
-        if not splits:
-            raise ValueError(f"{dataset!r} holds no metadata.csv (imagefolder layout: <split>/metadata.csv + images).")
-    elif path.is_file():
-        splits = {"train": _rows_with_image_paths(_read_table(path), path.parent, image_column, str(path))}
-    elif path.suffix or dataset.startswith((".", "/")):
-        raise FileNotFoundError(f"Catalog not found: {dataset!r}")
-    else:
-        splits = _load_hub_dataset(dataset, image_column)
+    splits = read_splits(dataset, image_column)
+    if not splits:
+        raise ValueError(f"{dataset!r} holds no metadata.csv (imagefolder layout: <split>/metadata.csv + images).")
     if "train" not in splits:
         raise ValueError(f"{dataset!r} has no train split (found {sorted(splits)}).")
     if "validation" not in splits:
