@@ -3,7 +3,7 @@
 Where an image becomes a token:
 
     pixel_values --CLIP vision tower--> image embedding (512-d, CLIP's projected pooled output)
-                 --MODAProjector------> `num_image_tokens` prefix embeddings (decoder hidden size)
+                 --MODAProjector------> `num_image_tokens` prefix embeddings (the decoder's token embedding width)
                  --merge_image_prefix--> [prefix] + [BOS] + [prompt] + [description] embeddings
                  --OPT decoder---------> next-token logits
 
@@ -13,7 +13,6 @@ the other MODA files, by relative import when loaded as remote code.
 
 import copy
 import functools
-import math
 import weakref
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional
@@ -241,7 +240,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         return groups
 
     def get_image_prefix(self, pixel_values=None, image_embeds=None) -> tuple:
-        """Returns (image_embeds, prefix embeddings of shape (batch, num_image_tokens, hidden))."""
+        """Returns (image_embeds, prefix embeddings of shape (batch, num_image_tokens, token embedding width))."""
         if image_embeds is None:
             if pixel_values is None:
                 raise ValueError(
@@ -427,11 +426,14 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             prompt_mask = (causal & key_mask[:, None, None, :prompt_length]) | torch.eye(
                 prompt_length, dtype=torch.bool, device=device
             )
+        decoder = self.language_model.model.decoder
         linears = _PackedLinears(self._decoding_linears())
-        plans = [_OPTLayerPlan.of(layer, linears) for layer in self.language_model.model.decoder.layers]
+        plans = [_OPTLayerPlan.of(layer, linears) for layer in decoder.layers]
+        projections = tuple(None if module is None else linears.linear((module,))
+                            for module in (decoder.project_in, decoder.project_out))
         lm_head = linears.linear((self.language_model.lm_head,))
         slots = prompt_length + max_new_tokens
-        hidden = self._decoder_pass(inputs_embeds, positions, caches, 0, prompt_mask, slots, linears, plans)
+        hidden = self._decoder_pass(inputs_embeds, positions, caches, 0, prompt_mask, slots, plans, projections)
         next_positions = attention_mask.long().sum(1, keepdim=True)
 
         eos = torch.tensor(eos_token_ids, dtype=torch.long, device=device)
@@ -454,7 +456,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             end = prompt_length + step + 1
             step_mask = key_mask[:, None, None, :end] if padded else None
             hidden = self._decoder_pass(
-                embed_tokens(tokens[:, None]), next_positions, caches, end - 1, step_mask, slots, linears, plans
+                embed_tokens(tokens[:, None]), next_positions, caches, end - 1, step_mask, slots, plans, projections
             )
             next_positions = next_positions + 1
         return new_tokens
@@ -469,21 +471,18 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             groups += _layer_linears(layer.self_attn, layer.fc1, layer.fc2)
         return groups
 
-    def _decoder_pass(self, embeds, positions, caches, start, attention_mask, slots, linears, plans):
+    def _decoder_pass(self, embeds, positions, caches, start, attention_mask, slots, plans, projections):
         """OPT's decoder on `embeds` at cache slots start..; fills the caches (of `slots` slots, made on the first
-        pass)."""
+        pass). `projections`: the functions of OPT's project_in and project_out (None where it has none)."""
         decoder = self.language_model.model.decoder
-        hidden = embeds if decoder.project_in is None else linears(decoder.project_in, embeds)
+        project_in, project_out = projections
+        hidden = embeds if project_in is None else project_in(embeds)
         hidden = hidden + F.embedding(positions + decoder.embed_positions.offset, decoder.embed_positions.weight)
         for index, plan in enumerate(plans):
-            if caches[index] is None:
-                caches[index] = plan.new_cache(hidden, slots)
-            hidden = plan.forward(hidden, caches[index], start, attention_mask)
+            hidden = plan.forward(hidden, caches, index, start, attention_mask, slots)
         if decoder.final_layer_norm is not None:
             hidden = decoder.final_layer_norm(hidden)
-        if decoder.project_out is not None:
-            hidden = linears(decoder.project_out, hidden)
-        return hidden
+        return hidden if project_out is None else project_out(hidden)
 
     def _max_new_tokens(self, input_length: int, generate_kwargs: dict) -> int:
         """The requested number of new tokens, capped where the decoder runs out of positions."""
@@ -534,14 +533,13 @@ class _OPTLayerPlan(NamedTuple):
     """
     One OPTDecoderLayer as the fast greedy loop runs it: its functions and settings, resolved once per generate
     call, so a decoding step does only the layer's ops (at batch 1 a step's module calls, attribute and pack lookups
-    had cost about a tenth of a caption's time).
+    had cost 4-8 % of a bf16 caption).
     """
 
     pre_norm: bool  # OPT-125m normalises before the attention and the MLP, OPT-350m after them
     attention_norm: Callable
     qkv: Callable  # hidden -> (query, key, value)
-    query_scale: float  # OPT scales the query before the product ...
-    attention_scale: float  # ... or, where the scale is a power of two and so exact either way, the attention does
+    scaling: float  # of the query before the product, as OPT does (SDPA's math kernel would scale q and k by its root)
     heads: int
     out: Callable  # (hidden, residual) -> residual + out_proj(hidden)
     mlp_norm: Callable
@@ -550,44 +548,42 @@ class _OPTLayerPlan(NamedTuple):
     @classmethod
     def of(cls, layer: nn.Module, linears: "_PackedLinears") -> "_OPTLayerPlan":
         attention = layer.self_attn
-        exact = math.frexp(attention.scaling)[0] == 0.5  # one op a layer less
         return cls(
             pre_norm=layer.do_layer_norm_before,
             attention_norm=_layer_norm_function(layer.self_attn_layer_norm),
             qkv=linears.linear(_qkv(attention)),
-            query_scale=1.0 if exact else attention.scaling,
-            attention_scale=attention.scaling if exact else 1.0,
+            scaling=attention.scaling,
             heads=attention.num_heads,
             out=linears.linear_add(attention.out_proj),
             mlp_norm=_layer_norm_function(layer.final_layer_norm),
             mlp=linears.mlp(layer.fc1, layer.activation_fn, layer.fc2),
         )
 
-    def new_cache(self, hidden: torch.Tensor, slots: int) -> tuple:
-        """Keys and values for `slots` positions: (batch, heads, slots, head_dim) each."""
-        shape = (hidden.shape[0], self.heads, slots, hidden.shape[-1] // self.heads)
-        return hidden.new_empty(shape), hidden.new_empty(shape)
-
-    def forward(self, hidden: torch.Tensor, cache: tuple, start: int, attention_mask) -> torch.Tensor:
-        """The layer (inference) on `hidden`, its keys and values written into the cache at slots start.."""
+    def forward(self, hidden: torch.Tensor, caches: list, index: int, start: int, attention_mask, slots: int):
+        """
+        The layer (inference) on `hidden`, its keys and values written into `caches[index]` at slots start.. (made on
+        the first pass: (batch, heads, slots, head_dim) each, in the keys' dtype).
+        """
         batch, length, width = hidden.shape
         residual = hidden
         if self.pre_norm:
             hidden = self.attention_norm(hidden)
         query, key, value = self.qkv(hidden)
-        if self.query_scale != 1.0:
-            query = query * self.query_scale
-        query = query.view(batch, length, self.heads, -1).transpose(1, 2)
-        key_cache, value_cache = cache
+        query = (query * self.scaling).view(batch, length, self.heads, -1).transpose(1, 2)
+        key = key.view(batch, length, self.heads, -1).transpose(1, 2)
+        value = value.view(batch, length, self.heads, -1).transpose(1, 2)
+        if caches[index] is None:
+            shape = (batch, self.heads, slots, key.shape[-1])
+            caches[index] = (key.new_empty(shape), value.new_empty(shape))
+        key_cache, value_cache = caches[index]
         end = start + length
-        key_cache[:, :, start:end] = key.view(batch, length, self.heads, -1).transpose(1, 2)
-        value_cache[:, :, start:end] = value.view(batch, length, self.heads, -1).transpose(1, 2)
+        key_cache[:, :, start:end] = key
+        value_cache[:, :, start:end] = value
         if length == 1 and batch > 1 and query.dtype == torch.bfloat16 and query.device.type == "cpu":
             # One new token against the cache: in bf16, torch's CPU attention kernel takes about 4x as long as two
             # small products in fp32 at batch 16 (a tenth of a bf16 caption's time); at batch 1 it is the faster
             # (46 against 62 us a layer, -3 % of a batch-1 caption).
-            query = query.float() if self.attention_scale == 1.0 else query.float() * self.attention_scale
-            scores = torch.matmul(query, key_cache[:, :, :end].transpose(-1, -2).float())
+            scores = torch.matmul(query.float(), key_cache[:, :, :end].transpose(-1, -2).float())
             if attention_mask is not None:
                 scores = scores.masked_fill(~attention_mask, float("-inf"))
             hidden = torch.matmul(scores.softmax(-1), value_cache[:, :, :end].float()).to(key.dtype)
@@ -598,7 +594,7 @@ class _OPTLayerPlan(NamedTuple):
                 value_cache[:, :, :end],
                 attn_mask=attention_mask,
                 is_causal=attention_mask is None and length > 1,
-                scale=self.attention_scale,
+                scale=1.0,  # the query is scaled
             )
         hidden = self.out(hidden.transpose(1, 2).reshape(batch, length, width), residual)
         if not self.pre_norm:
@@ -663,11 +659,12 @@ _QUICK_GELU = 1.702  # CLIP's quick GELU: y * sigmoid(1.702 y)
 def _value_sample(tensors: tuple, stride: int = 509) -> torch.Tensor:
     """
     A strided sample of the tensors' values, to see writes through `.data` (which bump no version counter). The
-    stride is at most a row, so a write to any whole row of a weight is seen, and compared exactly (a sum can miss
-    two values swapped). At full size sampling every pack takes about 7 ms a generate call (a cache line per row:
-    memory latency), against ~40 ms to read every weight.
+    stride is at most a row, so a write to any whole row of a weight is seen. The bits are compared (a sum can miss
+    two values swapped; NaN never equals itself, and 0.0 equals -0.0). At full size sampling every pack takes about
+    7 ms a generate call (a cache line per row: memory latency), against ~40 ms to read every weight.
     """
-    return torch.cat([tensor.detach().reshape(-1)[:: min(stride, tensor.shape[-1])] for tensor in tensors])
+    sample = torch.cat([tensor.detach().reshape(-1)[:: min(stride, tensor.shape[-1])] for tensor in tensors])
+    return sample.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[sample.element_size()])
 
 
 class _PackedLinears:

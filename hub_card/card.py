@@ -238,15 +238,16 @@ def architecture_fields(config: dict, model_dir: Path, vision_model, text_model)
     vision, text = config["vision_config"], config["text_config"]
     counts = parameter_counts(model_dir)
     text_hidden = text.get("hidden_size", 768)
+    prefix_width = text.get("word_embed_proj_dim") or text_hidden  # the projector writes token embeddings
     return {
         "vision_summary": f"ViT, patch {vision.get('patch_size')}, {vision.get('image_size')} px, "
                           f"{vision.get('num_hidden_layers')} layers, width {vision.get('hidden_size')}",
         "text_summary": f"{text.get('num_hidden_layers')} layers, width {text_hidden}, "
                         f"vocabulary {text.get('vocab_size')}",
         "image_embed_dim": vision.get("projection_dim"),
-        "projector_width": config.get("projector_expansion", 4) * text_hidden,
+        "projector_width": config.get("projector_expansion", 4) * prefix_width,
         "projector_act": config.get("projector_hidden_act", "gelu").upper(),
-        "text_hidden": text_hidden,
+        "prefix_width": prefix_width,
         "num_image_tokens": config.get("num_image_tokens", 1),
         "vision_frozen": config.get("freeze_vision_tower", True),
         "vision_source": _source_text(vision_model),

@@ -1,5 +1,6 @@
 """MODA's fast greedy loop gives GenerationMixin's tokens, and every other option still goes to GenerationMixin."""
 
+import contextlib
 from collections import Counter
 
 import pytest
@@ -78,28 +79,67 @@ def test_fast_greedy_equals_generation_mixin_from_image_embeds(model_and_process
     [
         dict(do_layer_norm_before=False),  # OPT-350m normalises after the attention and the MLP
         dict(hidden_size=24, num_attention_heads=2, ffn_dim=48, word_embed_proj_dim=24),  # head_dim 12: scale not 2^k
+        dict(hidden_size=128, num_attention_heads=2, ffn_dim=64, word_embed_proj_dim=128),  # head_dim 64, OPT's 1/8
         dict(word_embed_proj_dim=16),  # project_in / project_out around the layers, as OPT-350m
+        dict(word_embed_proj_dim=16, do_layer_norm_before=False),  # OPT-350m's whole layout
     ],
-    ids=["post-norm", "query-scale-not-a-power-of-two", "projected-embeddings"],
+    ids=["post-norm", "query-scale-not-a-power-of-two", "head-dim-64", "projected-embeddings", "opt-350m-layout"],
 )
-def test_fast_greedy_equals_generation_mixin_for_other_opt_layouts(variant):
+@pytest.mark.parametrize("attention_kernel", ["default", "math"])
+def test_fast_greedy_equals_generation_mixin_for_other_opt_layouts(variant, attention_kernel, monkeypatch):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers import CLIPVisionConfig, OPTConfig
 
     from configuration_moda import MODAConfig
 
     torch.manual_seed(0)
     text = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64,
-                word_embed_proj_dim=32, max_position_embeddings=64, bos_token_id=2, eos_token_id=None, pad_token_id=1)
+                word_embed_proj_dim=32, max_position_embeddings=64, bos_token_id=2, eos_token_id=3, pad_token_id=1)
     vision = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                               num_attention_heads=2, projection_dim=24)
     model = MODAForConditionalGeneration(MODAConfig(vision_config=vision, text_config=OPTConfig(**{**text, **variant})))
     model.eval()
     for parameter in model.parameters():  # well away from zero, so the tokens differ from step to step
         torch.nn.init.normal_(parameter, std=0.5) if parameter.ndim > 1 else None
-    embeds = torch.randn(3, 24, generator=torch.Generator().manual_seed(1))
-    fast, reference = generate_both(model, image_embeds=embeds, max_new_tokens=8, min_new_tokens=8)
+    calls = []
+    original = MODAForConditionalGeneration._greedy_decode
+    monkeypatch.setattr(MODAForConditionalGeneration, "_greedy_decode",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    embeds = torch.randn(4, 24, generator=torch.Generator().manual_seed(1))
+    with sdpa_kernel(SDPBackend.MATH) if attention_kernel == "math" else contextlib.nullcontext():
+        # eos suppressed for the first 3 tokens, then free to end a row
+        fast, reference = generate_both(model, image_embeds=embeds, max_new_tokens=8, min_new_tokens=3)
+    assert calls == [1]  # the fast loop ran (once), GenerationMixin gave the reference
     assert torch.equal(fast, reference)
-    assert len(set(fast.flatten().tolist())) > 3  # a real sequence, not one token repeated
+    assert max(len(set(row.tolist())) for row in fast) > 2  # a real sequence, not one token repeated
+
+
+@pytest.mark.parametrize("attention_kernel", ["default", "math"])
+def test_the_fast_decoder_pass_is_opts_own_arithmetic(attention_kernel):
+    """Bit for bit, where both run the same Linear kernels (oneDNN off): same ops, same order, OPT's 1/8 query scale."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from transformers import CLIPVisionConfig, OPTConfig
+
+    from configuration_moda import MODAConfig
+    from modeling_moda import _OPTLayerPlan, _PackedLinears
+
+    torch.manual_seed(0)
+    text = OPTConfig(vocab_size=96, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64,
+                     word_embed_proj_dim=128, max_position_embeddings=64)  # head_dim 64, as OPT-125m
+    vision = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, projection_dim=24)
+    model = MODAForConditionalGeneration(MODAConfig(vision_config=vision, text_config=text)).eval()
+    decoder = model.language_model.model.decoder
+    embeds = torch.randn(2, 5, 128)
+    positions = torch.arange(5).expand(2, 5)
+    kernel = sdpa_kernel(SDPBackend.MATH) if attention_kernel == "math" else contextlib.nullcontext()
+    with torch.backends.mkldnn.flags(enabled=False), kernel, torch.no_grad():
+        reference = decoder(inputs_embeds=embeds, attention_mask=torch.ones(2, 5, dtype=torch.long)).last_hidden_state
+        linears = _PackedLinears(model._decoding_linears())
+        assert linears.packed == {}  # both sides on the modules' own kernels
+        plans = [_OPTLayerPlan.of(layer, linears) for layer in decoder.layers]
+        fast = model._decoder_pass(embeds, positions, [None, None], 0, None, 5, plans, (None, None))
+    assert torch.equal(fast, reference)
 
 
 def test_fast_greedy_stops_at_eos_and_pads_like_generation_mixin(model_and_processor, product_images, spy):
@@ -338,6 +378,19 @@ def test_a_write_through_data_to_any_one_row_is_packed_again():
         packed = _PackedLinears([(linear,)])
         expected = torch.nn.functional.linear(inputs, linear.weight, linear.bias)
         torch.testing.assert_close(packed(linear, inputs), expected, rtol=1e-4, atol=1e-4)  # a stale row: off by ~1
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_pack_checks_compare_the_bits_of_the_values():
+    from modeling_moda import _PackedLinears
+
+    linear = torch.nn.Linear(64, 32)
+    linear.weight.data[0, 0] = float("nan")  # NaN != NaN as values: a value comparison would repack every call
+    linear.weight.data[3, 0] = 0.0
+    first = _PackedLinears([(linear,)]).packed[(linear,)][0]
+    assert _PackedLinears([(linear,)]).packed[(linear,)][0] is first
+    linear.weight.data[3, 0] = -0.0  # equal as values, another weight's sign bit
+    assert _PackedLinears([(linear,)]).packed[(linear,)][0] is not first
 
 
 @pytest.mark.skipif(
