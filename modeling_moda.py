@@ -533,7 +533,7 @@ class _OPTLayerPlan(NamedTuple):
     """
     One OPTDecoderLayer as the fast greedy loop runs it: its functions and settings, resolved once per generate
     call, so a decoding step does only the layer's ops (at batch 1 a step's module calls, attribute and pack lookups
-    had cost 4-8 % of a bf16 caption).
+    had cost 3-8 % of a bf16 caption).
     """
 
     pre_norm: bool  # OPT-125m normalises before the attention and the MLP, OPT-350m after them
