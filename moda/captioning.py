@@ -61,9 +61,13 @@ def list_catalog_items(source: str, image_column: str = "image") -> list:
     return _items_from_rows(rows, base, source)
 
 
+def image_files(root: Path) -> list:
+    """The image files below `root` (searched recursively), in a fixed order."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
 def _image_files_as_rows(root: Path) -> list:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    return [{"image": str(p), "_where": str(p)} for p in files]
+    return [{"image": str(p), "_where": str(p)} for p in image_files(root)]
 
 
 def _items_from_rows(rows: list, base, source: str) -> list:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from moda.attributes import MYNTRA_COLUMNS, SMALL_COLUMNS, SYNONYMS, AttributeVocabulary, columns_for, \
     extract_attributes, is_missing, words
-from moda.captioning import IMAGE_EXTENSIONS, write_atomically
+from moda.captioning import image_files, write_atomically
 from moda.features import load_image
 from moda.catalog import BadRowError, BadRows, _load_imagefolder, _read_table, _rows_with_image_paths
 
@@ -403,7 +403,7 @@ def read_input_rows(images: str, metadata: str = None) -> list:
     if splits:
         raise ValueError(f"--images {images!r} holds split folders {sorted(splits)}: pass one of them "
                          f"(e.g. --images {root / sorted(splits)[0]}) and an --output_dir for it")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = image_files(root)
     if not files:
         raise ValueError(f"--images {images!r} holds no metadata.csv and no images")
     return [{"file_name": p.relative_to(root).as_posix(), "image": str(p), "_where": str(p)} for p in files]
