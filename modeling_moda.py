@@ -439,7 +439,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         eos = torch.tensor(eos_token_ids, dtype=torch.long, device=device)
         new_tokens = torch.full((batch, max_new_tokens), pad_token_id if pad_token_id is not None else 0, device=device)
         unfinished = torch.ones(batch, dtype=torch.bool, device=device)
-        embed_tokens = self.language_model.model.decoder.embed_tokens
+        embed_tokens = decoder.embed_tokens
         for step in range(max_new_tokens):
             logits = lm_head(hidden[:, -1])
             if step < min_new_tokens and len(eos_token_ids):
