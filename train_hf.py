@@ -20,9 +20,9 @@ from typing import Optional
 import torch
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, set_seed
 
-from modeling_moda import MODAForConditionalGeneration
 from hub_card import describe_hardware, prepare_model_folder, push_model_folder
 from moda.attributes import AttributeVocabulary
+from moda.auto_classes import MODAForConditionalGeneration, MODAProcessor
 from moda.blip_baseline import BlipCollator, load_blip
 from moda.build import build_from_backbones, build_from_scratch
 from moda.catalog import MODA_CAPTION_TEMPLATE, BadRows, examples_from_rows, load_catalog
@@ -32,7 +32,6 @@ from moda.description_scores import attribute_scores
 from moda.evaluation import AttributeMetricsCallback
 from moda.features import FeatureCache, compute_features, image_embedding_encoder, model_fingerprint, pixel_values_encoder
 from moda.tokenizer import train_caption_tokenizer
-from processing_moda import MODAProcessor
 
 logger = logging.getLogger("train_hf")
 

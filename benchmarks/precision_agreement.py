@@ -17,10 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modeling_moda import MODAForConditionalGeneration  # noqa: E402
+from moda.auto_classes import MODAForConditionalGeneration, MODAProcessor  # noqa: E402
 from moda.catalog import load_catalog  # noqa: E402
 from moda.features import load_image  # noqa: E402
-from processing_moda import MODAProcessor  # noqa: E402
 from benchmarks.results import print_and_save  # noqa: E402
 
 

@@ -33,9 +33,8 @@ def load_model_and_processor(model_name: str, revision: str = None):
     """A MODA folder or Hub id (or a BLIP baseline trained by train_hf.py) -> (model in eval mode, processor)."""
     model_type = PretrainedConfig.get_config_dict(model_name, revision=revision)[0].get("model_type")
     if model_type == "moda":
-        # (importing the moda package registered MODA with AutoConfig: no remote-code prompt for the tokenizer)
-        from modeling_moda import MODAForConditionalGeneration
-        from processing_moda import MODAProcessor
+        # (moda.auto_classes registers MODA with AutoConfig: no remote-code prompt for the tokenizer)
+        from moda.auto_classes import MODAForConditionalGeneration, MODAProcessor
 
         model = MODAForConditionalGeneration.from_pretrained(model_name, revision=revision)
         processor = MODAProcessor.from_pretrained(model_name, revision=revision)
