@@ -7,10 +7,12 @@
 Every model gets the same treatment: `model.generate(pixel_values=...)` as a user calls it, greedy, exactly
 `--new_tokens` new tokens (min = max new tokens), batch 1 (latency) and batch `--batch` (images/s), all models and
 precisions interleaved in one process with `--repeats` repeats and the median reported, so that the ratios hold even
-when other work shares the CPU. "moda-plain" is MODA through GenerationMixin (`fast_greedy = False`), the
-implementation before the fast greedy loop. The machine's matmul GFLOP/s and read bandwidth are measured in the same
-run, and MODA's share of each bound is reported: at batch 1 decoding reads the decoder's weights once per token
-(bandwidth bound), at batch 16 it is closer to matmul bound.
+when other work shares the CPU: within a repeat the models run back to back for each precision and batch (in an order
+that rotates), and "paired_ratios" gives the median of each repeat's ratio next to the ratio of the medians.
+"moda-plain" is MODA through GenerationMixin (`fast_greedy = False`), the implementation before the fast greedy loop.
+The machine's matmul GFLOP/s and read bandwidth are measured in the same run, and MODA's share of each bound is
+reported: at batch 1 decoding reads the decoder's weights once per token (bandwidth bound), at batch 16 it is closer
+to matmul bound.
 """
 
 import argparse
@@ -129,9 +131,14 @@ def run_timings(args) -> dict:
     bounds = []
     for repeat in range(args.repeats):
         bounds.append(machine_bounds())
-        for key, (model, inputs) in models.items():  # interleaved: every model sees the same load
-            for batch, pixels in inputs.items():
-                times[key][batch].append(timed(lambda: caption(model, pixels, args.new_tokens)))
+        # Interleaved so that the two sides of every ratio run back to back (same precision, same batch), in an order
+        # that rotates each repeat: the machine is shared and its speed drifts by tens of percent within minutes.
+        for precision in args.precisions:
+            for batch in sorted({1, args.batch}):
+                names = [name for name in args.models if (name, precision) in models]
+                for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                    model, inputs = models[(name, precision)]
+                    times[(name, precision)][batch].append(timed(lambda: caption(model, inputs[batch], args.new_tokens)))
         print(f"repeat {repeat + 1}/{args.repeats} done", flush=True)
     results = {"bounds": {k: statistics.median(b[k] for b in bounds) for k in bounds[0]}, "models": {}}
     for (name, precision), series in times.items():
@@ -182,10 +189,12 @@ def rss_child(name: str, precision: str, args) -> None:
         print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
-def ratios(results: dict, args) -> dict:
-    """MODA over each peer, per precision (throughput: higher is better; latency: lower is better)."""
+def ratios(results: dict, args, paired: bool = False) -> dict:
+    """
+    MODA over each peer, per precision (throughput: higher is better; latency: lower is better): the ratio of the
+    median times, or with `paired` the median of each repeat's ratio (the two sides of a repeat ran back to back).
+    """
     out = {}
-    key = f"images_per_s_batch{args.batch}"
     for precision in args.precisions:
         moda = results["models"].get(f"moda {precision}")
         if moda is None:
@@ -194,8 +203,13 @@ def ratios(results: dict, args) -> dict:
             other = results["models"].get(f"{peer} {precision}")
             if other is None:
                 continue
-            out[f"{precision}: moda/{peer} throughput batch {args.batch}"] = moda[key] / other[key]
-            out[f"{precision}: moda/{peer} latency batch 1"] = moda["latency_batch1_s"] / other["latency_batch1_s"]
+            for batch, label in ((args.batch, f"throughput batch {args.batch}"), (1, "latency batch 1")):
+                ours, theirs = moda["all_times_s"][str(batch)], other["all_times_s"][str(batch)]
+                if paired:
+                    time_ratio = statistics.median(a / b for a, b in zip(ours, theirs))
+                else:
+                    time_ratio = statistics.median(ours) / statistics.median(theirs)
+                out[f"{precision}: moda/{peer} {label}"] = time_ratio if label.startswith("latency") else 1 / time_ratio
     return out
 
 
@@ -218,6 +232,7 @@ def main(argv=None) -> dict:
 
     results = run_timings(args)
     results["ratios"] = ratios(results, args)
+    results["paired_ratios"] = ratios(results, args, paired=True)
     if args.rss:
         for name in args.models:
             for precision in args.precisions:
