@@ -8,6 +8,7 @@ description and its EOS. This file travels to the Hub with the weights: it impor
 import os
 
 import numpy as np
+import transformers
 from transformers import AutoImageProcessor, AutoTokenizer
 from transformers.image_utils import load_image
 from transformers.processing_utils import ProcessorMixin
@@ -106,8 +107,11 @@ class MODAProcessor(ProcessorMixin):
     """
 
     attributes = ["image_processor", "tokenizer"]
-    image_processor_class = "CLIPImageProcessor"
-    tokenizer_class = "AutoTokenizer"
+    if int(transformers.__version__.split(".")[0]) < 5:
+        # transformers 4.x looks its sub-processors up by these names; 5.x reads them from processor_config.json
+        # and warns at every load that the names are deprecated.
+        image_processor_class = "CLIPImageProcessor"
+        tokenizer_class = "AutoTokenizer"
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         # A chat template saved with the processor (chat_template.jinja) comes back on load.
