@@ -131,8 +131,8 @@ def run_timings(args) -> dict:
     bounds = []
     for repeat in range(args.repeats):
         bounds.append(machine_bounds())
-        # Interleaved so that the two sides of every ratio run back to back (same precision, same batch), in an order
-        # that rotates each repeat: the machine is shared and its speed drifts by tens of percent within minutes.
+        # Interleaved so that for each precision and batch the models run one after another, in an order that rotates
+        # each repeat: the machine is shared and its speed drifts by tens of percent within minutes.
         for precision in args.precisions:
             for batch in sorted({1, args.batch}):
                 names = [name for name in args.models if (name, precision) in models]
@@ -192,7 +192,7 @@ def rss_child(name: str, precision: str, args) -> None:
 def ratios(results: dict, args, paired: bool = False) -> dict:
     """
     MODA over each peer, per precision (throughput: higher is better; latency: lower is better): the ratio of the
-    median times, or with `paired` the median of each repeat's ratio (the two sides of a repeat ran back to back).
+    median times, or with `paired` the median of each repeat's ratio (within a repeat the models ran one after another).
     """
     out = {}
     for precision in args.precisions:
@@ -225,6 +225,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rss-child", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args(argv)
+    args.models = list(dict.fromkeys(args.models))  # a model named twice would run twice a repeat
     torch.set_num_threads(args.threads)
     if args.rss_child:
         rss_child(*args.rss_child, args)

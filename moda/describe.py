@@ -8,7 +8,13 @@ from pipeline_moda import MODAImageToTextPipeline
 
 
 def load_captioner(model: str, revision: str = None, device: str = None):
-    """The image-to-text pipeline for a MODA folder or Hub id (the same code path users get from transformers)."""
+    """
+    The image-to-text pipeline for a MODA folder or Hub id (the same code path users get from transformers), run
+    by this package's model code: under transformers 5.x a registered model type wins over the folder's own copy
+    of the model files, which may be older (or, from the Hub, someone else's).
+    """
+    import moda.auto_classes  # noqa: F401  (the registration; imported here so that `moda --help` stays light)
+
     return pipeline(
         "image-to-text", model=model, revision=revision, device=device, trust_remote_code=True,
         pipeline_class=MODAImageToTextPipeline,

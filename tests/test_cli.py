@@ -1,5 +1,6 @@
-"""The `moda` command's dispatcher: it answers --help without importing the model stack."""
+"""The `moda` command: it answers --help without importing the model stack, and captions with this package's code."""
 
+import os
 import subprocess
 import sys
 
@@ -21,3 +22,16 @@ def test_unknown_command_is_named_with_the_usage(capsys):
     assert main(["captoin"]) == 2
     err = capsys.readouterr().err
     assert "unknown command 'captoin'" in err and "caption-image" in err
+
+
+def test_captioner_runs_this_packages_model_code_not_the_folders_copy(tiny_moda_dir):
+    # A fresh process: in this one some other test has long registered MODA. Under transformers 5.x the registered
+    # classes win over the folder's copy of the model files (which can be older, or someone else's from the Hub).
+    script = ("import sys\nfrom moda.describe import load_captioner\n"
+              "captioner = load_captioner(sys.argv[1])\n"
+              "print('modules:', type(captioner.model).__module__, type(captioner.processor).__module__)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script, str(tiny_moda_dir)], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "modules: modeling_moda processing_moda" in result.stdout, result.stdout
