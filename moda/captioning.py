@@ -163,6 +163,19 @@ def write_atomically(path: Path, write) -> None:
         os.close(directory)
 
 
+def check_or_save_settings(settings_file: Path, settings: dict, mismatch) -> None:
+    """
+    A run resumes only with the settings it started with: `settings` against those saved in `settings_file`
+    (ValueError with the message `mismatch(earlier_settings)` when they differ), or saved there for a run that starts.
+    """
+    if settings_file.exists():
+        earlier = json.loads(settings_file.read_text())
+        if earlier != settings:
+            raise ValueError(mismatch(earlier))
+    else:
+        write_atomically(settings_file, lambda handle: handle.write(json.dumps(settings, indent=1).encode("utf-8")))
+
+
 def jsonl_bytes(rows: list) -> bytes:
     return b"".join(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n" for row in rows)
 
@@ -287,17 +300,11 @@ def prepare_parts_dir(output: Path, parts_dir: Path, settings: dict, overwrite: 
         settings_file_for(output).unlink(missing_ok=True)
     for leftover in output.parent.glob(f"{parts_dir.name}.done-*"):
         shutil.rmtree(leftover, ignore_errors=True)  # a merged run killed while cleaning up
-    settings_file = parts_dir / "run.json"
-    if settings_file.exists():
-        earlier = json.loads(settings_file.read_text())
-        if earlier != settings:
-            raise ValueError(
-                f"{str(parts_dir)!r} holds an unfinished run with other settings ({earlier}); run with the same "
-                f"settings to resume it, or pass --overwrite to start again."
-            )
-    else:
-        parts_dir.mkdir(parents=True, exist_ok=True)
-        write_atomically(settings_file, lambda handle: handle.write(json.dumps(settings).encode("utf-8")))
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    check_or_save_settings(parts_dir / "run.json", settings, lambda earlier: (
+        f"{str(parts_dir)!r} holds an unfinished run with other settings ({earlier}); run with the same "
+        f"settings to resume it, or pass --overwrite to start again."
+    ))
     for temp in parts_dir.glob(".*.tmp-*"):
         temp.unlink()  # a batch whose write was killed: its items are captioned again
 

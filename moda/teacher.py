@@ -36,7 +36,7 @@ from pathlib import Path
 
 from moda.attributes import MYNTRA_COLUMNS, SMALL_COLUMNS, SYNONYMS, AttributeVocabulary, columns_for, \
     extract_attributes, is_missing, words
-from moda.captioning import image_files, write_atomically
+from moda.captioning import check_or_save_settings, image_files, write_atomically
 from moda.features import load_image
 from moda.catalog import BadRowError, BadRows, _load_imagefolder, _read_table, _rows_with_image_paths
 
@@ -493,13 +493,10 @@ def prepare_output_dir(output_dir: Path, settings: dict, overwrite: bool) -> Non
     if overwrite:
         (output_dir / PROGRESS_FILE).unlink(missing_ok=True)
         settings_file.unlink(missing_ok=True)
-    if settings_file.exists():
-        earlier = json.loads(settings_file.read_text())
-        if earlier != settings:
-            raise ValueError(f"{str(output_dir)!r} was built with other settings ({earlier}, now {settings}): use "
-                             f"the same ones to resume, another --output_dir, or --overwrite to start again")
-    else:
-        write_atomically(settings_file, lambda handle: handle.write(json.dumps(settings, indent=1).encode("utf-8")))
+    check_or_save_settings(settings_file, settings, lambda earlier: (
+        f"{str(output_dir)!r} was built with other settings ({earlier}, now {settings}): use the same ones to "
+        f"resume, another --output_dir, or --overwrite to start again"
+    ))
 
 
 # ---------------------------------------------------------------------------------------------------------------
