@@ -38,6 +38,19 @@ CAPTIONS = [
 ]
 
 
+def moda_around_opt(text_config):
+    """A MODA (eval mode) of a one-layer 32-px vision tower with 24-d image embeddings around the given OPT config:
+    for tests of decoder layouts that the "test" size does not have."""
+    from transformers import CLIPVisionConfig
+
+    from configuration_moda import MODAConfig
+    from modeling_moda import MODAForConditionalGeneration
+
+    vision = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, projection_dim=24)
+    return MODAForConditionalGeneration(MODAConfig(vision_config=vision, text_config=text_config)).eval()
+
+
 def randomize_weights(model, std=0.3, seed=0):
     """Random init gives near-constant greedy output; bigger random weights make tokens differ per image."""
     generator = torch.Generator().manual_seed(seed)

@@ -88,17 +88,14 @@ def test_fast_greedy_equals_generation_mixin_from_image_embeds(model_and_process
 @pytest.mark.parametrize("attention_kernel", ["default", "math"])
 def test_fast_greedy_equals_generation_mixin_for_other_opt_layouts(variant, attention_kernel, monkeypatch):
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from transformers import CLIPVisionConfig, OPTConfig
+    from transformers import OPTConfig
 
-    from configuration_moda import MODAConfig
+    from tests.conftest import moda_around_opt
 
     torch.manual_seed(0)
     text = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64,
                 word_embed_proj_dim=32, max_position_embeddings=64, bos_token_id=2, eos_token_id=3, pad_token_id=1)
-    vision = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                              num_attention_heads=2, projection_dim=24)
-    model = MODAForConditionalGeneration(MODAConfig(vision_config=vision, text_config=OPTConfig(**{**text, **variant})))
-    model.eval()
+    model = moda_around_opt(OPTConfig(**{**text, **variant}))
     for parameter in model.parameters():  # well away from zero, so the tokens differ from step to step
         torch.nn.init.normal_(parameter, std=0.5) if parameter.ndim > 1 else None
     calls = []
@@ -118,17 +115,14 @@ def test_fast_greedy_equals_generation_mixin_for_other_opt_layouts(variant, atte
 def test_the_fast_decoder_pass_is_opts_own_arithmetic(attention_kernel):
     """Bit for bit, where both run the same Linear kernels (oneDNN off): same ops, same order, OPT's 1/8 query scale."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from transformers import CLIPVisionConfig, OPTConfig
+    from transformers import OPTConfig
 
-    from configuration_moda import MODAConfig
     from modeling_moda import _OPTLayerPlan, _PackedLinears
+    from tests.conftest import moda_around_opt
 
     torch.manual_seed(0)
-    text = OPTConfig(vocab_size=96, hidden_size=128, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64,
-                     word_embed_proj_dim=128, max_position_embeddings=64)  # head_dim 64, as OPT-125m
-    vision = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                              num_attention_heads=2, projection_dim=24)
-    model = MODAForConditionalGeneration(MODAConfig(vision_config=vision, text_config=text)).eval()
+    model = moda_around_opt(OPTConfig(vocab_size=96, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                      ffn_dim=64, word_embed_proj_dim=128, max_position_embeddings=64))  # head_dim 64
     decoder = model.language_model.model.decoder
     embeds = torch.randn(2, 5, 128)
     positions = torch.arange(5).expand(2, 5)

@@ -275,14 +275,13 @@ def test_from_backbones_rejects_a_non_clip_vision_checkpoint(tiny_backbone_dirs)
 
 
 def test_image_prefix_tokens_have_the_token_embedding_width_when_opt_projects_its_embeddings():
-    from transformers import CLIPVisionConfig, OPTConfig
+    from transformers import OPTConfig
+
+    from tests.conftest import moda_around_opt
 
     # OPT-350m's layout: 16-d token embeddings, project_in to the 32-d layers
-    text = OPTConfig(vocab_size=64, hidden_size=32, word_embed_proj_dim=16, num_hidden_layers=1, num_attention_heads=2,
-                     ffn_dim=64, max_position_embeddings=32)
-    vision = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                              num_attention_heads=2, projection_dim=24)
-    model = MODAForConditionalGeneration(MODAConfig(vision_config=vision, text_config=text)).eval()
+    model = moda_around_opt(OPTConfig(vocab_size=64, hidden_size=32, word_embed_proj_dim=16, num_hidden_layers=1,
+                                      num_attention_heads=2, ffn_dim=64, max_position_embeddings=32))
     _, prefix = model.get_image_prefix(image_embeds=torch.randn(2, 24))
     assert prefix.shape == (2, 1, 16)
     output = model(image_embeds=torch.randn(2, 24), input_ids=torch.tensor([[2, 5, 7], [2, 9, 4]]))
