@@ -120,10 +120,15 @@ def test_wrong_image_types_are_clear_errors(tiny_model_and_processor):
         processor(images=[])
 
 
-def test_nan_pixel_values_are_refused_by_the_model(tiny_model_and_processor):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_nan_or_infinite_pixel_value_is_refused_by_the_model(tiny_model_and_processor, bad, dtype):
     model, _ = tiny_model_and_processor
-    with pytest.raises(ValueError, match="NaN"):
-        model.generate(pixel_values=torch.full((1, 3, 32, 32), float("nan")))
+    pixel_values = torch.zeros(2, 3, 32, 32, dtype=dtype)
+    pixel_values[1, 2, 31, 30] = bad  # one value, in the second image of a batch
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.generate(pixel_values=pixel_values)
+    model.generate(pixel_values=torch.zeros(2, 3, 32, 32, dtype=dtype), max_new_tokens=1)  # finite: no error
 
 
 def test_empty_and_very_long_prompts(tiny_model_and_processor, red_image):

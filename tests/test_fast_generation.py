@@ -158,6 +158,56 @@ def test_fast_greedy_min_new_tokens_suppresses_eos_like_generation_mixin(model_a
     assert fast.shape == (2, 6) and not (fast == eos).any()
 
 
+@pytest.mark.skipif(not __import__("modeling_moda")._packed_dtypes(), reason="oneDNN is not available to pack weights")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_power_of_two_output_scale_goes_into_the_pack_with_the_same_values(dtype):
+    from modeling_moda import _packed_dtypes, _PackedLinears
+
+    if dtype not in _packed_dtypes():
+        pytest.skip(f"oneDNN cannot pack {dtype} on this CPU")
+    torch.manual_seed(0)
+    q, k, v = (torch.nn.Linear(64, 64).to(dtype) for _ in range(3))
+    hidden = torch.randn(3, 5, 64).to(dtype)
+    for scale, folded in ((0.125, True), (2.0 ** -0.5, False)):
+        linears = _PackedLinears([(q, k, v)], output_scales={q: scale})
+        assert linears.scaled_outputs == ({q: scale} if folded else {})
+        query, key, value = linears.linear((q, k, v))(hidden)
+        unscaled = _PackedLinears([(q, k, v)]).linear((q, k, v))(hidden)
+        expected = unscaled[0] * scale if folded else unscaled[0]
+        assert torch.equal(query, expected) and torch.equal(key, unscaled[1]) and torch.equal(value, unscaled[2])
+    # an input in another dtype runs the modules themselves, and still comes out scaled
+    other = torch.float32 if dtype == torch.bfloat16 else torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        query = _PackedLinears([(q, k, v)], output_scales={q: 0.125}).linear((q, k, v))(hidden.to(other))[0]
+        assert torch.equal(query, q(hidden.to(other)) * 0.125)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_first_max_index_is_max_indices_with_ties_and_minus_infinity(dtype):
+    from modeling_moda import _first_max_function
+
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50272).to(dtype)
+    logits[1, [70000 % 50272, 3, 1600]] = 9.0  # ties in the same chunk and across chunks (1571 wide)
+    logits[2, [1571 * 7, 1571 * 7 - 1]] = 9.0  # a tie across a chunk boundary
+    logits[3] = -float("inf")
+    logits[3, 50271] = 0.0  # the maximum in the last slot
+    logits[4] = 0.0  # every value the same: index 0
+    logits[5, :1571 * 20] = -float("inf")
+    for vocab in (50272, 300, 257):  # chunks of 1571 and of 150; a prime falls back to max
+        rows = logits[:, :vocab].contiguous()
+        assert torch.equal(_first_max_function(vocab)(rows), rows.max(-1).indices), vocab
+
+
+def test_the_tiny_vocabulary_takes_the_chunked_first_max(model_and_processor):
+    from modeling_moda import _first_max_function
+
+    model, _ = model_and_processor
+    vocab = model.language_model.lm_head.out_features
+    # else the tests that compare the fast loop's tokens with GenerationMixin's would not cover the chunked path
+    assert _first_max_function(vocab).__name__ == "chunked", vocab
+
+
 def test_fast_greedy_in_bfloat16_equals_generation_mixin_in_bfloat16(model_and_processor, product_images):
     model, processor = model_and_processor
     bf16 = copy_of(model).to(torch.bfloat16)
