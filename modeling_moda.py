@@ -718,7 +718,8 @@ class _PackedLinears:
         (fc1, fc2) pairs with a quick GELU between them; in bf16 their activation runs inside fc1's product (`mlp`).
         `output_scales`: {layer: s} for outputs the caller multiplies by s. Where s is a power of two and the layer
         is packed, s goes into its packed weight and bias (the same values: scaling by a power of two rounds
-        nothing), the layer's outputs come out scaled, and the layer is in `scaled_outputs`.
+        nothing, short of subnormal numbers), the layer's outputs come out scaled, and the layer is in
+        `scaled_outputs`.
         """
         self.packed = {}
         self.swish_inputs = set()  # fc1 layers whose pack is scaled for swish (see `mlp`)
