@@ -202,6 +202,8 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             raise TypeError(
                 f"pixel_values must be a torch.Tensor (use MODAProcessor on the images), got {type(pixel_values).__name__}."
             )
+        if pixel_values.is_complex():
+            raise TypeError(f"pixel_values must be real numbers, got {pixel_values.dtype}.")
         expected = (self.config.vision_config.num_channels, self.config.vision_config.image_size)
         if pixel_values.ndim != 4 or pixel_values.shape[1] != expected[0]:
             raise ValueError(
@@ -614,6 +616,7 @@ class _OPTLayerPlan(NamedTuple):
         return hidden
 
 
+@functools.lru_cache(maxsize=None)
 def _first_max_function(vocab_size: int) -> Callable:
     """
     A function logits (batch, vocab_size) -> each row's first maximal index, as `logits.max(-1).indices` (and argmax)
@@ -627,7 +630,7 @@ def _first_max_function(vocab_size: int) -> Callable:
         return lambda logits: logits.max(-1).indices
 
     def chunked(logits):
-        chunks = logits.view(logits.shape[0], -1, width)
+        chunks = logits.view(logits.shape[0], vocab_size // width, width)
         first = chunks.amax(-1).max(-1).indices  # max over the chunk maxima: the first chunk with the row's maximum
         rows = torch.arange(logits.shape[0], device=logits.device)
         return first * width + chunks[rows, first].max(-1).indices
@@ -743,7 +746,8 @@ class _PackedLinears:
                 continue
             for module in group:
                 scale = (output_scales or {}).get(module)
-                if scale is not None and module not in scales and math.frexp(scale)[0] == 0.5:
+                # at most 1 (OPT's is head_dim ** -0.5): a larger power of two could overflow the scaled weights
+                if scale is not None and module not in scales and math.frexp(scale)[0] == 0.5 and scale <= 1:
                     scales[module] = (scale, scale)
                     self.scaled_outputs[module] = scale
             self.packed[group] = self._pack(group, tuple(scales.get(module, (1.0, 1.0)) for module in group))

@@ -188,7 +188,7 @@ def test_first_max_index_is_max_indices_with_ties_and_minus_infinity(dtype):
 
     torch.manual_seed(0)
     logits = torch.randn(6, 50272).to(dtype)
-    logits[1, [70000 % 50272, 3, 1600]] = 9.0  # ties in the same chunk and across chunks (1571 wide)
+    logits[1, [19728, 1700, 1650]] = 9.0  # a tie within a later chunk (1650, 1700) and across chunks (1571 wide)
     logits[2, [1571 * 7, 1571 * 7 - 1]] = 9.0  # a tie across a chunk boundary
     logits[3] = -float("inf")
     logits[3, 50271] = 0.0  # the maximum in the last slot
@@ -197,6 +197,8 @@ def test_first_max_index_is_max_indices_with_ties_and_minus_infinity(dtype):
     for vocab in (50272, 300, 257):  # chunks of 1571 and of 150; a prime falls back to max
         rows = logits[:, :vocab].contiguous()
         assert torch.equal(_first_max_function(vocab)(rows), rows.max(-1).indices), vocab
+    assert _first_max_function(50272)(logits)[1] == 1650
+    assert _first_max_function(50272)(logits[:0]).shape == (0,)  # an empty batch, as max gives it
 
 
 def test_the_tiny_vocabulary_takes_the_chunked_first_max(model_and_processor):

@@ -147,6 +147,8 @@ def test_generate_without_an_image_is_a_clear_error(tester):
 def test_wrong_pixel_values_are_clear_errors(tester):
     with pytest.raises(TypeError, match="torch.Tensor"):
         tester.model.generate(pixel_values=[[1.0]])
+    with pytest.raises(TypeError, match="real numbers"):
+        tester.model.generate(pixel_values=torch.zeros(1, 3, 32, 32, dtype=torch.complex64))
     with pytest.raises(ValueError, match="shape"):
         tester.model.generate(pixel_values=torch.zeros(3, 32, 32))
     with pytest.raises(ValueError, match="NaN"):
