@@ -157,6 +157,12 @@ def resolve_size_defaults(model_args, data_args, training_args, given):
         training_args.learning_rate = 3e-4
 
 
+def resolve_device_defaults(training_args, given):
+    """Pinned memory only speeds up copies to an accelerator; without one, torch warns about it at every epoch."""
+    if "dataloader_pin_memory" not in given and training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False
+
+
 def resolve_epochs(model_args, data_args, training_args, given, num_train_examples: int) -> None:
     """Epochs of a from-scratch model on a real catalog, unless given: TINY_EXAMPLES_SEEN examples in all."""
     from_scratch = model_args.model_size and not model_args.model_name_or_path
@@ -342,6 +348,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     resolve_demo_defaults(model_args, data_args, training_args, given)
     resolve_size_defaults(model_args, data_args, training_args, given)
+    resolve_device_defaults(training_args, given)
     set_seed(training_args.seed)
     started = time.time()
 

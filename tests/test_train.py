@@ -149,6 +149,19 @@ def test_from_scratch_epochs_follow_the_catalog_size_unless_given(tmp_path):
     assert pretrained == train_hf.MODATrainingArguments.num_train_epochs != 160  # the write-up's default stays
 
 
+def test_memory_is_pinned_only_for_an_accelerator_unless_given(tmp_path):
+    def pinned(*extra):
+        argv = ["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"), *extra]
+        model_args, data_args, training_args, given = train_hf.parse_arguments(argv)
+        train_hf.resolve_device_defaults(training_args, given)
+        return training_args.dataloader_pin_memory, training_args.device.type
+
+    assert train_hf.MODATrainingArguments.dataloader_pin_memory is True  # transformers' default, kept for accelerators
+    pin, device = pinned()
+    assert pin is (device != "cpu")  # on the CPU torch would warn at every epoch that pinning does nothing
+    assert pinned("--dataloader_pin_memory", "true")[0] is True
+
+
 def test_gradient_accumulation_matches_a_bigger_batch(tmp_path, catalog_dir, tiny_moda_dir, monkeypatch):
     """The gradients an optimizer step applies are the same for 8 x 1 and 4 x 2 (accumulated) examples.
     (Weights after several AdamW steps are not compared: Adam turns float noise in near-zero gradients into
