@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from transformers import (
     AutoConfig,
     CLIPVisionModelWithProjection,
+    GenerationConfig,
     GenerationMixin,
     OPTForCausalLM,
     PreTrainedModel,
@@ -214,7 +215,8 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         if pixel_values.numel() and not all(bool(extreme.isfinite()) for extreme in torch.aminmax(pixel_values)):
             raise ValueError("pixel_values contain NaN or infinite values.")
         pixel_values = pixel_values.to(device=self.device, dtype=self.vision_tower.dtype)
-        if self.fast_greedy and not torch.is_grad_enabled() and isinstance(self.vision_tower, CLIPVisionModelWithProjection):
+        if self.fast_greedy and not torch.is_grad_enabled() and isinstance(self.vision_tower, CLIPVisionModelWithProjection) \
+                and _runs_as_written(self.vision_tower, pixel_values.device.type):
             return self._inference_image_features(pixel_values)
         return self.vision_tower(pixel_values=pixel_values).image_embeds
 
@@ -246,6 +248,8 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
 
     def get_image_prefix(self, pixel_values=None, image_embeds=None) -> tuple:
         """Returns (image_embeds, prefix embeddings of shape (batch, num_image_tokens, token embedding width))."""
+        if pixel_values is not None and image_embeds is not None:
+            raise ValueError("Pass pixel_values or image_embeds, not both: MODA would use only one of them.")
         if image_embeds is None:
             if pixel_values is None:
                 raise ValueError(
@@ -268,6 +272,13 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         between the prefix and the text: batched and one-by-one generation agree. Right padding stays at the end.
         """
         batch, num_prefix = prefix.shape[:2]
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must have shape (batch, length), got {tuple(input_ids.shape)}.")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got "
+                f"{tuple(attention_mask.shape)}."
+            )
         if input_ids.shape[0] != batch:
             raise ValueError(f"{batch} images but {input_ids.shape[0]} token sequences: the batch sizes must match.")
         max_positions = self.config.text_config.max_position_embeddings
@@ -357,12 +368,35 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         if attention_mask is not None:
             attention_mask = attention_mask.to(prefix.device)
         inputs_embeds, attention_mask, _ = self.merge_image_prefix(prefix, input_ids, attention_mask, pads_first=True)
-        generate_kwargs["max_new_tokens"] = self._max_new_tokens(inputs_embeds.shape[1], generate_kwargs)
+        config = self._call_generation_config(generate_kwargs.get("generation_config"))
+        max_new_tokens = self._max_new_tokens(inputs_embeds.shape[1], config, generate_kwargs)
         generate_kwargs.pop("max_length", None)
-        greedy = self._plain_greedy_settings(generate_kwargs)
+        if generate_kwargs.get("generation_config") is not None:  # the length goes into the call's own config:
+            config.max_new_tokens = max_new_tokens  # with kwargs besides it, transformers 5 warns of a deprecation
+            generate_kwargs["generation_config"] = config
+            generate_kwargs.pop("max_new_tokens", None)
+        else:
+            generate_kwargs["max_new_tokens"] = max_new_tokens
+        greedy = self._plain_greedy_settings(config, generate_kwargs)
         if greedy is not None:
             return self._greedy_decode(inputs_embeds, attention_mask, **greedy)
         return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs)
+
+    def _call_generation_config(self, generation_config):
+        """
+        A copy of the generation config a generate call runs with: the model's, or the call's own with the settings
+        it leaves at their defaults taken from the model's (as GenerationMixin does, e.g. the EOS and pad tokens).
+        """
+        if generation_config is None:
+            return copy.deepcopy(self.generation_config)
+        config, defaults = copy.deepcopy(generation_config), GenerationConfig()
+        for name, model_value in self.generation_config.to_dict().items():
+            if name.startswith("_") or name == "transformers_version":
+                continue
+            default = getattr(defaults, name, None)
+            if getattr(config, name, None) == default and model_value != default:
+                setattr(config, name, model_value)
+        return config
 
     # --- fast greedy decoding -----------------------------------------------------------------------------------
     # Plain greedy decoding (the pipeline's and the CLI's case) skips GenerationMixin: a key/value cache
@@ -370,10 +404,12 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
     # instead of GenerationMixin's and the cache classes' several hundred small ops, which matters most where a
     # small op is expensive (batch 1, busy CPUs). The arithmetic is OPT's own, in the same order, with the Linear
     # layers on oneDNN's packed kernels (`_PackedLinears`: results within rounding of F.linear's): the tests check
-    # that the tokens are those GenerationMixin gives, benchmarks/precision_agreement.py that a trained model's
-    # captions are. Any other option (sampling, beams, processors, streamers, use_cache=False,
-    # outputs beyond the token ids) goes to GenerationMixin; `model.fast_greedy = False` sends everything there (and
-    # makes inference image features come from CLIP's own forward too).
+    # that in fp32 the tokens are those GenerationMixin gives. In bf16 the packed products and the fp32 attention of
+    # one new token round differently from GenerationMixin's ops, so a near-tie can go the other way (also between
+    # batch sizes); benchmarks/precision_agreement.py measures how often a trained model's captions agree. Any other
+    # option (sampling, beams, processors, streamers, use_cache=False, outputs beyond the token ids), autocast and
+    # forward hooks go to GenerationMixin; `model.fast_greedy = False` sends everything there (and makes inference
+    # image features come from CLIP's own forward too).
 
     fast_greedy = True
 
@@ -384,12 +420,14 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             _PackedLinears.release(self.modules())
         return super().train(mode)
 
-    def _plain_greedy_settings(self, generate_kwargs: dict) -> Optional[dict]:
-        """The settings of the fast greedy loop, or None when the options need GenerationMixin."""
+    def _plain_greedy_settings(self, config, generate_kwargs: dict) -> Optional[dict]:
+        """The settings of the fast greedy loop, or None when the options need GenerationMixin. `config`: the call's
+        generation config (`_call_generation_config`)."""
         if not self.fast_greedy or self.training or not isinstance(self.language_model, OPTForCausalLM):
             return None
-        kwargs = dict(generate_kwargs)
-        config = copy.deepcopy(kwargs.pop("generation_config", None) or self.generation_config)
+        if not _runs_as_written(self.language_model, self.device.type):
+            return None
+        kwargs = {name: value for name, value in generate_kwargs.items() if name != "generation_config"}
         if config.update(**kwargs):  # streamer, logits_processor, stopping_criteria, assistant_model, ...
             return None
         for name, value in config.to_diff_dict().items():
@@ -490,15 +528,29 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             hidden = decoder.final_layer_norm(hidden)
         return hidden if project_out is None else project_out(hidden)
 
-    def _max_new_tokens(self, input_length: int, generate_kwargs: dict) -> int:
-        """The requested number of new tokens, capped where the decoder runs out of positions."""
-        generation_config = generate_kwargs.get("generation_config") or self.generation_config
-        requested = generate_kwargs.get("max_new_tokens")
-        if requested is None:
-            requested = generation_config.max_new_tokens
-        if requested is None:  # with inputs_embeds only, transformers counts max_length in new tokens
-            requested = generate_kwargs.get("max_length") or generation_config.max_length
-        room = self.config.text_config.max_position_embeddings - input_length
+    def _max_new_tokens(self, input_length: int, config, generate_kwargs: dict) -> int:
+        """
+        The number of new tokens to write, capped where the decoder runs out of positions. A length given to the
+        call wins over the generation config's, and max_new_tokens over max_length; max_length counts the whole
+        sequence, image prefix and prompt included (`input_length` positions), as in transformers.
+        """
+        new_tokens, max_length = generate_kwargs.get("max_new_tokens"), generate_kwargs.get("max_length")
+        if new_tokens is not None and max_length is not None:
+            logger.warning(f"Both max_new_tokens ({new_tokens}) and max_length ({max_length}) were given: "
+                           f"max_new_tokens takes precedence.")
+        if new_tokens is None and max_length is None:
+            new_tokens, max_length = config.max_new_tokens, config.max_length
+            if new_tokens is None and max_length is None:  # transformers 5 leaves both unset: its default length
+                max_length = 20
+        requested = new_tokens if new_tokens is not None else max_length - input_length
+        if requested < 1:
+            raise ValueError(
+                f"max_length={max_length} leaves no room for new tokens: the image prefix and the prompt already take "
+                f"{input_length} positions. Pass max_new_tokens instead." if new_tokens is None else
+                f"max_new_tokens must be at least 1, got {new_tokens}."
+            )
+        # The last new token is never fed back, so it needs no position of its own.
+        room = self.config.text_config.max_position_embeddings - input_length + 1
         if requested > room:
             logger.warning(f"Asked for {requested} new tokens; the decoder has room for {room}: generating {room}.")
         return min(requested, room)
@@ -709,7 +761,9 @@ class _PackedLinears:
     price is a packed copy of the weights in memory. Packing takes about a second, so packs are kept between calls
     (outside the model, which therefore still copies and pickles as before) and checked at every call: a weight that
     is another tensor, or changed in place (its version counter, or a strided sample of its values for writes through
-    `.data`), is packed again.
+    `.data`), is packed again. The sample sees a write through `.data` to a whole row, not one that leaves the sampled
+    elements alone (all but a row's first, say): after such a write, `model.train().eval()` gives the packs back and
+    the next call packs anew.
     """
 
     # first layer of a group -> (weights and biases, versions, value sample, scales, packed stacked weight, bias)
@@ -794,7 +848,7 @@ class _PackedLinears:
         packed = self.packed.get(group)
         scales = [self.scaled_outputs.get(module) for module in group]
 
-        def plain(hidden):  # e.g. under autocast, where the input is not in the pack's dtype
+        def plain(hidden):  # an input not in the pack's dtype: the modules do (or refuse) what they always do
             outputs = [module(hidden) if scale is None else module(hidden) * scale for module, scale in zip(group, scales)]
             if len(group) > 1:
                 return tuple(outputs)
@@ -850,7 +904,7 @@ class _PackedLinears:
 
         def swish(hidden, residual):
             if hidden.dtype != weight.dtype or residual.dtype != weight.dtype:
-                # e.g. under autocast: fc2's pack is scaled for swish, so both products take the modules
+                # as in `linear`; fc2's pack is scaled for swish, so both products take the modules
                 return residual + fc2(activation(fc1(hidden)))
             return second(torch.ops.mkldnn._linear_pointwise(hidden, weight, bias, "swish", [], ""), residual)
 
@@ -859,6 +913,24 @@ class _PackedLinears:
     def __call__(self, module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """module(hidden), on oneDNN where the module is packed."""
         return self.linear((module,))(hidden)
+
+
+def _runs_as_written(module: nn.Module, device_type: str) -> bool:
+    """
+    Whether a fast inference path may stand in for `module`'s forward: not under autocast, whose casts its packed
+    products would not follow, and no forward hooks on the module or inside it, which it would skip (it calls few
+    modules).
+    """
+    try:
+        autocast = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 (transformers 4.57 takes 2.2) has no device-type argument
+        autocast = torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+    if autocast:
+        return False
+    hooks = nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        return False
+    return not any(child._forward_hooks or child._forward_pre_hooks for child in module.modules())
 
 
 def _has_cache(kwargs: dict) -> bool:
