@@ -76,7 +76,13 @@ def _array_to_image(array):
             raise ValueError(f"An image array must be uint8 (0-255) or floats (0-1); got dtype {array.dtype}.")
         if not np.isfinite(array).all():
             raise ValueError("An image array contains NaN or infinite values.")
-        array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:  # e.g. 0-255 values as floats: clipping would make them a white image
+            raise ValueError(
+                f"A float image array must hold values in [0, 1]; got values from {low:g} to {high:g} (for 0-255 "
+                f"values pass a uint8 array, e.g. array.astype(np.uint8))."
+            )
+        array = (array * 255).round().astype(np.uint8)
     return Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array)
 
 
@@ -140,10 +146,12 @@ class MODAProcessor(ProcessorMixin):
 
     # --- text ---------------------------------------------------------------------------------------------------
 
-    def _prompt_ids(self, prompt):
+    def _prompt_ids(self, prompt, add_special_tokens=True):
+        """[BOS] + the prompt's ids. With add_special_tokens=False the prompt's own text carries its special tokens
+        (e.g. a chat template's), and BOS is added only where the prompt does not start with it."""
         if prompt is not None and not isinstance(prompt, str):
             raise TypeError(f"A prompt must be a string or None, got {type(prompt).__name__}.")
-        ids = self.tokenizer(prompt or "", add_special_tokens=True)["input_ids"]
+        ids = self.tokenizer(prompt or "", add_special_tokens=add_special_tokens)["input_ids"]
         bos = self.tokenizer.bos_token_id
         if bos is not None and (not ids or ids[0] != bos):
             ids = [bos] + ids  # tokenizers without a BOS template still start every sequence with BOS
@@ -157,14 +165,14 @@ class MODAProcessor(ProcessorMixin):
         text = (" " + description.strip()) if after_prompt else description.strip()
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
 
-    def encode_examples(self, prompts, descriptions=None, max_length=None):
+    def encode_examples(self, prompts, descriptions=None, max_length=None, add_special_tokens=True):
         """
         Token ids (and labels, with descriptions) per example, unpadded: [BOS] + prompt (+ description + EOS).
         Labels are -100 for BOS and the prompt, so the loss covers only the description and EOS.
         """
         examples = []
         for i, prompt in enumerate(prompts):
-            ids = self._prompt_ids(prompt)
+            ids = self._prompt_ids(prompt, add_special_tokens)
             labels = [IGNORE_INDEX] * len(ids)
             if descriptions is not None:
                 target = self._description_ids(descriptions[i], after_prompt=bool(prompt))
@@ -197,28 +205,44 @@ class MODAProcessor(ProcessorMixin):
                 batch["labels"].append(example["labels"] + [IGNORE_INDEX] * n_pad)
         if return_tensors == "pt":
             return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+        if return_tensors == "np":
+            return {key: np.array(value, dtype=np.int64) for key, value in batch.items()}
+        if return_tensors is not None:
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}.")
         return batch
 
     # --- both ---------------------------------------------------------------------------------------------------
 
-    def __call__(self, images=None, text=None, descriptions=None, return_tensors="pt", timeout=None, **kwargs):
+    def __call__(self, images=None, text=None, descriptions=None, return_tensors="pt", timeout=None, padding=True,
+                 max_length=None, add_special_tokens=True, return_attention_mask=True, videos=None, audio=None):
         """
         Args:
             images: a PIL image, path, http(s) URL or array, or a list of them.
             text: an optional prompt (e.g. "What colour is this item?"), or one per image.
             descriptions: for training, the target description per image; adds `labels`.
+            return_tensors: "pt" (default), "np", or None for lists.
+            padding: taken for the pipelines' sake; a batch is always padded to its longest example, with the pads
+                kept off the image prefix.
+            max_length: the most tokens an example may take (default: the tokenizer's model_max_length); a longer
+                one is an error, never cut.
+            add_special_tokens: False where the prompt's text already holds its special tokens (a chat template's).
+            return_attention_mask: False leaves `attention_mask` out.
+            videos, audio: only None (the pipelines pass them); MODA reads images.
         Returns:
             BatchFeature with `pixel_values` (when images are given), `input_ids`, `attention_mask` and, with
             descriptions, `labels`. Prompts are left-padded for generation; training examples right-padded.
         """
-        kwargs.pop("padding", None)  # always padded to the longest: MODA keeps pads off the image prefix
-        max_length = kwargs.pop("max_length", None)
+        for name, value in (("videos", videos), ("audio", audio)):
+            if value is not None:
+                raise ValueError(f"MODA describes images; it cannot take {name}.")
         data = {}
         count = None
         if images is not None:
             data["pixel_values"] = self.process_images(images, timeout=timeout, return_tensors=return_tensors)
             count = len(data["pixel_values"])
         if isinstance(text, (list, tuple)):
+            if len(text) == 0:
+                raise ValueError("text is an empty list: give one prompt, or one per image.")
             prompts = list(text)
         else:
             prompts = [text] * (count or 1)
@@ -233,11 +257,13 @@ class MODAProcessor(ProcessorMixin):
         if max_length is None:
             max_length = getattr(self.tokenizer, "model_max_length", None)
             max_length = max_length if max_length is not None and max_length < 1e9 else None
-        examples = self.encode_examples(prompts, descriptions, max_length=max_length)
+        examples = self.encode_examples(prompts, descriptions, max_length=max_length,
+                                        add_special_tokens=add_special_tokens)
         padded = self.pad(examples, padding_side="right" if descriptions is not None else "left",
                           return_tensors=return_tensors)
         data["input_ids"] = padded["input_ids"]
-        data["attention_mask"] = padded["attention_mask"]
+        if return_attention_mask:
+            data["attention_mask"] = padded["attention_mask"]
         if descriptions is not None:
             data["labels"] = padded["labels"]
         return BatchFeature(data, tensor_type=None)

@@ -99,6 +99,8 @@ def test_decompression_bomb_is_a_clear_error(tmp_path, tiny_model_and_processor,
     (np.zeros((0, 4, 3), dtype=np.uint8), "shape"),
     (np.zeros((4, 4, 3), dtype=np.int64), "dtype"),
     (np.full((4, 4, 3), np.nan, dtype=np.float32), "NaN"),
+    (np.full((4, 4, 3), 200.0, dtype=np.float32), r"values in \[0, 1\]; got values from 200 to 200"),  # not white
+    (np.full((4, 4, 3), -0.5, dtype=np.float64), r"values in \[0, 1\]"),
 ])
 def test_bad_arrays_are_clear_errors(array, message, tiny_model_and_processor):
     _, processor = tiny_model_and_processor
@@ -140,6 +142,35 @@ def test_empty_and_very_long_prompts(tiny_model_and_processor, red_image):
         processor(images=red_image, text="very long " * 100)
     with pytest.raises(TypeError, match="prompt must be a string"):
         processor(images=red_image, text=[3])
+
+
+def test_the_processor_refuses_what_it_would_not_use(tiny_model_and_processor, red_image):
+    _, processor = tiny_model_and_processor
+    with pytest.raises(TypeError, match="prompt"):  # a misspelt `text` must not be dropped
+        processor(images=red_image, prompt="What colour is this item?")
+    with pytest.raises(TypeError, match="description"):  # nor a misspelt `descriptions`
+        processor(images=red_image, description="Red Casual Shirt")
+    with pytest.raises(ValueError, match="text is an empty list"):
+        processor(text=[])
+    with pytest.raises(ValueError, match="cannot take videos"):
+        processor(images=red_image, videos=[np.zeros((2, 8, 8, 3), np.uint8)])
+    with pytest.raises(ValueError, match="return_tensors"):
+        processor(text="Red", return_tensors="tf")
+
+
+def test_the_processors_tokenizer_options_are_honoured(tiny_model_and_processor, red_image):
+    _, processor = tiny_model_and_processor
+    bos = processor.tokenizer.bos_token_id
+    plain = processor(text="Red")["input_ids"][0].tolist()
+    assert plain[0] == bos and plain.count(bos) == 1
+    # A chat template's text starts with BOS itself: with add_special_tokens=False it is not doubled.
+    templated = processor(text=processor.tokenizer.bos_token + "Red", add_special_tokens=False)["input_ids"][0].tolist()
+    assert templated == plain
+    assert "attention_mask" not in processor(text="Red", return_attention_mask=False)
+    as_numpy = processor(images=[red_image] * 2, text=["Red", "What colour is this item?"], return_tensors="np")
+    assert all(isinstance(as_numpy[key], np.ndarray) for key in ("pixel_values", "input_ids", "attention_mask"))
+    assert as_numpy["input_ids"].shape == as_numpy["attention_mask"].shape == (2, len(
+        processor(text="What colour is this item?")["input_ids"][0]))
 
 
 def test_pipeline_on_bad_inputs(corpus, tiny_model_and_processor):
@@ -196,3 +227,17 @@ def test_zero_new_tokens_is_refused_not_replaced_by_the_default(tiny_model_and_p
     model, processor = tiny_model_and_processor
     with pytest.raises(ValueError, match="max_new_tokens"):
         model.generate(**processor(images=product_images[0]), max_new_tokens=0)
+
+
+def test_model_inputs_of_the_wrong_shape_or_both_image_sources_are_clear_errors(tiny_model_and_processor, red_image):
+    model, processor = tiny_model_and_processor
+    batch = processor(images=[red_image, red_image], text=["Red", "What colour is this item?"])
+    with pytest.raises(ValueError, match=r"attention_mask must have the shape of input_ids"):
+        model.generate(**{**batch, "attention_mask": batch["attention_mask"][:, 1:]})
+    with pytest.raises(ValueError, match=r"input_ids must have shape \(batch, length\)"):
+        model.generate(pixel_values=batch["pixel_values"][:1], input_ids=batch["input_ids"][0])
+    embeds = model.get_image_features(batch["pixel_values"])
+    with pytest.raises(ValueError, match="not both"):
+        model.generate(pixel_values=batch["pixel_values"], image_embeds=embeds)
+    with pytest.raises(ValueError, match="not both"):
+        model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"], image_embeds=embeds)
