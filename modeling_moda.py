@@ -425,7 +425,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         generation config (`_call_generation_config`)."""
         if not self.fast_greedy or self.training or not isinstance(self.language_model, OPTForCausalLM):
             return None
-        if not _runs_as_written(self.language_model, self.device.type):
+        if not _runs_as_written(self, self.device.type):  # hooks on the model itself too: GenerationMixin calls it
             return None
         kwargs = {name: value for name, value in generate_kwargs.items() if name != "generation_config"}
         if config.update(**kwargs):  # streamer, logits_processor, stopping_criteria, assistant_model, ...

@@ -518,14 +518,21 @@ def test_forward_hooks_are_called_and_heard(model_and_processor, product_images,
         model.vision_tower.vision_model.encoder.layers[0].register_forward_pre_hook(lambda *_: calls.update(["vision"])),
         model.language_model.model.decoder.layers[0].register_forward_hook(lambda *_: calls.update(["decoder"])),
         model.language_model.lm_head.register_forward_hook(lambda module, inputs, logits: -logits),  # argmax -> argmin
+        model.register_forward_hook(lambda *_: calls.update(["model"])),
     ]
     try:
         hooked = model.generate(**batch, max_new_tokens=4)
     finally:
         for handle in handles:
             handle.remove()
-    assert calls == {"vision": 1, "decoder": 4}  # the prompt's pass and three steps
+    assert calls == {"vision": 1, "decoder": 4, "model": 4}  # the prompt's pass and three steps
     assert not torch.equal(hooked, plain) and len(spy) == 1  # only the call without hooks took the fast loop
+    handle = model.register_forward_hook(lambda *_: calls.update(["model alone"]))  # a hook on the model alone
+    try:
+        assert torch.equal(model.generate(**batch, max_new_tokens=4), plain)
+    finally:
+        handle.remove()
+    assert calls["model alone"] == 4 and len(spy) == 1
     assert torch.equal(model.generate(**batch, max_new_tokens=4), plain) and len(spy) == 2
 
 
