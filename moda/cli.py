@@ -34,7 +34,10 @@ def main(argv=None) -> int:
         return 2
     module_name, function_name, _ = COMMANDS[name]
     function = getattr(importlib.import_module(module_name), function_name)
-    return function(rest) or 0
+    status = function(rest)
+    # A command's main may return what it made (train_hf.main: its summary) for callers in Python: only an int is an
+    # exit status.
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

@@ -35,3 +35,19 @@ def test_captioner_runs_this_packages_model_code_not_the_folders_copy(tiny_moda_
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "modules: modeling_moda processing_moda" in result.stdout, result.stdout
+
+
+def _returns_a_summary(argv):
+    return {"train_loss": 0.5}  # as train_hf.main does, for callers in Python
+
+
+def test_a_command_that_returns_what_it_made_exits_with_success(monkeypatch):
+    assert COMMANDS["train"][:2] == ("train_hf", "main")  # the command this stands for
+    monkeypatch.setitem(COMMANDS, "summary", ("tests.test_cli", "_returns_a_summary", "returns a dict"))
+    assert main(["summary"]) == 0
+    monkeypatch.setitem(COMMANDS, "status", ("tests.test_cli", "_returns_a_status", "returns 3"))
+    assert main(["status"]) == 3
+
+
+def _returns_a_status(argv):
+    return 3
