@@ -76,6 +76,8 @@ def _items_from_rows(rows: list, base, source: str) -> list:
     for i, row in enumerate(rows):
         image = row.get("image")
         file = image if isinstance(image, str) else row.get("file_name") or row["_where"]
+        if isinstance(image, str) and not image.startswith(("http://", "https://")):
+            file = os.path.abspath(image)  # the output is read from other folders too (moda index, the app)
         if id_column:
             item_id = str(row[id_column])
         elif isinstance(image, str) and base is not None:
@@ -407,6 +409,11 @@ def main(argv=None) -> int:
     settings = run_settings(args)
     # Checked before anything is written: a refused run leaves no parts folder behind.
     earlier_rows = [] if args.overwrite else earlier_output_rows(output, settings)
+    # Items unreadable last time are read again: their files may have been fixed since.
+    retried = [row for row in earlier_rows if "error" in row]
+    earlier_rows = [row for row in earlier_rows if "error" not in row]
+    if retried and rank == 0:
+        print(f"reading {len(retried)} item(s) again that were unreadable last time", file=sys.stderr)
     if rank == 0:
         prepare_parts_dir(output, parts_dir, settings, args.overwrite)
     barrier(world_size)

@@ -124,9 +124,25 @@ def test_caption_resumes_after_sigkill_with_every_item_once(tiny_moda_dir, catal
     assert all(by_id[row["id"]] == row for row in first_rows)
     assert not parts_dir_for(output).exists()
 
-    again = run_cli(args)  # a finished output is complete: nothing is described twice
-    assert again.returncode == 0 and "described" not in again.stderr
+    again = run_cli(args)  # a finished output: only its two unreadable items are read again, and still fail
+    assert again.returncode == 0 and "reading 2 item(s) again" in again.stderr and "described 2 item(s)" in again.stderr
     assert read_output(output) == rows
+
+
+def test_a_rerun_reads_fixed_images_again_and_names_files_by_absolute_path(tiny_moda_dir, catalog_dir, tmp_path,
+                                                                              product_images, monkeypatch):
+    monkeypatch.chdir(catalog_dir.parent)  # the catalog named relative to the working folder, as in the README
+    output = tmp_path / "captions.jsonl"
+    args = ["--model", str(tiny_moda_dir), "--images", catalog_dir.name, "--output", str(output), "--max_new_tokens", "4"]
+    assert main(args) == 0
+    first = {row["id"]: row for row in read_output(output)}
+    assert all(os.path.isabs(row["file"]) and os.path.isfile(row["file"]) for row in first.values())
+    product_images[0].save(catalog_dir / "images/empty.jpg", format="JPEG")  # the empty file, fixed
+    assert main(args) == 0
+    second = {row["id"]: row for row in read_output(output)}
+    assert "error" in first["empty"] and "error" not in second["empty"] and second["empty"]["description"]
+    assert "error" in second["notes"] and {k: v for k, v in second.items() if k not in ("empty", "notes")} == {
+        k: v for k, v in first.items() if k not in ("empty", "notes")}
 
 
 def test_resuming_with_other_settings_is_refused(tiny_moda_dir, catalog_dir, tmp_path):
