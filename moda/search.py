@@ -164,6 +164,8 @@ class CatalogIndex:
         return len(rows)
 
     def _hits(self, vectors_index: VectorIndex, vector: np.ndarray, k: int) -> list:
+        if not isinstance(k, int) or k < 1:  # FAISS would fail an assertion with no message
+            raise ValueError(f"k, the number of hits, must be a whole number of at least 1; got {k!r}.")
         if vectors_index is None or not len(vectors_index):
             return []
         scores, positions = vectors_index.search(vector, k)
@@ -328,6 +330,8 @@ def search_main(argv=None) -> int:
     parser.add_argument("--image", default=None, help="search by this image instead (index built with --image_model)")
     parser.add_argument("--image_model", "--image-model", default=None, help="the MODA model for --image")
     args = parser.parse_args(argv)
+    if args.k < 1:
+        parser.error(f"-k must be at least 1, got {args.k}")
     if (args.query is None) == (args.image is None):
         parser.error("give a text query or --image (one of them)")
     index = CatalogIndex.load(args.index)

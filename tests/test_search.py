@@ -40,6 +40,9 @@ def test_search_ranks_by_meaning(embedder):
     assert index.search("running sneakers", k=1)[0]["id"] == "shoe"
     with pytest.raises(ValueError, match="empty"):
         index.search("  ")
+    for bad in (0, -2, 1.5):
+        with pytest.raises(ValueError, match="k, the number of hits"):
+            index.search("red dress", k=bad)
 
 
 def test_add_updates_in_place_and_rejects_bad_rows(embedder):
@@ -95,6 +98,9 @@ def test_index_and_search_commands(tmp_path, capsys):
     assert len(lines) == 2 and {lines[0].split()[2], lines[1].split()[2]} <= {"shoe", "dress"}
     with pytest.raises(SystemExit):
         search_main([str(tmp_path / "index")])
+    with pytest.raises(SystemExit):
+        search_main([str(tmp_path / "index"), "red sports shoes", "-k", "0"])
+    assert "-k must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_index_with_moda_image_embeddings_finds_the_same_photo(tmp_path, tiny_moda_dir, product_images, capsys):
