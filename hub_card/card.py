@@ -11,8 +11,10 @@ What the card reads, first found wins:
 - training: the `training_info` dict, over `moda_training.json` in the folder, else over train_hf.py's
   `training_summary.json` + `training_args.json`. `TRAINING_INFO_KEYS` lists the keys read;
 - evaluation: the `eval_report` dict (or JSON path), else `eval/report.json` in the folder, else the held-out
-  scores in `training_summary.json`. A report is `{"metrics": {name: value}, "dataset": ..., "split": ...,
-  "num_items": ...}` or just `{name: value}`; nested dicts of numbers become `name/sub` rows.
+  scores in `training_summary.json`. A report is what `moda eval` writes (its rubric scores, attribute hit rates,
+  text-overlap and judge scores become the metrics; its model, data, split and item counts the text), or
+  `{"metrics": {name: value}, "dataset": ..., "split": ..., "num_items": ...}`, or just `{name: value}`; nested
+  dicts of numbers become `name/sub` rows.
 """
 
 import json
@@ -29,6 +31,8 @@ CARD_NAME = "README.md"
 HANDLER_NAME = "handler.py"
 TRAINING_INFO_NAME = "moda_training.json"
 EVAL_REPORT_PATH = Path("eval") / "report.json"
+# The score groups of a `moda eval` report (moda/evaluation.py build_report); its other fields describe the run.
+MODA_EVAL_SCORE_KEYS = ("scores", "hit_rates")
 # The name a card's snippets use until the repository is known.
 PLACEHOLDER_REPO_ID = "your-username/moda"
 PLACEHOLDER_REVISION = "<commit hash>"
@@ -91,14 +95,17 @@ def build_model_card(model_dir, training_info=None, eval_report=None, repo_id=No
     unknown = sorted(set(info) - set(TRAINING_INFO_KEYS))
     if unknown:
         raise ValueError(f"training_info has unknown keys {unknown}; the card reads {sorted(TRAINING_INFO_KEYS)}.")
-    report = read_eval_report(model_dir, eval_report)
+    report, report_source = read_eval_report(model_dir, eval_report)
     vision_model = info.get("vision_model", _name_or_path(config["vision_config"]))
     text_model = info.get("text_model", _name_or_path(config["text_config"]))
     if info.get("model_size"):
         vision_model = text_model = None  # from scratch, whatever the argument defaults say
-    metrics = report_metrics(report) if report else {}
+    metrics = report_metrics(report, report_source) if report else {}
+    # None: a score moda eval could not compute (shown as n/a in the table; the model-index takes numbers only).
+    numbers = {name: value for name, value in metrics.items() if value is not None}
     model_name = repo_id.split("/")[-1] if repo_id else model_dir.resolve().name
     dataset = info.get("dataset") or (report or {}).get("dataset")
+    eval_dataset = (report or {}).get("dataset") or (report or {}).get("data") or dataset  # moda eval: "data"
 
     card_data = ModelCardData(
         model_name=model_name,
@@ -108,8 +115,8 @@ def build_model_card(model_dir, training_info=None, eval_report=None, repo_id=No
         base_model=[m for m in (vision_model, text_model) if _is_hub_id(m)] or None,
         datasets=[dataset] if _is_hub_id(dataset) else None,
         license=info.get("license", "other"),
-        metrics=sorted({metric_type(name) for name in metrics}) or None,
-        eval_results=eval_results(metrics, report or {}, dataset) or None,
+        metrics=sorted({metric_type(name) for name in numbers}) or None,
+        eval_results=eval_results(numbers, report or {}, eval_dataset) or None,
         widget=[
             {"src": url, "example_title": f"example {i + 1}"}
             for i, url in enumerate(info.get("widget_images") or DEFAULT_WIDGET_IMAGES)
@@ -125,7 +132,7 @@ def build_model_card(model_dir, training_info=None, eval_report=None, repo_id=No
         training_text=training_text(info, vision_model, text_model, dataset),
         hyperparameters=info.get("hyperparameters") or {},
         dataset_text=_dataset_text(dataset),
-        eval_text=eval_text(report or {}, dataset),
+        eval_text=eval_text(report or {}, eval_dataset),
         eval_rows=[(name, _format_number(value)) for name, value in metrics.items()],
     )
 
@@ -169,14 +176,17 @@ def read_training_info(model_dir: Path) -> dict:
     return {key: value for key, value in info.items() if value is not None}
 
 
-def read_eval_report(model_dir: Path, eval_report=None):
-    """The report given (dict or JSON path), else eval/report.json, else train_hf.py's held-out scores, else None."""
+def read_eval_report(model_dir: Path, eval_report=None) -> tuple:
+    """
+    (report, where it came from): the report given (dict or JSON path), else eval/report.json, else train_hf.py's
+    held-out scores, else (None, None).
+    """
     if isinstance(eval_report, dict):
-        return eval_report
+        return eval_report, "the eval_report dict"
     if eval_report is not None:
-        return _read_json(Path(eval_report))
+        return _read_json(Path(eval_report)), str(eval_report)
     if (model_dir / EVAL_REPORT_PATH).is_file():
-        return _read_json(model_dir / EVAL_REPORT_PATH)
+        return _read_json(model_dir / EVAL_REPORT_PATH), str(model_dir / EVAL_REPORT_PATH)
     summary_path = model_dir / "training_summary.json"
     if summary_path.is_file():
         summary = _read_json(summary_path)
@@ -187,15 +197,55 @@ def read_eval_report(model_dir: Path, eval_report=None):
                 "dataset": summary.get("dataset"),
                 "split": summary.get("eval_split"),
                 "num_items": summary.get("num_eval_items"),
-            }
-    return None
+            }, str(summary_path)
+    return None, None
 
 
-def report_metrics(report: dict) -> dict:
-    """{"metrics": {...}} or a flat dict -> {name: number}; nested dicts become "name/sub". Non-numbers are an error."""
-    metrics = report["metrics"] if isinstance(report.get("metrics"), dict) else report
-    described = {"dataset", "split", "num_items"} if metrics is report else set()
-    return _flatten_metrics({name: value for name, value in metrics.items() if name not in described})
+def is_moda_eval_report(report: dict) -> bool:
+    """Whether `report` is the report.json that `moda eval` writes (moda/evaluation.py build_report)."""
+    return all(isinstance(report.get(key), dict) for key in MODA_EVAL_SCORE_KEYS)
+
+
+def report_metrics(report: dict, source: str = "the evaluation report") -> dict:
+    """
+    {name: number} from `moda eval`'s report (None where it could not compute a score), from {"metrics": {...}} or
+    from a flat dict; nested dicts become "name/sub". A non-number, or a report without one number, is an error.
+    """
+    try:
+        if is_moda_eval_report(report):
+            metrics = moda_eval_metrics(report)
+        else:
+            given = report["metrics"] if isinstance(report.get("metrics"), dict) else report
+            described = {"dataset", "split", "num_items"} if given is report else set()
+            metrics = _flatten_metrics({name: value for name, value in given.items() if name not in described})
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from err
+    if not any(value is not None for value in metrics.values()):
+        raise ValueError(f"{source} has no evaluation metrics (keys: {sorted(report)}): give the report.json that "
+                         "`moda eval` writes, or {'metrics': {name: number}}.")
+    return metrics
+
+
+def moda_eval_metrics(report: dict) -> dict:
+    """The numbers of a `moda eval` report, named as its summary names them; None where moda eval computed none."""
+    metrics = dict(_score_group(report, "scores"))  # the rubric, 0-10
+    metrics.update({f"{name} hit rate": rate for name, rate in _score_group(report, "hit_rates").items()})
+    metrics.update(_score_group(report, "text_metrics"))  # BLEU, ROUGE-L, CIDEr
+    judge = report.get("judge") or {}
+    metrics.update({f"LLM judge {name}": value for name, value in _score_group(judge, "mean_scores").items()})
+    for name, value in metrics.items():
+        if value is not None:
+            _check_metric(name, value)
+    return metrics
+
+
+def _score_group(report: dict, key: str) -> dict:
+    group = report.get(key)
+    if group is None:  # moda eval writes text_metrics: null when no reference captions could be made
+        return {}
+    if not isinstance(group, dict):
+        raise ValueError(f"{key!r} must be a dict of scores; got {group!r}.")
+    return group
 
 
 def _flatten_metrics(metrics: dict, prefix: str = "") -> dict:
@@ -204,11 +254,15 @@ def _flatten_metrics(metrics: dict, prefix: str = "") -> dict:
         full_name = f"{prefix}{name}"
         if isinstance(value, dict):
             flat.update(_flatten_metrics(value, f"{full_name}/"))
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"Evaluation metric {full_name!r} must be a finite number; got {value!r}.")
         else:
-            flat[full_name] = value
+            flat[full_name] = _check_metric(full_name, value)
     return flat
+
+
+def _check_metric(name: str, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"Evaluation metric {name!r} must be a finite number; got {value!r}.")
+    return value
 
 
 def metric_type(name: str) -> str:
@@ -293,7 +347,31 @@ def training_text(info: dict, vision_model, text_model, dataset) -> str:
 def eval_text(report: dict, dataset) -> str:
     where = f"the {report['split']} split of " if report.get("split") else ""
     count = f" ({report['num_items']:,} items)" if isinstance(report.get("num_items"), int) else ""
-    return f"Scores on {where}{_dataset_text(dataset)}{count}, greedy decoding."
+    text = f"Scores on {where}{_dataset_text(dataset)}{count}, greedy decoding."
+    return f"{text} {moda_eval_text(report)}" if is_moda_eval_report(report) else text
+
+
+def moda_eval_text(report: dict) -> str:
+    """What a `moda eval` report says beyond its numbers: which model, which rows, what the scales mean."""
+    model = report.get("model")
+    facts = [f"Computed by `moda eval` of `{model if _is_hub_id(model) else Path(str(model)).name}`."] if model else []
+    if report.get("split_note"):
+        facts.append(f"Note: {report['split_note']}.")
+    skipped = report.get("skipped_items") or []
+    if skipped:
+        facts.append(f"{len(skipped)} item(s) were skipped (unreadable images; listed in the report).")
+    facts.append("Color Accuracy to Overall are the MODA rubric's 0-10 scores, computed from each item's metadata; "
+                 "hit rates (0-1) are the share of items whose attribute the description names rightly.")
+    if report.get("text_metrics"):
+        facts.append(f"BLEU (0-100), ROUGE-L (0-1) and CIDEr compare with the reference captions "
+                     f"`{report.get('reference_captions')}`.")
+    baseline = report.get("majority_baseline") or {}
+    if baseline:
+        rates = ", ".join(f"{name} {entry['rate']:.2f} ('{entry['value']}')" for name, entry in baseline.items())
+        facts.append(f"Always naming the most common value would give these hit rates: {rates}.")
+    if any(value is None for value in moda_eval_metrics(report).values()):
+        facts.append("n/a: a score moda eval could not compute on these items (e.g. no such metadata column).")
+    return " ".join(facts)
 
 
 def describe_hardware() -> str:
@@ -332,6 +410,8 @@ def _format_count(count: int) -> str:
 
 
 def _format_number(value) -> str:
+    if value is None:
+        return "n/a"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 

@@ -2,10 +2,12 @@
 
     moda eval --model ./moda-demo --data ../shared/data/fashion-images --split test --output_dir eval
 
-writes eval/report.json (every number and every item), eval/report.md, eval/metrics.png (the write-up's five scores)
-and eval/confusion_colour.png, eval/confusion_product_type.png, and prints a summary with the majority-class
-baseline. The scores are those of moda.description_scores (the MODA write-up's rubric, computed from metadata);
-`--judge MODEL` adds an LLM judge's scores (moda.judge) for the first `--judge_limit` items.
+`--split` defaults to test, else to the catalog's only split (a CSV/JSONL file is one split: all its rows are scored,
+and the summary and report say so). It writes eval/report.json (every number and every item), eval/report.md,
+eval/metrics.png (the write-up's five scores) and eval/confusion_colour.png, eval/confusion_product_type.png, and
+prints a summary with the majority-class baseline. The scores are those of moda.description_scores (the MODA
+write-up's rubric, computed from metadata); `--judge MODEL` adds an LLM judge's scores (moda.judge) for the first
+`--judge_limit` items.
 
 `AttributeMetricsCallback` computes the same scores during training, at every evaluation, against tokens seen.
 """
@@ -20,11 +22,12 @@ import torch
 from transformers import PretrainedConfig, TrainerCallback
 
 from moda.attributes import AttributeVocabulary
-from moda.catalog import MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, load_catalog
+from moda.catalog import MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, read_splits
 from moda.description_scores import SCORE_NAMES, flat_metrics, majority_baseline, score_descriptions
 from moda.features import load_image
 
 CONFUSION_ATTRIBUTES = ("colour", "product_type")
+DEFAULT_SPLIT = "test"
 
 
 # --- models and images ------------------------------------------------------------------------------------------
@@ -84,7 +87,9 @@ def parse_arguments(argv=None):
     parser.add_argument("--model", required=True, help="a MODA model folder or Hub id (or a BLIP baseline folder)")
     parser.add_argument("--data", required=True,
                         help="an imagefolder directory (<split>/metadata.csv), a CSV/JSONL file or a Hub dataset")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--split", default=None,
+                        help=f"the split to score (default: {DEFAULT_SPLIT!r}, else the catalog's only split, e.g. "
+                             "all rows of a CSV/JSONL file)")
     parser.add_argument("--output_dir", default="eval")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N items of the split")
     parser.add_argument("--batch_size", type=int, default=16)
@@ -108,9 +113,27 @@ def parse_arguments(argv=None):
     return args
 
 
+def choose_split(catalog: dict, split: str = None, data: str = "the catalog") -> tuple:
+    """
+    (split name, note or None): `split` when given; else "test"; else the catalog's only split (a CSV/JSONL file's
+    rows are one "train" split), with a note, since that split may hold the items the model was trained on.
+    """
+    if split is not None:
+        if split not in catalog:
+            one_split = len(catalog) == 1
+            hint = " (a CSV/JSONL file is one split: leave out --split to score all its rows)" if one_split else ""
+            raise ValueError(f"{data!r} has no split {split!r}; it has {sorted(catalog)}{hint}.")
+        return split, None
+    if DEFAULT_SPLIT in catalog:
+        return DEFAULT_SPLIT, None
+    if len(catalog) == 1:
+        (only,) = catalog
+        return only, (f"{data!r} has no {DEFAULT_SPLIT!r} split, so its only split {only!r} was scored "
+                      "(it may hold items the model was trained on)")
+    raise ValueError(f"{data!r} has no split {DEFAULT_SPLIT!r}; it has {sorted(catalog)}: pick one with --split.")
+
+
 def split_rows(catalog: dict, split: str, limit: int = None) -> list:
-    if split not in catalog:
-        raise ValueError(f"The catalog has no split {split!r}; it has {sorted(catalog)}.")
     rows = catalog[split][:limit]
     if not rows:
         raise ValueError(f"Split {split!r} of the catalog is empty.")
@@ -148,14 +171,19 @@ def main(argv=None) -> int:
     output_dir = Path(args.output_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
-    catalog = load_catalog(args.data, image_column=args.image_column)
-    rows = split_rows(catalog, args.split, args.limit)
+    # The splits as the data holds them: load_catalog would set aside a random tenth of a lone train split as
+    # validation (for training), and scoring a file would then leave rows out unsaid.
+    catalog = read_splits(args.data, image_column=args.image_column)
+    if not catalog:
+        raise ValueError(f"{args.data!r} holds no metadata.csv (imagefolder layout: <split>/metadata.csv + images).")
+    split, split_note = choose_split(catalog, args.split, args.data)
+    rows = split_rows(catalog, split, args.limit)
     # The vocabulary covers every split: a value named in a description but absent from this split is still a fact.
-    vocabulary = AttributeVocabulary.from_rows([row for split in catalog.values() for row in split], args.columns)
+    vocabulary = AttributeVocabulary.from_rows([row for part in catalog.values() for row in part], args.columns)
     bad_rows = BadRows(args.on_bad_row)
     rows, images = readable_items(rows, bad_rows)
     if not rows:
-        raise ValueError(f"No item of split {args.split!r} has a readable image:\n{bad_rows.summary()}")
+        raise ValueError(f"No item of split {split!r} has a readable image:\n{bad_rows.summary()}")
 
     model, processor = load_model_and_processor(args.model, args.revision)
     model.to(device)
@@ -163,8 +191,9 @@ def main(argv=None) -> int:
 
     captions, no_text_reason = reference_captions_for(rows, args.caption_column, args.caption_template)
     result = score_descriptions(descriptions, rows, vocabulary=vocabulary, reference_captions=captions)
-    report = build_report(args, rows, descriptions, captions, result, majority_baseline(rows, vocabulary.columns),
-                          bad_rows, no_text_reason)
+    selection = {"split": split, "split_note": split_note, "split_rows": len(catalog[split])}
+    report = build_report(args, selection, rows, descriptions, captions, result,
+                          majority_baseline(rows, vocabulary.columns), bad_rows, no_text_reason)
     if args.judge:
         from moda.judge import judge_descriptions
 
@@ -179,7 +208,9 @@ def main(argv=None) -> int:
 
 # --- reports ------------------------------------------------------------------------------------------------------
 
-def build_report(args, rows, descriptions, captions, result, baseline, bad_rows, no_text_reason=None) -> dict:
+def build_report(args, selection, rows, descriptions, captions, result, baseline, bad_rows,
+                 no_text_reason=None) -> dict:
+    """`selection`: {"split", "split_note", "split_rows" (how many rows the split has)} as main chose them."""
     items = []
     for i, (row, description, item) in enumerate(zip(rows, descriptions, result["items"])):
         items.append({
@@ -194,8 +225,11 @@ def build_report(args, rows, descriptions, captions, result, baseline, bad_rows,
     return {
         "model": args.model,
         "data": args.data,
-        "split": args.split,
-        "num_items": len(rows),
+        "split": selection["split"],
+        "split_note": selection["split_note"],
+        "split_rows": selection["split_rows"],
+        "limit": args.limit,
+        "num_items": len(rows),  # the items scored: the split's rows up to --limit, less the skipped ones
         "skipped_items": [{"where": where, "reason": reason} for where, reason in bad_rows.rows],
         "reference_captions": f"column {args.caption_column}" if args.caption_column else args.caption_template,
         "scores": result["scores"],
@@ -213,9 +247,13 @@ def _number(value, digits=2):
 
 
 def summary_table(report: dict) -> str:
-    lines = [f"{report['model']} on {report['data']} [{report['split']}], {report['num_items']} items"
-             + (f" ({len(report['skipped_items'])} skipped: see report.json)" if report["skipped_items"] else ""),
-             "", f"{'score (0-10)':<22}{'model':>8}"]
+    lines = [f"{report['model']} on {report['data']} [{report['split']}], {report['num_items']} items scored of "
+             f"the split's {report['split_rows']} rows"
+             + (f" (first {report['limit']})" if report["limit"] and report["limit"] < report["split_rows"] else "")
+             + (f" ({len(report['skipped_items'])} skipped: see report.json)" if report["skipped_items"] else "")]
+    if report["split_note"]:
+        lines.append(f"note: {report['split_note']}")
+    lines += ["", f"{'score (0-10)':<22}{'model':>8}"]
     for name in SCORE_NAMES + ("Overall",):
         lines.append(f"{name:<22}{_number(report['scores'][name]):>8}")
     lines += ["", f"{'attribute hit rate':<22}{'model':>8}{'majority':>10}  majority value"]

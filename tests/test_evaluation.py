@@ -2,11 +2,14 @@
 
 import csv
 import json
+import shutil
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from transformers import AutoTokenizer, TrainerControl, TrainerState, TrainingArguments
 
+from hub_card import prepare_model_folder, write_model_card
 from moda.attributes import AttributeVocabulary
 from moda.catalog import load_catalog
 from moda.description_scores import majority_baseline, score_descriptions
@@ -90,6 +93,73 @@ def test_eval_command_names_a_missing_split(tiny_moda_dir, tiny_catalog, tmp_pat
     with pytest.raises(ValueError, match=r"no split 'dev'.*'test'"):
         main(["--model", str(tiny_moda_dir), "--data", str(tiny_catalog), "--split", "dev",
               "--output_dir", str(tmp_path / "eval")])
+
+
+def write_csv_catalog(path, images, items):
+    """A CSV catalog file with an image column (paths relative to the file), as a user might keep one."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", *COLUMNS[1:]])
+        for i, (image, (colour, gender, product_type, usage, category, subcategory)) in enumerate(zip(images, items)):
+            image.save(path.parent / f"{i}.png")
+            writer.writerow([f"{i}.png", i, gender, category, subcategory, product_type, colour, usage,
+                             f"Brand {gender} {colour} {product_type}"])
+    return path
+
+
+def test_eval_command_scores_every_row_of_a_file(tiny_moda_dir, product_images, tmp_path, capsys):
+    # Eight rows: load_catalog would set one aside as validation (a tenth, at least one) and leave seven.
+    data = write_csv_catalog(tmp_path / "catalog.csv", product_images * 2, ITEMS * 2)
+    all_rows = [f"{data} row {i + 2}" for i in range(8)]
+    common = ["--model", str(tiny_moda_dir), "--data", str(data), "--max_new_tokens", "4"]
+
+    assert main(common + ["--output_dir", str(tmp_path / "default")]) == 0  # no --split: the file's rows
+    report = json.loads((tmp_path / "default" / "report.json").read_text())
+    assert report["num_items"] == 8 and report["split_rows"] == 8 and report["split"] == "train"
+    assert [item["where"] for item in report["items"]] == all_rows
+    assert "no 'test' split, so its only split 'train' was scored" in report["split_note"]
+    printed = capsys.readouterr().out
+    assert "8 items scored of the split's 8 rows" in printed and "note: " in printed
+
+    main(common + ["--split", "train", "--output_dir", str(tmp_path / "train")])
+    report = json.loads((tmp_path / "train" / "report.json").read_text())
+    assert [item["where"] for item in report["items"]] == all_rows and report["split_note"] is None
+
+    main(common + ["--limit", "3", "--output_dir", str(tmp_path / "limit")])
+    report = json.loads((tmp_path / "limit" / "report.json").read_text())
+    assert report["num_items"] == 3 and report["split_rows"] == 8 and report["limit"] == 3
+    assert "3 items scored of the split's 8 rows (first 3)" in capsys.readouterr().out
+
+    with pytest.raises(ValueError, match=r"catalog.csv' has no split 'test'.*leave out --split"):
+        main(common + ["--split", "test", "--output_dir", str(tmp_path / "test")])
+
+
+def test_card_reads_the_report_moda_eval_writes(tiny_moda_dir, tiny_catalog, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_moda_dir, folder)
+    # Where the README says the card (and so `moda push`, which writes a missing card) looks for it.
+    main(["--model", str(folder), "--data", str(tiny_catalog), "--output_dir", str(folder / "eval"),
+          "--max_new_tokens", "6"])
+    report = json.loads((folder / "eval" / "report.json").read_text())
+    expected = {**report["scores"], **{f"{name} hit rate": rate for name, rate in report["hit_rates"].items()},
+                **report["text_metrics"]}
+    assert len(expected) == 6 + len(report["hit_rates"]) + 3
+
+    card = ModelCard.load(write_model_card(folder, repo_id="someone/moda"))  # what push_model_folder calls
+    index = card.data.to_dict()["model-index"][0]["results"][0]
+    assert {m["name"]: m["value"] for m in index["metrics"]} == {
+        name: value for name, value in expected.items() if value is not None}
+    assert index["dataset"]["split"] == "test"
+    for name, value in expected.items():
+        assert f"| {name} | {'n/a' if value is None else f'{value:.4f}'} |" in card.text
+    assert "(4 items)" in card.text and "`moda eval` of `model`" in card.text
+    assert "colour 0.25 ('Red')" in card.text  # the majority baseline beside the hit rates
+
+    other = tmp_path / "prepared"
+    shutil.copytree(tiny_moda_dir, other)
+    prepare_model_folder(other, eval_report=str(folder / "eval" / "report.json"))  # the README's call
+    assert (other / "handler.py").is_file()
+    assert ModelCard.load(other / "README.md").data.to_dict()["model-index"][0]["results"] == [index]
 
 
 def test_describe_images_batches_match_one_by_one(tiny_model_and_processor, product_images):

@@ -192,6 +192,55 @@ def test_card_bad_inputs_are_named(tiny_moda_dir, tmp_path):
         write_model_card(tmp_path / "other")
 
 
+def moda_eval_report(**changes):
+    """A report shaped as moda/evaluation.py build_report writes it (a real one: tests/test_evaluation.py)."""
+    report = {
+        "model": "/tmp/review/moda-demo", "data": "/tmp/review/catalog.csv", "split": "train",
+        "split_note": "'/tmp/review/catalog.csv' has no 'test' split, so its only split 'train' was scored",
+        "split_rows": 40, "limit": None, "num_items": 39,
+        "skipped_items": [{"where": "catalog.csv row 7", "reason": "not a readable image"}],
+        "reference_captions": "{Colour} {ProductType}",
+        "scores": {"Color Accuracy": 7.5, "Style Recognition": None, "Category Accuracy": 6.0,
+                   "Gender Accuracy": 9.0, "Factual Consistency": 8.25, "Overall": 7.6875},
+        "score_counts": {"Color Accuracy": 39}, "hit_rates": {"colour": 0.75, "gender": 0.9},
+        "majority_baseline": {"colour": {"value": "Black", "rate": 0.3}},
+        "text_metrics": {"BLEU": 41.5, "ROUGE-L": 0.62, "CIDEr": None}, "text_metrics_not_computed": None,
+        "judge": {"model": "some/judge", "num_items": 20, "num_parsed": 18, "mean_scores": {"Overall": 6.5}},
+        "items": [{"where": "catalog.csv row 2", "description": "Black Shoes", "scores": {}}],
+    }
+    return {**report, **changes}
+
+
+def test_card_reads_moda_eval_scores_and_descriptions(tiny_moda_dir, tmp_path):
+    folder = copy_model(tiny_moda_dir, tmp_path / "model")
+    card = ModelCard.load(write_model_card(folder, eval_report=moda_eval_report()))
+    metrics = {m["name"]: m["value"] for m in card.data.to_dict()["model-index"][0]["results"][0]["metrics"]}
+    assert metrics == {"Color Accuracy": 7.5, "Category Accuracy": 6.0, "Gender Accuracy": 9.0,
+                       "Factual Consistency": 8.25, "Overall": 7.6875, "colour hit rate": 0.75,
+                       "gender hit rate": 0.9, "BLEU": 41.5, "ROUGE-L": 0.62, "LLM judge Overall": 6.5}
+    # Scores moda eval could not compute are shown, as n/a, not left out; the model-index takes numbers only.
+    assert "| Style Recognition | n/a |" in card.text and "| CIDEr | n/a |" in card.text
+    assert "| colour hit rate | 0.7500 |" in card.text and "| LLM judge Overall | 6.5000 |" in card.text
+    assert "the train split of the fashion catalog `catalog.csv` (39 items)" in card.text
+    assert "`moda eval` of `moda-demo`" in card.text and "only split 'train' was scored" in card.text
+    assert "1 item(s) were skipped" in card.text and "colour 0.30 ('Black')" in card.text
+
+
+def test_card_refuses_eval_reports_without_usable_scores(tiny_moda_dir, tmp_path):
+    folder = copy_model(tiny_moda_dir, tmp_path / "model")
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(moda_eval_report(scores={"Overall": float("nan")})))
+    with pytest.raises(ValueError, match=r"report.json: Evaluation metric 'Overall' must be a finite number"):
+        write_model_card(folder, eval_report=path)
+    with pytest.raises(ValueError, match=r"'text_metrics' must be a dict of scores; got \[0.5\]"):
+        write_model_card(folder, eval_report=moda_eval_report(text_metrics=[0.5]))
+    no_scores = moda_eval_report(scores={"Overall": None}, hit_rates={}, text_metrics=None, judge=None)
+    with pytest.raises(ValueError, match=r"the eval_report dict has no evaluation metrics .*`moda eval` writes"):
+        write_model_card(folder, eval_report=no_scores)
+    with pytest.raises(ValueError, match=r"has no evaluation metrics \(keys: \['dataset', 'split'\]\)"):
+        write_model_card(folder, eval_report={"dataset": "x/y", "split": "test"})
+
+
 # --- the endpoint handler ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
