@@ -25,7 +25,7 @@ from moda.attributes import AttributeVocabulary
 from moda.auto_classes import MODAForConditionalGeneration, MODAProcessor
 from moda.blip_baseline import BlipCollator, load_blip
 from moda.build import build_from_backbones, build_from_scratch
-from moda.catalog import MODA_CAPTION_TEMPLATE, BadRows, examples_from_rows, load_catalog
+from moda.catalog import MODA_CAPTION_TEMPLATE, BadRows, examples_from_rows, load_catalog, require_caption_columns
 from moda.checkpointing import AtomicCheckpointTrainer
 from moda.collate import ExampleDataset, MODACollator
 from moda.description_scores import attribute_scores
@@ -241,6 +241,17 @@ def prepare_examples(model, processor, splits, data_args, bad_rows):
     return prepared, ("image_embeds" if frozen else "pixel_values")
 
 
+def require_training_examples(examples, dataset, bad_rows):
+    """An empty train split would fail later with an unrelated error (a tokenizer with no text, an index error)."""
+    if examples:
+        return
+    why = "its train split has no rows"
+    if bad_rows.rows:
+        where, reason = bad_rows.rows[0]
+        why = f"no train row could be used ({len(bad_rows.rows)} bad row(s) in all; the first: {where}: {reason})"
+    raise ValueError(f"No training examples in {dataset!r}: {why}.")
+
+
 def total_steps(training_args, num_train_examples: int) -> int:
     if training_args.max_steps and training_args.max_steps > 0:
         return training_args.max_steps
@@ -355,12 +366,14 @@ def main(argv=None):
     # 1. Catalog -> (image, prompt, description) examples.
     bad_rows = BadRows(data_args.on_bad_row)
     catalog = load_catalog(data_args.dataset, data_args.image_column, data_args.validation_fraction, training_args.seed)
+    require_caption_columns(catalog, data_args.dataset, data_args.caption_column, data_args.caption_template)
     limits = {"train": data_args.max_train_items, "validation": data_args.max_eval_items, "test": data_args.max_eval_items}
     splits = {
         split: examples_from_rows(rows[: limits.get(split)], bad_rows, data_args.caption_column,
                                   data_args.caption_template, data_args.qa_from_metadata)
         for split, rows in catalog.items()
     }
+    require_training_examples(splits["train"], data_args.dataset, bad_rows)
 
     resolve_epochs(model_args, data_args, training_args, given, len(splits["train"]))
 
@@ -370,6 +383,7 @@ def main(argv=None):
 
     # 3. Image features, computed once and cached on disk.
     splits, feature_name = prepare_examples(model, processor, splits, data_args, bad_rows)
+    require_training_examples(splits["train"], data_args.dataset, bad_rows)
 
     # 4. Trainer with AdamW + StepLR (stepped per optimizer step); attribute scores on a validation sample.
     use_training_attention(model, training_args.device)
@@ -466,8 +480,8 @@ def save_final_model(trainer, model, processor, output_dir):
         if trainer.is_world_process_zero():
             model.save_pretrained(output_dir)
             processor.save_pretrained(output_dir)
-        return model
-    trainer.save_model(str(output_dir))
+    else:
+        trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         # The final folder holds no pickle: the arguments go to JSON (checkpoints keep the Trainer's own files).
         (output_dir / "training_args.bin").unlink(missing_ok=True)

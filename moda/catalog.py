@@ -7,6 +7,7 @@ Rows that cannot be used are reported with their reason; `on_bad_row` decides wh
 
 import csv
 import json
+import os
 import random
 import string
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ class BadRows:
             raise ValueError(f"on_bad_row must be 'skip' or 'fail', got {self.policy!r}.")
 
     def report(self, where: str, reason: str) -> None:
+        # An error raised while reading the row (load_image's) already starts with its location: keep it once.
+        reason = reason.removeprefix(f"{where}: ")
         if self.policy == "fail":
             raise BadRowError(f"{where}: {reason}")
         self.rows.append((where, reason))
@@ -45,6 +48,35 @@ class BadRows:
 
 def template_columns(template: str) -> list:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def columns_of(rows: list) -> list:
+    """Every column that some row has, in first-seen order (not the row location `_where`)."""
+    columns = dict.fromkeys(key for row in rows for key in row)
+    return [column for column in columns if column != "_where"]
+
+
+def require_column(column: str, columns: list, source: str, role: str) -> None:
+    """A column no row has is a wrong name, not empty cells: stop before every row is dropped as a bad row."""
+    if column not in columns:
+        raise ValueError(f"The {role} {column!r} is not a column of {source!r}; its columns are: "
+                         f"{', '.join(map(repr, columns))}.")
+
+
+def require_caption_columns(splits: dict, source: str, caption_column: str = None,
+                            caption_template: str = MODA_CAPTION_TEMPLATE) -> None:
+    """The caption column, or every column the caption template uses, must be one of the catalog's columns."""
+    rows = [row for split_rows in splits.values() for row in split_rows]
+    if not rows:  # nothing to check (an empty split is the caller's error to give)
+        return
+    columns = [column for column in columns_of(rows) if column != "image"]  # (the image the loader resolved)
+    if caption_column:
+        require_column(caption_column, columns, source, "caption column")
+        return
+    missing = [name for name in template_columns(caption_template) if name not in columns]
+    if missing:
+        raise ValueError(f"The caption template {caption_template!r} uses column(s) {', '.join(map(repr, missing))} "
+                         f"that {source!r} does not have; its columns are: {', '.join(map(repr, columns))}.")
 
 
 def caption_for(row: dict, caption_column: str = None, caption_template: str = MODA_CAPTION_TEMPLATE) -> str:
@@ -79,6 +111,8 @@ def _read_table(path: Path) -> list:
 
 def _rows_with_image_paths(rows: list, base: Path, image_column: str, source: str) -> list:
     """Resolves each row's image column against `base`; rows keep all their metadata."""
+    if rows:
+        require_column(image_column, columns_of(rows), source, "image column")
     resolved = []
     for i, row in enumerate(rows):
         row = dict(row)
@@ -107,11 +141,15 @@ def _load_imagefolder(root: Path) -> dict:
 def _load_hub_dataset(name: str, image_column: str) -> dict:
     import datasets
 
-    loaded = datasets.load_dataset(name)
+    try:
+        loaded = datasets.load_dataset(name)
+    except (ConnectionError, FileNotFoundError) as err:  # offline, unreachable, or no such dataset
+        raise FileNotFoundError(f"Catalog {name!r} not found: there is no local file or folder of that name, and no "
+                                f"Hub dataset of that name could be loaded ({type(err).__name__}: {err})") from err
     splits = {}
     for split, dataset in loaded.items():
-        if image_column in dataset.column_names:
-            dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+        require_column(image_column, dataset.column_names, f"{name}[{split}]", "image column")
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
         rows = []
         for i, row in enumerate(dataset):
             image = row.pop(image_column, None)
@@ -128,14 +166,31 @@ def read_splits(source: str, image_column: str = "image") -> dict:
     metadata.csv, or a single metadata.csv; {} when it has none), a .csv/.jsonl/.json file with an image column (one
     "train" split, paths relative to the file), or a Hub dataset name.
     """
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_dir():
         return _load_imagefolder(path)
     if path.is_file():
         return {"train": _rows_with_image_paths(_read_table(path), path.parent, image_column, str(path))}
-    if path.suffix or source.startswith((".", "/")):
-        raise FileNotFoundError(f"Catalog not found: {source!r}")
+    if looks_like_a_path(source):
+        raise FileNotFoundError(f"Catalog not found: no file or folder {source!r}")
+    require_hub_id(source)
     return _load_hub_dataset(source, image_column)
+
+
+def looks_like_a_path(source: str) -> bool:
+    """A trailing or leading separator, a leading "." or "~", or a file suffix (.csv): a local path, not a Hub id."""
+    return source.endswith(("/", os.sep)) or source.startswith((".", "/", "~", os.sep)) or bool(Path(source).suffix)
+
+
+def require_hub_id(source: str) -> None:
+    """A name that is neither an existing path nor a valid Hub id ("name" or "owner/name") is a mistyped path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(source)
+    except HFValidationError as err:
+        raise FileNotFoundError(f"Catalog not found: {source!r} is neither a local file or folder nor a valid Hub "
+                                "dataset id ('name' or 'owner/name')") from err
 
 
 def load_catalog(dataset: str, image_column: str = "image", validation_fraction: float = 0.1, seed: int = 0) -> dict:

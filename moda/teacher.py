@@ -514,7 +514,8 @@ def load_batch(rows: list, bad_rows: BadRows) -> tuple:
         try:
             images.append(load_image(row["image"], where))
         except (OSError, ValueError) as err:
-            bad_rows.report(where, f"image cannot be used: {err}")
+            # load_image's message starts with `where`, which the bad-rows list shows already
+            bad_rows.report(where, f"image cannot be used: {str(err).removeprefix(f'{where}: ')}")
             continue
         usable.append(row)
     return usable, images
@@ -618,10 +619,19 @@ def main(argv=None) -> int:
         return 1
 
 
+def require_something_to_describe(args, rows: list, columns: list) -> None:
+    """Without a teacher, descriptions come from metadata: items with none would all be bad rows."""
+    if rows and not args.teacher_model and columns == ["file_name"]:
+        raise ValueError(f"--images {args.images!r}: its {len(rows)} item(s) have no metadata (no metadata.csv in the "
+                         "folder, no --metadata, or one with only a file_name column), and without --teacher_model "
+                         "there is nothing to describe them from: give --metadata or --teacher_model")
+
+
 def build_dataset(args) -> int:
     output_dir = Path(args.output_dir)
     rows = read_input_rows(args.images, args.metadata)[:args.limit]
     columns = check_rows(rows)
+    require_something_to_describe(args, rows, columns)
     settings = {"images": str(Path(args.images).resolve()),
                 "metadata": str(Path(args.metadata).resolve()) if args.metadata else None,
                 "teacher_model": args.teacher_model, "refiner_model": args.refiner_model,
@@ -639,10 +649,14 @@ def build_dataset(args) -> int:
 
     done = read_progress(output_dir / PROGRESS_FILE)
     finished = [done[str(row["file_name"])] for row in rows if str(row["file_name"]) in done]
-    write_atomically(output_dir / "metadata.csv", lambda handle: handle.write(csv_bytes(finished, columns
-                                                                                      + list(NEW_COLUMNS))))
     bad = [{"where": where, "reason": reason} for where, reason in bad_rows.rows]
     write_atomically(output_dir / BAD_ROWS_FILE, lambda handle: handle.write(csv_bytes(bad, ["where", "reason"])))
+    if rows and not finished:  # an empty imagefolder would only fail later, in training
+        where, reason = bad_rows.rows[0]
+        raise ValueError(f"no item of --images {args.images!r} could be described: all {len(rows)} were bad rows "
+                         f"(listed in {output_dir / BAD_ROWS_FILE}; the first: {where}: {reason})")
+    write_atomically(output_dir / "metadata.csv", lambda handle: handle.write(csv_bytes(finished, columns
+                                                                                      + list(NEW_COLUMNS))))
     sources = {source: sum(row["description_source"] == source for row in finished) for source in SOURCES}
     print(f"wrote {len(finished)} row(s) to {output_dir / 'metadata.csv'} "
           f"({', '.join(f'{k}: {v}' for k, v in sources.items() if v)}); {bad_rows.summary()}", file=sys.stderr)

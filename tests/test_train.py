@@ -246,6 +246,8 @@ def test_lora_stage_saves_adapter_and_merges_into_a_loadable_model(tmp_path, cat
                     "--lora_r", "4", "--lora_alpha", "8", "--learning_rate", "0.01")
     adapter_config = json.loads((output / "adapter" / "adapter_config.json").read_text())
     assert "language_model" in adapter_config["target_modules"]
+    # the model card reads the run's arguments from here, as after a full fine-tune
+    assert json.loads((output / "training_args.json").read_text())["learning_rate"] == 0.01
     merged = MODAForConditionalGeneration.from_pretrained(output)
     before = weights(tiny_moda_dir)
     after = merged.state_dict()

@@ -1,0 +1,158 @@
+"""Wrong catalog inputs as a new user types them: a wrong column name, a mistyped path, every row bad, no metadata.
+
+Each must stop with an error that names the input and the problem, never drop every row as "bad" and go on.
+"""
+
+import csv
+from pathlib import Path
+
+import pytest
+
+import train_hf
+from moda import teacher
+from moda.captioning import list_catalog_items
+from moda.catalog import BadRowError, BadRows, read_splits
+from moda.features import load_image
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+ROW = {"Colour": "Red", "Usage": "Casual", "ProductType": "Tshirts", "Gender": "Men", "Category": "Apparel",
+       "SubCategory": "Topwear"}
+
+
+def write_csv(path: Path, rows: list) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_csv(path: Path) -> list:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def small_csv(tmp_path, product_images):
+    """A CSV catalog of four readable product images, with caption and template columns."""
+    rows = []
+    for i, image in enumerate(product_images):
+        image.save(tmp_path / f"{i}.png")
+        rows.append({"image": f"{i}.png", "description": f"Red shirt {i}", **ROW})
+    return write_csv(tmp_path / "small.csv", rows)
+
+
+def train(dataset, tmp_path, *extra):
+    return train_hf.main(["--dataset", str(dataset), "--output_dir", str(tmp_path / "out"), "--model_size", "test",
+                          "--feature_cache_dir", str(tmp_path / "cache"), "--disable_tqdm", "true", *extra])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A wrong column name
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_a_wrong_image_column_is_named_with_the_file_and_its_columns(small_csv):
+    for read in (read_splits, list_catalog_items):
+        with pytest.raises(ValueError) as info:
+            read(str(small_csv), "img")
+        message = str(info.value)
+        assert "'img'" in message and "small.csv" in message and "'image', 'description', 'Colour'" in message
+
+
+def test_an_imagefolder_without_a_file_name_column_is_an_error(tmp_path):
+    write_csv(tmp_path / "metadata.csv", [{"path": "a.png", **ROW}])
+    with pytest.raises(ValueError, match=r"image column 'file_name' is not a column of .*metadata\.csv"):
+        read_splits(str(tmp_path))
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--caption_column", "Nope"], "caption column 'Nope'"),
+    (["--caption_template", "{Color} {Usage}"], "uses column(s) 'Color'"),
+    (["--image_column", "img"], "image column 'img'"),
+])
+def test_training_with_a_wrong_column_stops_before_any_row_is_read(small_csv, tmp_path, args, named):
+    with pytest.raises(ValueError) as info:
+        train(small_csv, tmp_path, *args)
+    assert named in str(info.value) and "small.csv" in str(info.value) and "'Colour'" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_with_no_usable_train_row_says_why(small_csv, tmp_path):
+    write_csv(small_csv, [dict(row, description="") for row in read_csv(small_csv)])  # the column is there, every cell empty
+    with pytest.raises(ValueError, match=r"No training examples in .*small\.csv.*empty caption in column"):
+        train(small_csv, tmp_path, "--caption_column", "description")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A mistyped path
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["nothere/", "nothere.csv", "./nothere", "a/b/c", "no such folder"])
+def test_a_mistyped_local_path_is_not_looked_up_on_the_hub(tmp_path, monkeypatch, name):
+    import datasets
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail(f"{name!r} was looked up on the Hub"))
+    with pytest.raises(FileNotFoundError, match="Catalog not found") as info:
+        read_splits(name)
+    assert repr(name) in str(info.value)
+
+
+def test_an_unreachable_hub_name_says_neither_place_has_it(tmp_path, monkeypatch):
+    import datasets
+
+    def offline(name, *args, **kwargs):
+        raise ConnectionError(f"Couldn't reach {name!r} on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(FileNotFoundError, match="no local file or folder of that name, and no Hub dataset") as info:
+        read_splits("nonexistent_data")
+    assert "'nonexistent_data'" in str(info.value) and isinstance(info.value.__cause__, ConnectionError)
+
+
+def test_an_existing_relative_folder_is_read_locally(tmp_path, monkeypatch, small_csv):
+    monkeypatch.chdir(tmp_path.parent)
+    assert len(read_splits(f"{tmp_path.name}/small.csv")["train"]) == 4
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A bad row's location, once
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_a_bad_rows_location_is_given_once(small_csv):
+    row = dict(read_splits(str(small_csv))["train"][0], image=str(small_csv.parent / "gone.png"))
+    with pytest.raises(ValueError) as info:
+        load_image(row["image"], row["_where"])
+    skip = BadRows("skip")
+    skip.report(row["_where"], str(info.value))
+    assert skip.summary().count("small.csv row 2") == 1 and "gone.png" in skip.summary()
+    with pytest.raises(BadRowError) as failed:
+        BadRows("fail").report(row["_where"], str(info.value))
+    assert str(failed.value).count("small.csv row 2") == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# moda build-dataset with nothing to describe
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_build_dataset_on_images_without_metadata_is_an_error(tmp_path, product_images, capsys):
+    photos = tmp_path / "catalog"
+    photos.mkdir()
+    product_images[0].save(photos / "a.png")
+    assert teacher.main(["--images", str(photos), "--output_dir", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert str(photos) in error and "no metadata" in error and "--teacher_model" in error
+
+
+def test_build_dataset_with_every_row_bad_is_an_error_and_lists_them(tmp_path, capsys):
+    write_csv(tmp_path / "metadata.csv", [{"file_name": f"gone{i}.png", **ROW} for i in range(2)])
+    output = tmp_path / "out"
+    assert teacher.main(["--images", str(tmp_path), "--output_dir", str(output)]) == 1
+    error = capsys.readouterr().err
+    assert "could be described: all 2 were bad rows" in error and "gone0.png" in error
+    bad = read_csv(output / "bad_rows.csv")
+    assert len(bad) == 2 and not (output / "metadata.csv").exists()
+    # the reason does not repeat the location that the `where` column holds
+    assert all(row["where"] not in row["reason"] and "image cannot be used" in row["reason"] for row in bad)
