@@ -22,7 +22,8 @@ import torch
 from transformers import PretrainedConfig, TrainerCallback
 
 from moda.attributes import AttributeVocabulary
-from moda.catalog import MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, read_splits
+from moda.catalog import (MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, read_splits,
+                          require_caption_columns)
 from moda.description_scores import SCORE_NAMES, flat_metrics, majority_baseline, score_descriptions
 from moda.features import load_image
 
@@ -176,6 +177,9 @@ def main(argv=None) -> int:
     catalog = read_splits(args.data, image_column=args.image_column)
     if not catalog:
         raise ValueError(f"{args.data!r} holds no metadata.csv (imagefolder layout: <split>/metadata.csv + images).")
+    if args.caption_column or args.caption_template != MODA_CAPTION_TEMPLATE:  # named by the user: must exist (the
+        # default template only skips the text metrics on catalogs without its columns, with the reason printed)
+        require_caption_columns(catalog, args.data, args.caption_column, args.caption_template)
     split, split_note = choose_split(catalog, args.split, args.data)
     rows = split_rows(catalog, split, args.limit)
     # The vocabulary covers every split: a value named in a description but absent from this split is still a fact.

@@ -132,6 +132,12 @@ def test_eval_command_scores_every_row_of_a_file(tiny_moda_dir, product_images, 
 
     with pytest.raises(ValueError, match=r"catalog.csv' has no split 'test'.*leave out --split"):
         main(common + ["--split", "test", "--output_dir", str(tmp_path / "test")])
+    # A reference column or template the user names must be there (the default template's absence only skips BLEU &c.)
+    with pytest.raises(ValueError, match=r"caption column 'ProductTitel' is not a column of .*catalog.csv"):
+        main(common + ["--caption_column", "ProductTitel", "--output_dir", str(tmp_path / "typo")])
+    with pytest.raises(ValueError, match=r"uses column\(s\) 'Color'"):
+        main(common + ["--caption_template", "{Color} {Usage}", "--output_dir", str(tmp_path / "typo")])
+    assert not (tmp_path / "typo").exists()
 
 
 def test_card_reads_the_report_moda_eval_writes(tiny_moda_dir, tiny_catalog, tmp_path):
