@@ -132,7 +132,7 @@ def build_model_card(model_dir, training_info=None, eval_report=None, repo_id=No
         training_text=training_text(info, vision_model, text_model, dataset),
         hyperparameters=info.get("hyperparameters") or {},
         dataset_text=_dataset_text(dataset),
-        eval_text=eval_text(report or {}, eval_dataset),
+        eval_text=eval_text(report or {}, eval_dataset, metrics),
         eval_rows=[(name, _format_number(value)) for name, value in metrics.items()],
     )
 
@@ -344,14 +344,14 @@ def training_text(info: dict, vision_model, text_model, dataset) -> str:
     return " ".join(facts)
 
 
-def eval_text(report: dict, dataset) -> str:
+def eval_text(report: dict, dataset, metrics: dict) -> str:
     where = f"the {report['split']} split of " if report.get("split") else ""
     count = f" ({report['num_items']:,} items)" if isinstance(report.get("num_items"), int) else ""
     text = f"Scores on {where}{_dataset_text(dataset)}{count}, greedy decoding."
-    return f"{text} {moda_eval_text(report)}" if is_moda_eval_report(report) else text
+    return f"{text} {moda_eval_text(report, metrics)}" if is_moda_eval_report(report) else text
 
 
-def moda_eval_text(report: dict) -> str:
+def moda_eval_text(report: dict, metrics: dict) -> str:
     """What a `moda eval` report says beyond its numbers: which model, which rows, what the scales mean."""
     model = report.get("model")
     facts = [f"Computed by `moda eval` of `{model if _is_hub_id(model) else Path(str(model)).name}`."] if model else []
@@ -369,7 +369,7 @@ def moda_eval_text(report: dict) -> str:
     if baseline:
         rates = ", ".join(f"{name} {entry['rate']:.2f} ('{entry['value']}')" for name, entry in baseline.items())
         facts.append(f"Always naming the most common value would give these hit rates: {rates}.")
-    if any(value is None for value in moda_eval_metrics(report).values()):
+    if any(value is None for value in metrics.values()):
         facts.append("n/a: a score moda eval could not compute on these items (e.g. no such metadata column).")
     return " ".join(facts)
 

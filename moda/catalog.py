@@ -33,8 +33,7 @@ class BadRows:
             raise ValueError(f"on_bad_row must be 'skip' or 'fail', got {self.policy!r}.")
 
     def report(self, where: str, reason: str) -> None:
-        # An error raised while reading the row (load_image's) already starts with its location: keep it once.
-        reason = reason.removeprefix(f"{where}: ")
+        reason = without_location(reason, where)
         if self.policy == "fail":
             raise BadRowError(f"{where}: {reason}")
         self.rows.append((where, reason))
@@ -44,6 +43,12 @@ class BadRows:
             return "no bad rows"
         lines = [f"skipped {len(self.rows)} bad row(s):"] + [f"  {where}: {reason}" for where, reason in self.rows]
         return "\n".join(lines)
+
+
+def without_location(message: str, where: str) -> str:
+    """An error raised while reading a row (load_image's) starts with the row's location, which the bad-rows list
+    gives already: keep it once."""
+    return message.removeprefix(f"{where}: ")
 
 
 def template_columns(template: str) -> list:
@@ -177,6 +182,14 @@ def read_splits(source: str, image_column: str = "image") -> dict:
     return _load_hub_dataset(source, image_column)
 
 
+def read_catalog_splits(source: str, image_column: str = "image") -> dict:
+    """`read_splits`, where a folder without metadata.csv is an error."""
+    splits = read_splits(source, image_column)
+    if not splits:
+        raise ValueError(f"{source!r} holds no metadata.csv (imagefolder layout: <split>/metadata.csv + images).")
+    return splits
+
+
 def looks_like_a_path(source: str) -> bool:
     """A trailing or leading separator, a leading "." or "~", or a file suffix (.csv): a local path, not a Hub id."""
     return source.endswith(("/", os.sep)) or source.startswith((".", "/", "~", os.sep)) or bool(Path(source).suffix)
@@ -199,9 +212,7 @@ def load_catalog(dataset: str, image_column: str = "image", validation_fraction:
     or a single metadata.csv), a .csv/.jsonl/.json file with an image column (paths relative to the file), or a Hub
     dataset name. A validation split is carved out of train (deterministically) when there is none.
     """
-    splits = read_splits(dataset, image_column)
-    if not splits:
-        raise ValueError(f"{dataset!r} holds no metadata.csv (imagefolder layout: <split>/metadata.csv + images).")
+    splits = read_catalog_splits(dataset, image_column)
     if "train" not in splits:
         raise ValueError(f"{dataset!r} has no train split (found {sorted(splits)}).")
     if "validation" not in splits:

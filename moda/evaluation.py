@@ -22,7 +22,7 @@ import torch
 from transformers import PretrainedConfig, TrainerCallback
 
 from moda.attributes import AttributeVocabulary
-from moda.catalog import (MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, read_splits,
+from moda.catalog import (MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, read_catalog_splits,
                           require_caption_columns)
 from moda.description_scores import SCORE_NAMES, flat_metrics, majority_baseline, score_descriptions
 from moda.features import load_image
@@ -174,9 +174,7 @@ def main(argv=None) -> int:
 
     # The splits as the data holds them: load_catalog would set aside a random tenth of a lone train split as
     # validation (for training), and scoring a file would then leave rows out unsaid.
-    catalog = read_splits(args.data, image_column=args.image_column)
-    if not catalog:
-        raise ValueError(f"{args.data!r} holds no metadata.csv (imagefolder layout: <split>/metadata.csv + images).")
+    catalog = read_catalog_splits(args.data, image_column=args.image_column)
     if args.caption_column or args.caption_template != MODA_CAPTION_TEMPLATE:  # named by the user: must exist (the
         # default template only skips the text metrics on catalogs without its columns, with the reason printed)
         require_caption_columns(catalog, args.data, args.caption_column, args.caption_template)

@@ -38,7 +38,8 @@ from moda.attributes import MYNTRA_COLUMNS, SMALL_COLUMNS, SYNONYMS, AttributeVo
     extract_attributes, is_missing, words
 from moda.captioning import check_or_save_settings, image_files, write_atomically
 from moda.features import load_image
-from moda.catalog import BadRowError, BadRows, _load_imagefolder, _read_table, _rows_with_image_paths
+from moda.catalog import (BadRowError, BadRows, _load_imagefolder, _read_table, _rows_with_image_paths,
+                          without_location)
 
 # The write-up's teacher prompt: the item only, not the person or any text on it, as JSON.
 TEACHER_PROMPT = (
@@ -514,8 +515,7 @@ def load_batch(rows: list, bad_rows: BadRows) -> tuple:
         try:
             images.append(load_image(row["image"], where))
         except (OSError, ValueError) as err:
-            # load_image's message starts with `where`, which the bad-rows list shows already
-            bad_rows.report(where, f"image cannot be used: {str(err).removeprefix(f'{where}: ')}")
+            bad_rows.report(where, f"image cannot be used: {without_location(str(err), where)}")
             continue
         usable.append(row)
     return usable, images
