@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 import transformers
-from transformers import AutoImageProcessor, AutoTokenizer
+from transformers import AutoImageProcessor, AutoTokenizer, PretrainedConfig
 from transformers.image_utils import load_image
 from transformers.processing_utils import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
@@ -122,6 +122,16 @@ class MODAProcessor(ProcessorMixin):
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         # A chat template saved with the processor (chat_template.jinja) comes back on load.
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        # ProcessorMixin loads the tokenizer through AutoTokenizer, which first reads the folder's config.json to look
+        # for a tokenizer class. MODA's config.json names remote code, so a direct `MODAProcessor.from_pretrained`
+        # would ask whether to run it, though tokenizer_config.json already names the tokenizer. A plain config
+        # skips that look-up; AutoProcessor, which has the trust_remote_code answer, passes it on instead.
+        if not kwargs.get("trust_remote_code"):
+            kwargs.setdefault("config", PretrainedConfig())
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
     def from_backbones(

@@ -199,6 +199,21 @@ def test_saved_folder_has_safetensors_code_auto_map_and_pipeline(tiny_moda_dir):
     assert not any(key.endswith("lm_head.weight") for key in load_file(tiny_moda_dir / "model.safetensors"))
 
 
+def test_processor_loads_directly_without_the_remote_code_question(tiny_moda_dir, tiny_model_and_processor,
+                                                                   monkeypatch):
+    """MODAProcessor.from_pretrained needs none of the folder's code: it must not ask whether to run it."""
+    import transformers.models.auto.configuration_auto as configuration_auto
+
+    def asked(*args, **kwargs):
+        raise AssertionError("MODAProcessor.from_pretrained asked whether to run the folder's remote code")
+
+    monkeypatch.setattr(configuration_auto, "resolve_trust_remote_code", asked)
+    loaded = MODAProcessor.from_pretrained(tiny_moda_dir)
+    _, processor = tiny_model_and_processor
+    assert loaded.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+    assert loaded(text=["red"])["input_ids"].tolist() == processor(text=["red"])["input_ids"].tolist()
+
+
 def test_vision_tower_is_frozen_after_init_and_after_load(tiny_moda_dir):
     loaded = MODAForConditionalGeneration.from_pretrained(tiny_moda_dir)
     assert not any(p.requires_grad for p in loaded.vision_tower.parameters())
