@@ -347,6 +347,8 @@ def training_text(info: dict, vision_model, text_model, dataset) -> str:
 def eval_text(report: dict, dataset, metrics: dict) -> str:
     where = f"the {report['split']} split of " if report.get("split") else ""
     count = f" ({report['num_items']:,} items)" if isinstance(report.get("num_items"), int) else ""
+    if count and isinstance(report.get("split_rows"), int) and report["num_items"] < report["split_rows"]:
+        count = f" ({report['num_items']:,} of its {report['split_rows']:,} items)"  # --limit, or skipped items
     text = f"Scores on {where}{_dataset_text(dataset)}{count}, greedy decoding."
     return f"{text} {moda_eval_text(report, metrics)}" if is_moda_eval_report(report) else text
 

@@ -3,7 +3,8 @@
 A vocabulary is built from a catalog's own metadata (the values of its Colour, Gender, ProductType, ... columns),
 widened with synonyms ("gray" -> Grey, "ladies" -> Women, "t-shirt" -> Tshirts) and singular/plural forms
 ("Kurta" -> Kurtas). Text is matched as whole words, left to right, longest phrase first: "Navy Blue" is Navy Blue
-and not also Blue, "Sports Shoes" is a product type and not the usage Sports.
+and not also Blue, "Sports Shoes" is a product type and not the usage Sports (the scores still count the usage a
+product type holds: `usages_in`).
 
     vocabulary = AttributeVocabulary.from_rows(rows)                 # Myntra or small-set columns, found by name
     extract_attributes("Navy Blue Formal Trousers for Men", vocabulary)
@@ -53,7 +54,8 @@ SYNONYMS = {
         "women": ["woman", "female", "females", "womens", "ladies", "lady"],
         "boys": ["boy", "kids boys", "kids boy", "boys kids"],
         "girls": ["girl", "kids girls", "kids girl", "girls kids"],
-        "unisex": ["unisexes"],
+        # moda.teacher's template writes Unisex as "for men and women".
+        "unisex": ["unisexes", "men and women", "women and men"],
     },
     "product_type": {
         "tshirts": ["t shirt", "t shirts", "tee", "tees", "tee shirt", "tee shirts"],
@@ -186,13 +188,18 @@ class AttributeVocabulary:
         rows = list(rows)
         if not rows:
             raise ValueError("Cannot build an attribute vocabulary from no rows.")
-        columns = columns_for(rows[0].keys(), columns)
+        columns = columns_for({key for row in rows for key in row}, columns)  # rows may leave out empty cells
         values = {attribute: {row.get(column) for row in rows} for attribute, column in columns.items()}
         return cls.from_values(values, columns=columns, synonyms=synonyms)
 
     def add(self, phrase: tuple, attribute: str, value: str) -> None:
         self.phrases[phrase] = self.phrases.get(phrase, frozenset()) | {(attribute, value)}
         self.longest = max(self.longest, len(phrase))
+
+    def usages_in(self, product_type: str) -> list:
+        """The usages a product type's name holds ("Casual Shoes" -> Casual, "Sports Sandals" -> Sports)."""
+        phrase = tuple(words(product_type))
+        return [usage for usage in self.values.get("usage", []) if _contains(phrase, tuple(words(usage)))]
 
     def reference(self, row: dict) -> dict:
         """
@@ -207,6 +214,10 @@ class AttributeVocabulary:
             named = extract_attributes(str(cell), self).get(attribute)
             reference[attribute] = named or [str(cell).strip()]
         return reference
+
+
+def _contains(phrase: tuple, part: tuple) -> bool:
+    return any(phrase[i:i + len(part)] == part for i in range(len(phrase) - len(part) + 1))
 
 
 def find_mentions(text: str, vocabulary: AttributeVocabulary) -> list:

@@ -3,7 +3,8 @@
 The write-up's five scores, each on 0-10 and averaged over items:
 
 - Color Accuracy: the share of the item's colours that the description names.
-- Style Recognition: the item's usage (Casual, Formal, Sports, ...) is named.
+- Style Recognition: the item's usage (Casual, Formal, Sports, ...) is named, alone or in the product type named
+  ("casual shoes").
 - Category Accuracy: the item's most specific category is named: its product type (Shirts), or where a catalog has
   none its subcategory (Topwear), else its category (Apparel).
 - Gender Accuracy: the item's gender is named.
@@ -32,6 +33,9 @@ def item_scores(description: str, row: dict, vocabulary: AttributeVocabulary) ->
     if not isinstance(description, str):
         raise TypeError(f"A description must be a string, got {type(description).__name__}.")
     named = extract_attributes(description, vocabulary)
+    if "usage" in named:  # "casual shoes" names the usage Casual (moda.teacher writes it so, not "casual casual shoes")
+        implied = [usage for value in named.get("product_type", []) for usage in vocabulary.usages_in(value)]
+        named["usage"] += [usage for usage in dict.fromkeys(implied) if usage not in named["usage"]]
     reference = vocabulary.reference(row)
     hits = {attribute: set(values) <= set(named[attribute]) for attribute, values in reference.items()}
     scores = dict.fromkeys(SCORE_NAMES)
@@ -90,7 +94,7 @@ def majority_baseline(rows, columns=None) -> dict:
     if not rows:
         raise ValueError("No rows to compute a majority baseline on.")
     baseline = {}
-    for attribute, column in columns_for(rows[0].keys(), columns).items():
+    for attribute, column in columns_for({key for row in rows for key in row}, columns).items():
         values = Counter(str(row[column]).strip() for row in rows if not is_missing(row.get(column)))
         if values:
             value, count = values.most_common(1)[0]

@@ -22,8 +22,8 @@ import torch
 from transformers import PretrainedConfig, TrainerCallback
 
 from moda.attributes import AttributeVocabulary
-from moda.catalog import (MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, read_catalog_splits,
-                          require_caption_columns)
+from moda.catalog import (MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, looks_like_a_path,
+                          read_catalog_splits, require_caption_columns)
 from moda.description_scores import SCORE_NAMES, flat_metrics, majority_baseline, score_descriptions
 from moda.features import load_image
 
@@ -35,6 +35,11 @@ DEFAULT_SPLIT = "test"
 
 def load_model_and_processor(model_name: str, revision: str = None):
     """A MODA folder or Hub id (or a BLIP baseline trained by train_hf.py) -> (model in eval mode, processor)."""
+    # A mistyped folder would otherwise be looked up on the Hub, and an empty one read as a model of type None.
+    if Path(model_name).is_dir() and not (Path(model_name) / "config.json").is_file():
+        raise FileNotFoundError(f"--model {model_name!r} is a folder without config.json: not a saved model folder.")
+    if looks_like_a_path(model_name) and not Path(model_name).exists():
+        raise FileNotFoundError(f"--model {model_name!r}: no such model folder.")
     model_type = PretrainedConfig.get_config_dict(model_name, revision=revision)[0].get("model_type")
     if model_type == "moda":
         # (moda.auto_classes registers MODA with AutoConfig: no remote-code prompt for the tokenizer)
@@ -109,8 +114,11 @@ def parse_arguments(argv=None):
     parser.add_argument("--revision", default=None, help="a Hub revision of --model to pin")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     args = parser.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        parser.error(f"--limit must be at least 1, got {args.limit}")
+    # Checked here, not after the catalog's images are read and the model is loaded.
+    for name in ("limit", "batch_size", "max_new_tokens", "judge_limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be at least 1, got {value}")
     return args
 
 

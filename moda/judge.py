@@ -10,11 +10,11 @@ retried or guessed. The deterministic scores of moda.description_scores need no 
 other way of scoring.
 """
 
-import json
 import re
 
 from moda.attributes import columns_for, is_missing
 from moda.description_scores import SCORE_NAMES
+from moda.teacher import generated_text, json_objects, load_text_generator
 
 JUDGE_KEYS = SCORE_NAMES + ("Overall",)
 ATTRIBUTE_LABELS = {"colour": "Colour", "gender": "Gender", "product_type": "Product type", "category": "Category",
@@ -78,14 +78,7 @@ def parse_judge_output(text: str) -> dict:
     """
     if not isinstance(text, str) or not text.strip():
         raise JudgeOutputError("empty output")
-    decoder = json.JSONDecoder()
-    for start in [match.start() for match in re.finditer(r"\{", text)]:
-        try:
-            found, _ = decoder.raw_decode(text[start:])
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(found, dict):
-            continue
+    for found in json_objects(text):
         scores = {KEY_BY_NORMALISED[_key(k)]: v for k, v in found.items() if _key(k) in KEY_BY_NORMALISED}
         if not scores:
             continue
@@ -101,21 +94,7 @@ def parse_judge_output(text: str) -> dict:
 
 def load_judge(model: str, device=None):
     """A text-generation pipeline for a local folder or Hub id, set up for batched greedy answers."""
-    from transformers import pipeline
-
-    generator = pipeline("text-generation", model=model, device=device)
-    tokenizer = generator.tokenizer
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # batching needs a pad token; decoder-only models pad left
-    tokenizer.padding_side = "left"
-    return generator
-
-
-def _answer_text(output) -> str:
-    text = output[0]["generated_text"] if isinstance(output, list) else output["generated_text"]
-    if isinstance(text, list):  # chat input: the conversation with the assistant's answer last
-        text = text[-1]["content"]
-    return text
+    return load_text_generator(model, device=device)
 
 
 def judge_descriptions(descriptions, rows, model=None, generator=None, vocabulary=None, device=None,
@@ -141,7 +120,7 @@ def judge_descriptions(descriptions, rows, model=None, generator=None, vocabular
                         batch_size=batch_size)
     items = []
     for description, output in zip(descriptions, outputs):
-        answer = _answer_text(output)
+        answer = generated_text(output)
         item = {"description": description, "output": answer}
         try:
             item["scores"] = parse_judge_output(answer)

@@ -38,7 +38,7 @@ from moda.attributes import MYNTRA_COLUMNS, SMALL_COLUMNS, SYNONYMS, AttributeVo
     extract_attributes, is_missing, words
 from moda.captioning import check_or_save_settings, image_files, write_atomically
 from moda.features import load_image
-from moda.catalog import (BadRowError, BadRows, _load_imagefolder, _read_table, _rows_with_image_paths,
+from moda.catalog import (BadRowError, BadRows, _load_imagefolder, _read_table, _rows_with_image_paths, columns_of,
                           without_location)
 
 # The write-up's teacher prompt: the item only, not the person or any text on it, as JSON.
@@ -139,36 +139,40 @@ def template_description(attributes: dict) -> str:
 # Reading model answers
 # ---------------------------------------------------------------------------------------------------------------
 
+def json_objects(text: str):
+    """The JSON objects (dicts) written in a model's answer, in order; text around and between them is skipped."""
+    decoder = json.JSONDecoder()
+    text = text if isinstance(text, str) else ""
+    for match in re.finditer(r"\{", text):
+        try:
+            found, _ = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(found, dict):
+            yield found
+
+
 def parse_teacher_answer(text: str) -> dict:
     """
     The teacher's JSON answer as {attribute: value} (keys of TEACHER_KEYS; "color" counts as "colour"): the first
-    {...} block of the text that parses. Raises ValueError, quoting the text, when there is none or it names
-    none of the keys.
+    JSON object of the text that names one of the keys. Raises ValueError, quoting the text, when there is none.
     """
-    text = text if isinstance(text, str) else ""
-    for start in [m.start() for m in re.finditer(r"\{", text)]:
-        depth = 0
-        for end in range(start, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[end], 0)
-            if depth == 0:
-                try:
-                    answer = json.loads(text[start:end + 1])
-                except json.JSONDecodeError:
-                    break
-                if isinstance(answer, dict):
-                    return _teacher_fields(answer, text)
-                break
+    objects = list(json_objects(text))
+    for answer in objects:
+        fields = _teacher_fields(answer)
+        if fields:
+            return fields
+    if objects:
+        raise ValueError(f"teacher JSON names none of {list(TEACHER_KEYS)}: {quote(text)}")
     raise ValueError(f"teacher answer has no JSON object: {quote(text)}")
 
 
-def _teacher_fields(answer: dict, text: str) -> dict:
+def _teacher_fields(answer: dict) -> dict:
     fields = {}
     for key, value in answer.items():
         key = {"color": "colour"}.get(str(key).strip().lower(), str(key).strip().lower())
         if key in TEACHER_KEYS and isinstance(value, str) and not is_missing(value):
             fields[key] = " ".join(value.split())
-    if not fields:
-        raise ValueError(f"teacher JSON names none of {list(TEACHER_KEYS)}: {quote(text)}")
     return fields
 
 
@@ -289,12 +293,20 @@ def load_models(teacher_model, refiner_model, device=None, trust_remote_code=Fal
             raise ValueError(f"--teacher_model {teacher_model!r}: its processor has no chat template, so it cannot be "
                              f"asked the write-up's prompt; use an instruction-tuned image-text-to-text model")
     if refiner_model:
-        refiner = pipeline("text-generation", model=refiner_model, device=device, dtype="auto",
-                           trust_remote_code=trust_remote_code)
-        if refiner.tokenizer.pad_token is None:  # batching needs one; decoder-only models pad on the left
-            refiner.tokenizer.pad_token = refiner.tokenizer.eos_token
-        refiner.tokenizer.padding_side = "left"
+        refiner = load_text_generator(refiner_model, device, trust_remote_code)
     return teacher, refiner
+
+
+def load_text_generator(model, device=None, trust_remote_code=False):
+    """A text-generation pipeline set up for batched answers (the refiner here, moda.judge's judge)."""
+    from transformers import pipeline
+
+    generator = pipeline("text-generation", model=model, device=device, dtype="auto",
+                         trust_remote_code=trust_remote_code)
+    if generator.tokenizer.pad_token is None:  # batching needs one; decoder-only models pad on the left
+        generator.tokenizer.pad_token = generator.tokenizer.eos_token
+    generator.tokenizer.padding_side = "left"
+    return generator
 
 
 def generated_text(output) -> str:
@@ -421,7 +433,7 @@ def output_file_name(file_name: str) -> str:
 
 def check_rows(rows: list) -> list:
     """The metadata columns to keep; file names must be unique and must not collide in the output."""
-    columns = [c for c in rows[0] if c not in ("image", "_where")] if rows else ["file_name"]
+    columns = [c for c in columns_of(rows) if c != "image"] if rows else ["file_name"]  # JSONL rows may differ
     taken = [c for c in NEW_COLUMNS if c in columns]
     if taken:
         raise ValueError(f"the metadata already has column(s) {taken}, which build-dataset writes: rename them")

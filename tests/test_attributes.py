@@ -52,6 +52,7 @@ def named(text, vocabulary):
     ("Black Sports Sports Shoes for Male", {"colour": ["Black"], "usage": ["Sports"],
                                             "product_type": ["Sports Shoes"], "gender": ["Men"]}),
     ("White Casual Shoes", {"colour": ["White"], "product_type": ["Casual Shoes"]}),
+    ("Black shorts for men and women", {"colour": ["Black"], "product_type": ["Shorts"], "gender": ["Unisex"]}),
     ("blue flip-flop, unisex", {"colour": ["Blue"], "product_type": ["Flip Flops"], "subcategory": ["Flip Flops"],
                                 "gender": ["Unisex"]}),
     ("short sleeves in black and white", {"colour": ["Black", "White"]}),
@@ -67,6 +68,26 @@ def test_navy_blue_is_not_also_blue(vocabulary):
     assert extract_attributes("Navy and Blue", vocabulary)["colour"] == ["Navy Blue", "Blue"]
 
 
+def test_build_dataset_template_descriptions_score_full_marks(vocabulary):
+    # moda.teacher writes Unisex as "for men and women" and leaves out a usage the product type holds
+    # ("White casual shoes"): the scores must read both as the item's own values.
+    from moda.teacher import item_attributes, template_description
+
+    descriptions = [template_description(item_attributes(row)) for row in ROWS]
+    assert "White casual shoes for men. Category: Footwear, Shoes." in descriptions
+    result = attribute_scores(descriptions, ROWS, vocabulary)
+    assert [item["wrong_details"] for item in result["items"]] == [[]] * len(ROWS)
+    assert set(result["scores"].values()) == {10.0}
+
+
+def test_a_product_type_names_its_own_usage_only(vocabulary):
+    scores = scores_of("Black casual shoes for men", ROWS[5], vocabulary)  # Sports Shoes, usage Sports
+    assert scores["Style Recognition"] == 0.0 and scores["Category Accuracy"] == 0.0
+    # The usage it holds does not make a wrong product type a right detail.
+    wrong = attribute_scores(["White casual shoes"], [dict(ROWS[2], Colour="White")], vocabulary)["items"][0]
+    assert wrong["wrong_details"] == ["product_type=Casual Shoes"] and wrong["scores"]["Style Recognition"] == 10.0
+
+
 def test_synonym_that_is_a_catalog_value_keeps_its_meaning():
     vocabulary = AttributeVocabulary.from_values({"colour": ["Maroon", "Burgundy", "Grey", "Grey Melange"]})
     assert named("burgundy and maroon", vocabulary) == {"colour": ["Burgundy", "Maroon"]}
@@ -80,6 +101,14 @@ def test_small_set_columns_are_found_by_name():
     assert vocabulary.columns["colour"] == "baseColour"
     assert named("Titan Men Black Watch", vocabulary) == {
         "gender": ["Men"], "colour": ["Black"], "product_type": ["Watches"], "subcategory": ["Watches"]}
+
+
+def test_columns_come_from_every_row_not_only_the_first():
+    # JSON references (the evaluate metric's, a JSONL catalog's) may leave out an empty cell's key.
+    rows = [{"Colour": "Red"}, {"Colour": "Blue", "Usage": "Casual"}, {"Colour": "Blue", "Usage": "Formal"}]
+    assert AttributeVocabulary.from_rows(rows).columns == {"colour": "Colour", "usage": "Usage"}
+    assert majority_baseline(rows)["usage"] == {"value": "Casual", "rate": 0.5}
+    assert attribute_scores(["red", "blue casual", "blue casual"], rows)["hit_rates"]["usage"] == 0.5
 
 
 def test_column_errors_name_the_problem():

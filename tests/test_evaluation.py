@@ -95,6 +95,22 @@ def test_eval_command_names_a_missing_split(tiny_moda_dir, tiny_catalog, tmp_pat
               "--output_dir", str(tmp_path / "eval")])
 
 
+def test_eval_command_names_a_missing_or_empty_model_folder(tiny_catalog, tmp_path):
+    common = ["--data", str(tiny_catalog), "--output_dir", str(tmp_path / "eval")]
+    with pytest.raises(FileNotFoundError, match=r"--model '.*no-such-model': no such model folder"):
+        main(["--model", str(tmp_path / "no-such-model")] + common)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"--model '.*empty' is a folder without config.json"):
+        main(["--model", str(tmp_path / "empty")] + common)
+
+
+@pytest.mark.parametrize("option", ["--batch_size", "--max_new_tokens", "--judge_limit"])
+def test_eval_command_checks_counts_before_reading_anything(option, capsys):
+    with pytest.raises(SystemExit):
+        main(["--model", "unused", "--data", "unused", option, "0"])
+    assert f"{option} must be at least 1, got 0" in capsys.readouterr().err
+
+
 def write_csv_catalog(path, images, items):
     """A CSV catalog file with an image column (paths relative to the file), as a user might keep one."""
     with open(path, "w", newline="") as handle:
@@ -296,6 +312,15 @@ def test_judge_averages_parsed_items():
     judged = judge_descriptions(["Red dress", "Blue shirt"], rows, generator=generator)
     assert judged["num_parsed"] == 1 and judged["mean_scores"]["Overall"] == 8.0
     assert judged["items"][1]["error"] == "no JSON object with the rubric's scores"
+
+
+def test_judge_reads_chat_answers_given_as_content_parts():
+    # A chat pipeline may give the assistant's message as a list of parts: the same reading as moda.teacher's.
+    def generator(prompts, **kwargs):
+        return [[{"generated_text": [{"role": "assistant", "content": [{"type": "text", "text": JUDGE_JSON}]}]}]]
+
+    judged = judge_descriptions(["Red dress"], [{"Colour": "Red", "Gender": "Women"}], generator=generator)
+    assert judged["num_parsed"] == 1 and judged["items"][0]["output"] == JUDGE_JSON
 
 
 # --- real data ------------------------------------------------------------------------------------------------------

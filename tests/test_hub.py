@@ -221,9 +221,26 @@ def test_card_reads_moda_eval_scores_and_descriptions(tiny_moda_dir, tmp_path):
     # Scores moda eval could not compute are shown, as n/a, not left out; the model-index takes numbers only.
     assert "| Style Recognition | n/a |" in card.text and "| CIDEr | n/a |" in card.text
     assert "| colour hit rate | 0.7500 |" in card.text and "| LLM judge Overall | 6.5000 |" in card.text
-    assert "the train split of the fashion catalog `catalog.csv` (39 items)" in card.text
+    assert "the train split of the fashion catalog `catalog.csv` (39 of its 40 items)" in card.text
     assert "`moda eval` of `moda-demo`" in card.text and "only split 'train' was scored" in card.text
     assert "1 item(s) were skipped" in card.text and "colour 0.30 ('Black')" in card.text
+
+
+def test_card_says_how_much_of_the_split_was_scored(tiny_moda_dir, tmp_path):
+    folder = copy_model(tiny_moda_dir, tmp_path / "model")
+    report = moda_eval_report(split="test", split_note=None, split_rows=281, limit=40, num_items=40, skipped_items=[])
+    assert "the test split of the fashion catalog `catalog.csv` (40 of its 281 items)" in \
+        ModelCard.load(write_model_card(folder, eval_report=report)).text
+    whole = moda_eval_report(split_rows=40, num_items=40, skipped_items=[])
+    assert "`catalog.csv` (40 items)" in ModelCard.load(write_model_card(folder, eval_report=whole)).text
+
+
+def test_card_does_not_say_a_synthetic_catalog_is_myntra(tiny_moda_dir, tmp_path):
+    # train_hf.py's offline demo trains on moda/synthetic.py's drawings, not on Myntra's photos.
+    folder = copy_model(tiny_moda_dir, tmp_path / "model")
+    card = ModelCard.load(write_model_card(folder, training_info={"dataset": ".cache/moda-synthetic"}))
+    assert "The training catalog comes from one Indian e-commerce site" not in card.text
+    assert "follow the training catalog's labels" in card.text
 
 
 def test_card_refuses_eval_reports_without_usable_scores(tiny_moda_dir, tmp_path):

@@ -152,6 +152,12 @@ def test_teacher_answer_is_the_first_json_object():
     assert parse_teacher_answer('{bad} then {"usage": "casual"}') == {"usage": "casual"}
 
 
+def test_teacher_answer_skips_objects_without_its_keys_and_reads_braces_in_strings():
+    assert parse_teacher_answer('{"note": "see {below}"} {"gender": "Men"}') == {"gender": "Men"}
+    assert parse_teacher_answer('{"colour": "red }", "usage": "casual"}') == {"colour": "red }", "usage": "casual"}
+    assert parse_teacher_answer('{"answer": {"category": "shirt"}}') == {"category": "shirt"}
+
+
 @pytest.mark.parametrize("answer, message", [
     ("\x01\x15nd\x15 random tokens", "no JSON object"),
     ('{"gender": "Men", "colour": ', "no JSON object"),
@@ -262,6 +268,22 @@ def test_images_folder_with_a_separate_metadata_csv(tmp_path, product_images):
                  "--limit", "1"]) == 0
     written = read_csv(output / "metadata.csv")
     assert [(row["file_name"], row["description"]) for row in written] == [("images/p0.png", "Black tshirts for men.")]
+
+
+def test_metadata_columns_of_every_jsonl_row_are_kept(tmp_path, product_images):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rows = [{"file_name": "p0.png", "baseColour": "Black", "gender": "Men"},
+            {"file_name": "p1.png", "baseColour": "White", "gender": "Men", "articleType": "Tshirts"}]
+    for row, image in zip(rows, product_images):
+        image.save(photos / row["file_name"])
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = tmp_path / "out"
+    assert main(["--images", str(photos), "--metadata", str(tmp_path / "items.jsonl"),
+                 "--output_dir", str(output)]) == 0
+    written = read_csv(output / "metadata.csv")
+    assert [(row["articleType"], row["description"]) for row in written] == [("", "Black item for men."),
+                                                                              ("Tshirts", "White tshirts for men.")]
 
 
 def run_cli(args, env_extra=None):
