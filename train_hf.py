@@ -13,6 +13,8 @@ import logging
 import math
 import sys
 import time
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -21,11 +23,12 @@ import torch
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, set_seed
 
 from hub_card import describe_hardware, prepare_model_folder, push_model_folder
-from moda.attributes import AttributeVocabulary
+from moda.attributes import KNOWN_COLUMNS, AttributeVocabulary
 from moda.auto_classes import MODAForConditionalGeneration, MODAProcessor
 from moda.blip_baseline import BlipCollator, load_blip
 from moda.build import build_from_backbones, build_from_scratch
-from moda.catalog import MODA_CAPTION_TEMPLATE, BadRows, examples_from_rows, load_catalog, require_caption_columns
+from moda.catalog import (MODA_CAPTION_TEMPLATE, QUESTIONS, BadRows, columns_of, examples_from_rows, load_catalog,
+                          require_caption_columns)
 from moda.checkpointing import AtomicCheckpointTrainer
 from moda.collate import ExampleDataset, MODACollator
 from moda.description_scores import attribute_scores
@@ -112,10 +115,64 @@ def parse_arguments(argv=None):
     parser = HfArgumentParser((ModelArguments, DataArguments, MODATrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
-        return (*parser.parse_json_file(argv[0]), set(json.loads(Path(argv[0]).read_text())))
+        values = json.loads(Path(argv[0]).read_text())
+        if not isinstance(values, dict):
+            raise ValueError(f"{argv[0]}: an arguments file holds one JSON object of argument names and values, got "
+                             f"a JSON {type(values).__name__}.")
+        check_json_types(argv[0], values, parser.dataclass_types)
+        return (*parser.parse_dict(values), set(values))
     # HfArgumentParser takes --output-dir as well as --output_dir: one name for both
     given = {arg[2:].split("=")[0].replace("-", "_") for arg in argv if arg.startswith("--")}
     return (*parser.parse_args_into_dataclasses(args=argv), given)
+
+
+def check_json_types(path, values: dict, dataclass_types) -> None:
+    """
+    The parser takes a JSON file's values as they are (no conversion as on the command line): "false" would be a
+    true bool and "2" a string of epochs. A bool, int or float argument must have a JSON value of that type.
+    """
+    kinds = {bool: (bool,), int: (int,), float: (int, float)}
+    for dataclass_type in dataclass_types:
+        hints = typing.get_type_hints(dataclass_type)
+        for name, kind in hints.items():
+            if typing.get_origin(kind) in (typing.Union, types.UnionType):  # Optional[int] -> int
+                options = [option for option in typing.get_args(kind) if option is not type(None)]
+                kind = options[0] if len(options) == 1 else kind
+            value = values.get(name)
+            if kind not in kinds or value is None:
+                continue
+            if isinstance(value, bool) != (kind is bool) or not isinstance(value, kinds[kind]):
+                raise ValueError(f"{path}: {name!r} must be a JSON {'true/false' if kind is bool else 'number'}"
+                                 f"{' (whole)' if kind is int else ''}, got {json.dumps(value)}.")
+
+
+def check_arguments(model_args, data_args, training_args, given) -> None:
+    """Arguments that would be ignored or would fail late (or quietly do something else) stop the run at once."""
+    for name in ("lr_step_size", "max_train_items", "max_eval_items"):
+        value = getattr(model_args, name, getattr(data_args, name, None))
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be at least 1, got {value}.")
+    if not 0 < model_args.lr_gamma <= 1:
+        raise ValueError(f"--lr_gamma (StepLR's decay factor) must be in (0, 1], got {model_args.lr_gamma}.")
+    if data_args.attribute_eval_items < 0:
+        raise ValueError(f"--attribute_eval_items must be 0 (off) or more, got {data_args.attribute_eval_items}.")
+    for name in ("optim", "lr_scheduler_type"):
+        if name in given:
+            raise ValueError(f"--{name} is not used: train_hf.py trains with AdamW and StepLR (--learning_rate, "
+                             "--weight_decay, --adam_beta1/2, --adam_epsilon, --lr_step_size, --lr_gamma, --warmup_steps).")
+    from moda.build import SIZES
+
+    if model_args.model_size and model_args.model_size not in SIZES:
+        raise ValueError(f"--model_size must be one of {', '.join(map(repr, SIZES))}, got {model_args.model_size!r}.")
+    if model_args.model_size and model_args.model_name_or_path:
+        raise ValueError("--model_size builds a new model and --model_name_or_path continues from a trained one: give "
+                         "one of them.")
+    stages = [f"--{name}" for name in ("train_projector_only", "use_lora") if getattr(model_args, name)]
+    if model_args.architecture == "blip" and stages:
+        raise ValueError(f"{' and '.join(stages)}: for MODA only; --architecture blip fine-tunes the whole BLIP model.")
+    if len(stages) == 2:
+        raise ValueError("--train_projector_only and --use_lora are two stages: run the projector-only stage first, then "
+                         "--use_lora with --model_name_or_path set to its output.")
 
 
 def resolve_demo_defaults(model_args, data_args, training_args, given):
@@ -252,23 +309,57 @@ def require_training_examples(examples, dataset, bad_rows):
     raise ValueError(f"No training examples in {dataset!r}: {why}.")
 
 
+def require_questions(examples, dataset, rows):
+    """--qa_from_metadata asks about the attributes of moda.catalog.QUESTIONS: a catalog without their columns gets none."""
+    if any(example["prompt"] for example in examples):
+        return
+    asked = " or ".join(", ".join(repr(layout[attribute]) for attribute in QUESTIONS) for layout in KNOWN_COLUMNS.values())
+    raise ValueError(f"--qa_from_metadata: no train row of {dataset!r} has a value in a column that questions are asked "
+                     f"about ({asked}); its columns are: {', '.join(map(repr, columns_of(rows)))}.")
+
+
+def drop_overlong_examples(model, processor, splits, bad_rows):
+    """
+    Examples longer than the decoder's positions after the image prefix are bad rows (skipped and reported, or the
+    run stops with --on_bad_row fail): left in, one would stop training at its batch, naming no row.
+    """
+    config = unwrap(model).config
+    room = config.text_config.max_position_embeddings - config.num_image_tokens
+    kept = {}
+    for split, examples in splits.items():
+        encoded = processor.encode_examples([e["prompt"] for e in examples], [e["description"] for e in examples])
+        kept[split] = []
+        for example, tokens in zip(examples, encoded):
+            length = len(tokens["input_ids"])
+            if length <= room:
+                kept[split].append(example)
+                continue
+            what = f"the question {example['prompt']!r} and its answer" if example["prompt"] else "the description"
+            bad_rows.report(example["row"].get("_where", "row"), f"{what}: {length} tokens with BOS and EOS, more "
+                            f"than the {room} the decoder has after the image")
+    return kept
+
+
 def total_steps(training_args, num_train_examples: int) -> int:
     if training_args.max_steps and training_args.max_steps > 0:
         return training_args.max_steps
     batch = training_args.per_device_train_batch_size * max(1, training_args.world_size)
-    steps_per_epoch = math.ceil(math.ceil(num_train_examples / batch) / training_args.gradient_accumulation_steps)
+    batches = num_train_examples // batch if training_args.dataloader_drop_last else math.ceil(num_train_examples / batch)
+    steps_per_epoch = max(1, math.ceil(batches / training_args.gradient_accumulation_steps))
     return math.ceil(steps_per_epoch * training_args.num_train_epochs)
 
 
 def adamw(model, training_args):
     """
-    AdamW over the trainable parameters, with torch's fused kernel on CPU and CUDA: one pass over each tensor
-    instead of about six, the same update. For OPT-125m's 129M parameters on 2 CPU threads a step takes 0.07 s
-    instead of 0.34 s (benchmarks/training_speed.py).
+    AdamW over the trainable parameters (--learning_rate, --weight_decay, --adam_beta1/2, --adam_epsilon), with
+    torch's fused kernel on CPU and CUDA: one pass over each tensor instead of about six, the same update. For
+    OPT-125m's 129M parameters on 2 CPU threads a step takes 0.07 s instead of 0.34 s (benchmarks/training_speed.py).
     """
     params = [p for p in model.parameters() if p.requires_grad]
     fused = True if training_args.device.type in ("cpu", "cuda") else None  # None: torch's default elsewhere
-    return torch.optim.AdamW(params, lr=training_args.learning_rate, weight_decay=training_args.weight_decay, fused=fused)
+    return torch.optim.AdamW(params, lr=training_args.learning_rate, weight_decay=training_args.weight_decay,
+                             betas=(training_args.adam_beta1, training_args.adam_beta2), eps=training_args.adam_epsilon,
+                             fused=fused)
 
 
 def use_training_attention(model, device: torch.device) -> None:
@@ -356,6 +447,7 @@ def save_loss_curves(log_history, path):
 
 def main(argv=None):
     model_args, data_args, training_args, given = parse_arguments(argv)
+    check_arguments(model_args, data_args, training_args, given)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     resolve_demo_defaults(model_args, data_args, training_args, given)
     resolve_size_defaults(model_args, data_args, training_args, given)
@@ -374,12 +466,17 @@ def main(argv=None):
         for split, rows in catalog.items()
     }
     require_training_examples(splits["train"], data_args.dataset, bad_rows)
+    if data_args.qa_from_metadata:
+        require_questions(splits["train"], data_args.dataset, catalog["train"])
 
     resolve_epochs(model_args, data_args, training_args, given, len(splits["train"]))
 
     # 2. Model and processor (a from-scratch tokenizer learns the training captions and questions).
     captions = [text for example in splits["train"] for text in (example["prompt"], example["description"]) if text]
     model, processor = build_model(model_args, data_args, training_args, captions)
+    if model_args.architecture == "moda":
+        splits = drop_overlong_examples(model, processor, splits, bad_rows)
+        require_training_examples(splits["train"], data_args.dataset, bad_rows)
 
     # 3. Image features, computed once and cached on disk.
     splits, feature_name = prepare_examples(model, processor, splits, data_args, bad_rows)

@@ -72,14 +72,22 @@ def _image_files_as_rows(root: Path) -> list:
 
 def _items_from_rows(rows: list, base, source: str) -> list:
     id_column = next((c for c in ID_COLUMNS if rows and all(row.get(c) not in (None, "") for row in rows)), None)
+    partial = next((c for c in ID_COLUMNS if any(row.get(c) not in (None, "") for row in rows)), None)
+    if id_column is None and partial:  # ids from paths instead would change every item's id, not just this one's
+        lacking = [row for row in rows if row.get(partial) in (None, "")]
+        raise ValueError(f"{lacking[0]['_where']} has no {partial!r} ({len(lacking)} row(s) like it) while other "
+                         "rows have one; give every item an id.")
     items, seen = [], {}
     for i, row in enumerate(rows):
         image = row.get("image")
         file = image if isinstance(image, str) else row.get("file_name") or row["_where"]
-        if isinstance(image, str) and not image.startswith(("http://", "https://")):
+        is_url = isinstance(image, str) and image.startswith(("http://", "https://"))
+        if isinstance(image, str) and not is_url:
             file = os.path.abspath(image)  # the output is read from other folders too (moda index, the app)
         if id_column:
             item_id = str(row[id_column])
+        elif is_url:
+            item_id = image
         elif isinstance(image, str) and base is not None:
             item_id = os.path.relpath(image, base)
         else:

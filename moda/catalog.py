@@ -13,6 +13,8 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moda.attributes import columns_for
+
 MODA_CAPTION_TEMPLATE = "{Colour} {Usage} {ProductType} for {Gender} - {Category} {SubCategory}"
 SPLIT_NAMES = ("train", "validation", "test")
 
@@ -125,6 +127,8 @@ def _rows_with_image_paths(rows: list, base: Path, image_column: str, source: st
         row["_where"] = f"{source} row {i + 2 if source.endswith('.csv') else i + 1}"
         if name in (None, ""):
             row["image"] = None
+        elif isinstance(name, str) and name.startswith(("http://", "https://")):
+            row["image"] = name  # a URL is read as it is (moda.features.load_image), not as a path under `base`
         else:
             path = Path(name)
             row["image"] = str(path if path.is_absolute() else base / path)
@@ -229,20 +233,32 @@ def split_off_validation(splits: dict, fraction: float, seed: int) -> dict:
     return {**splits, "train": train[n_validation:], "validation": train[:n_validation]}
 
 
+# --qa_from_metadata's questions, by attribute: asked of the catalog's own column for it (moda.attributes.columns_for:
+# Colour in Myntra's catalog, baseColour in the small one).
 QUESTIONS = {
-    "Colour": "What colour is this item?",
-    "ProductType": "What kind of product is this?",
-    "Gender": "Who is this item for?",
-    "Usage": "What is this item for?",
+    "colour": "What colour is this item?",
+    "product_type": "What kind of product is this?",
+    "gender": "Who is this item for?",
+    "usage": "What is this item for?",
 }
+
+
+def question_columns(rows: list) -> dict:
+    """{column: question} for the QUESTIONS attributes whose column the rows have."""
+    try:
+        columns = columns_for(columns_of(rows))
+    except ValueError:  # none of the known attribute columns: nothing to ask about (train_hf.py says so)
+        return {}
+    return {columns[attribute]: question for attribute, question in QUESTIONS.items() if attribute in columns}
 
 
 def examples_from_rows(rows: list, bad_rows: BadRows, caption_column=None, caption_template=MODA_CAPTION_TEMPLATE,
                        qa_from_metadata: bool = False) -> list:
     """
     One training example per usable row: {"image", "prompt": None, "description", "row"}; with `qa_from_metadata`,
-    also one (image, question, answer) example per metadata column in QUESTIONS that the row has.
+    also one (image, question, answer) example per QUESTIONS attribute that the row has a value for.
     """
+    questions = question_columns(rows) if qa_from_metadata else {}
     examples = []
     for row in rows:
         if row.get("image") is None:
@@ -254,9 +270,8 @@ def examples_from_rows(rows: list, bad_rows: BadRows, caption_column=None, capti
             bad_rows.report(row.get("_where", "row"), str(err))
             continue
         examples.append({"image": row["image"], "prompt": None, "description": description, "row": row})
-        if qa_from_metadata:
-            for column, question in QUESTIONS.items():
-                answer = str(row.get(column) or "").strip()
-                if answer:
-                    examples.append({"image": row["image"], "prompt": question, "description": answer, "row": row})
+        for column, question in questions.items():
+            answer = str(row.get(column) or "").strip()
+            if answer:
+                examples.append({"image": row["image"], "prompt": question, "description": answer, "row": row})
     return examples

@@ -8,6 +8,7 @@ valid but wrong. Here each checkpoint is written into a hidden staging folder an
 import os
 
 from transformers import Trainer
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 STAGING_DIR = ".staging"
@@ -35,16 +36,19 @@ class AtomicCheckpointTrainer(Trainer):
         finally:
             self._get_output_dir = get_output_dir
         self.accelerator.wait_for_everyone()  # every rank's RNG state is in the staging folder
+        # A checkpoint that is the best so far was recorded at its staging path (every rank keeps that record, and
+        # loads the best model from it at the end): it is published under run_dir.
+        staged_best = self.state.best_model_checkpoint and STAGING_DIR in self.state.best_model_checkpoint
+        if staged_best:
+            self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(staging_root, run_dir)
         if self.args.should_save:
             staged, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
+            if staged_best:  # its trainer_state.json (what a resume reads) must name the published folder too
+                self.state.save_to_json(os.path.join(staged, TRAINER_STATE_NAME))
             if os.path.isdir(final):  # saving the same step again (e.g. after a resume): replace it whole
                 os.replace(final, staged + ".old")
             os.replace(staged, final)
             _fsync_dir(run_dir)
-            if self.state.best_model_checkpoint and STAGING_DIR in self.state.best_model_checkpoint:
-                self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(
-                    os.path.join(run_dir, STAGING_DIR), run_dir
-                )
             self._rotate_published_checkpoints(run_dir)
         self.accelerator.wait_for_everyone()
 

@@ -156,3 +156,28 @@ def test_build_dataset_with_every_row_bad_is_an_error_and_lists_them(tmp_path, c
     assert len(bad) == 2 and not (output / "metadata.csv").exists()
     # the reason does not repeat the location that the `where` column holds
     assert all(row["where"] not in row["reason"] and "image cannot be used" in row["reason"] for row in bad)
+
+
+def test_image_urls_in_a_table_stay_urls(tmp_path):
+    """A CSV's http(s) image column is read as URLs, not joined to the CSV's folder as paths."""
+    url = "https://example.com/shirts/a.jpg"
+    table = write_csv(tmp_path / "urls.csv", [{"image": url, **ROW}, {"image": "local.png", **ROW}])
+    rows = read_splits(str(table), "image")["train"]
+    assert [row["image"] for row in rows] == [url, str(tmp_path / "local.png")]
+    items = list_catalog_items(str(table))
+    assert (items[0]["id"], items[0]["file"], items[0]["image"]) == (url, url, url)
+    assert items[1]["id"] == "local.png"
+
+
+@pytest.mark.parametrize("row, template, answers", [
+    (ROW, None, ["Red", "Tshirts", "Men", "Casual"]),
+    ({"baseColour": "Navy Blue", "articleType": "Shirts", "gender": "Men", "usage": "Formal", "masterCategory": "Apparel",
+      "subCategory": "Topwear"}, "{baseColour} {usage} {articleType} for {gender} - {masterCategory} {subCategory}",
+     ["Navy Blue", "Shirts", "Men", "Formal"]),
+])
+def test_qa_from_metadata_asks_about_each_catalogs_own_columns(row, template, answers):
+    from moda.catalog import MODA_CAPTION_TEMPLATE, QUESTIONS, examples_from_rows
+
+    examples = examples_from_rows([{"image": "a.png", **row}], BadRows(), caption_template=template or MODA_CAPTION_TEMPLATE,
+                                  qa_from_metadata=True)
+    assert [(e["prompt"], e["description"]) for e in examples[1:]] == list(zip(QUESTIONS.values(), answers))

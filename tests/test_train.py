@@ -26,8 +26,9 @@ def catalog_dir(tmp_path_factory):
 
 def run(tmp_path, catalog_dir, *extra, name="out"):
     output = tmp_path / name
+    size = [] if "--model_name_or_path" in extra else ["--model_size", "test"]  # a trained model has its size
     argv = [
-        "--dataset", str(catalog_dir), "--output_dir", str(output), "--model_size", "test",
+        "--dataset", str(catalog_dir), "--output_dir", str(output), *size,
         "--num_train_epochs", "2", "--per_device_train_batch_size", "8", "--logging_steps", "1",
         "--eval_steps", "5", "--save_steps", "5", "--feature_cache_dir", str(tmp_path / "cache"),
         "--tokenizer_vocab_size", "300", "--disable_tqdm", "true", *extra,
@@ -348,3 +349,107 @@ def test_dashed_argument_names_count_as_given(tmp_path):
     assert {"output_dir", "num_train_epochs"} <= given
     train_hf.resolve_demo_defaults(model_args, data_args, training_args, given)  # no "--output_dir is required"
     assert training_args.output_dir == str(tmp_path / "out") and training_args.num_train_epochs == 3
+
+
+def captions_csv(tmp_path, catalog_dir, caption=lambda i, row: row["caption"]):
+    """The catalog's train split as a CSV file of images and a `description` column only."""
+    import csv
+
+    with open(catalog_dir / "train" / "metadata.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    path = tmp_path / "captions.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image", "description"])
+        writer.writeheader()
+        writer.writerows({"image": str(catalog_dir / "train" / row["file_name"]), "description": caption(i, row)}
+                         for i, row in enumerate(rows))
+    return path
+
+
+def test_published_checkpoints_record_the_best_checkpoint_where_it_was_published(tmp_path, catalog_dir):
+    """A checkpoint written aside recorded the best one at its staging path: a resume from it forgot the best model
+    (--load_best_model_at_end then kept the last one, and rotation could delete the best)."""
+    output, _ = run(tmp_path, catalog_dir, "--num_train_epochs", "1", "--load_best_model_at_end", "true",
+                    "--metric_for_best_model", "eval_loss", "--save_total_limit", "10")
+    checkpoints = sorted(output.glob("checkpoint-*"))
+    assert len(checkpoints) >= 2
+    for checkpoint in checkpoints:
+        best = json.loads((checkpoint / "trainer_state.json").read_text())["best_model_checkpoint"]
+        assert os.path.dirname(best) == str(output) and os.path.isdir(best), (checkpoint.name, best)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--lr_step_size", "0"], "--lr_step_size must be at least 1, got 0"),
+    (["--lr_gamma", "0"], "--lr_gamma"),
+    (["--max_train_items", "-5"], "--max_train_items must be at least 1, got -5"),
+    (["--max_eval_items", "0"], "--max_eval_items must be at least 1, got 0"),
+    (["--attribute_eval_items", "-1"], "--attribute_eval_items"),
+    (["--lr_scheduler_type", "cosine"], "--lr_scheduler_type is not used"),
+    (["--optim", "sgd"], "--optim is not used"),
+    (["--train_projector_only", "true", "--use_lora", "true"], "two stages"),
+    (["--model_size", "small"], "--model_size must be one of 'test', 'tiny', got 'small'"),
+    (["--model_size", "tiny", "--model_name_or_path", "stage1"], "give one of them"),
+    (["--architecture", "blip", "--blip_model", "x", "--use_lora", "true"], "--use_lora: for MODA only"),
+])
+def test_arguments_that_would_be_ignored_or_fail_late_are_named_at_once(tmp_path, extra, message):
+    with pytest.raises(ValueError, match=message):
+        train_hf.main(["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"), *extra])
+
+
+def test_json_argument_values_must_have_their_types(tmp_path):
+    path = tmp_path / "args.json"
+    good = {"dataset": str(tmp_path), "output_dir": str(tmp_path / "out"), "use_lora": False, "num_train_epochs": 2,
+            "lr_step_size": 3, "learning_rate": 1}
+    path.write_text(json.dumps(good))
+    model_args, _, training_args, given = train_hf.parse_arguments([str(path)])
+    assert model_args.use_lora is False and training_args.num_train_epochs == 2 and model_args.lr_step_size == 3
+    assert given == set(good)
+    for name, value, message in [("use_lora", "false", "'use_lora' must be a JSON true/false, got \"false\""),
+                                 ("num_train_epochs", "2", "'num_train_epochs' must be a JSON number"),
+                                 ("lr_step_size", 2.5, "'lr_step_size' must be a JSON number \\(whole\\)")]:
+        path.write_text(json.dumps({**good, name: value}))
+        with pytest.raises(ValueError, match=message):
+            train_hf.parse_arguments([str(path)])
+    path.write_text(json.dumps(["--dataset", str(tmp_path)]))
+    with pytest.raises(ValueError, match="one JSON object"):
+        train_hf.parse_arguments([str(path)])
+
+
+def test_adamw_takes_the_adam_betas_and_epsilon():
+    from transformers import TrainingArguments
+
+    training_args = TrainingArguments("unused", adam_beta1=0.8, adam_beta2=0.95, adam_epsilon=1e-6, report_to=[])
+    optimizer = train_hf.adamw(torch.nn.Linear(2, 2), training_args)
+    assert optimizer.defaults["betas"] == (0.8, 0.95) and optimizer.defaults["eps"] == 1e-6
+
+
+def test_schedule_length_counts_the_steps_the_trainer_takes():
+    from transformers import TrainingArguments
+
+    def steps(**kwargs):
+        return train_hf.total_steps(TrainingArguments("unused", per_device_train_batch_size=8, report_to=[],
+                                                      num_train_epochs=2, **kwargs), 20)
+
+    assert steps() == 6  # 3 batches per epoch, the last one of 4
+    assert steps(dataloader_drop_last=True) == 4  # the short batch is dropped: 2 per epoch
+    assert steps(gradient_accumulation_steps=2) == 4  # 3 batches -> 2 optimizer steps (the last one short)
+
+
+def test_qa_from_metadata_needs_columns_to_ask_about(tmp_path, catalog_dir):
+    path = captions_csv(tmp_path, catalog_dir)
+    with pytest.raises(ValueError, match=r"--qa_from_metadata: no train row .*'Colour'.*its columns are: 'image', "
+                                         r"'description'"):
+        run(tmp_path, path, "--caption_column", "description", "--qa_from_metadata", "true")
+
+
+def test_a_description_longer_than_the_decoder_is_a_bad_row_named_before_training(tmp_path, catalog_dir):
+    from moda.catalog import BadRowError
+
+    long = " ".join(["with a long tail of words"] * 20)
+    path = captions_csv(tmp_path, catalog_dir, lambda i, row: row["caption"] + (long if i == 3 else ""))
+    common = ("--caption_column", "description", "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no")
+    _, summary = run(tmp_path, path, *common)
+    assert [row["where"] for row in summary["bad_rows"]] == [f"{path} row 5"]  # (row 1 is the CSV header)
+    assert "more than the 63 the decoder has after the image" in summary["bad_rows"][0]["reason"]
+    with pytest.raises(BadRowError, match="row 5: the description: .* tokens"):
+        run(tmp_path, path, *common, "--on_bad_row", "fail", name="fail")
