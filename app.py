@@ -134,20 +134,21 @@ def parse_arguments(argv):
 
 def main(argv=None) -> int:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
-    if args.model == DEMO_MODEL and not Path(DEMO_MODEL).is_dir():
+    if Path(args.model) == Path(DEMO_MODEL) and not Path(DEMO_MODEL).is_dir():  # also "./moda-demo", as in README
         sys.exit("app.py: ./moda-demo does not exist. Run `python train_hf.py` first (it trains the offline demo "
                  "model), or pass --model <folder or Hub id>.")
-    from moda.captioning import attribute_vocabulary, list_catalog_items
+    from moda.captioning import catalog_vocabulary
     from moda.describe import load_captioner
     from moda.search import CatalogIndex
 
     index_dir, vocabulary_source = (args.index, args.vocabulary) if args.index else build_demo_index(args.model)
     vocabulary_source = args.vocabulary or vocabulary_source
-    vocabulary = None
-    if vocabulary_source:
-        rows = [item["row"] for item in list_catalog_items(vocabulary_source)]
-        vocabulary = attribute_vocabulary(rows, vocabulary_source)
-    demo = build_demo(load_captioner(args.model), CatalogIndex.load(index_dir), vocabulary)
+    try:  # before the model loads: a mistyped --index or --vocabulary is told at once
+        index = CatalogIndex.load(index_dir)
+        vocabulary = catalog_vocabulary(vocabulary_source) if vocabulary_source else None
+    except (OSError, ValueError) as err:
+        sys.exit(f"app.py: {err}")
+    demo = build_demo(load_captioner(args.model), index, vocabulary)
     demo.launch(server_name=args.host, server_port=args.port, share=False, theme=offline_theme())
     return 0
 

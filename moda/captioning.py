@@ -54,9 +54,11 @@ def list_catalog_items(source: str, image_column: str = "image") -> list:
     splits = read_splits(source, image_column)
     if path.is_dir() and not splits:  # a plain folder of images
         splits = {"images": _image_files_as_rows(path)}
+        if not splits["images"]:
+            raise ValueError(f"{source!r} holds no images (looked for {sorted(IMAGE_EXTENSIONS)}) and no metadata.csv.")
     rows = [row for split in splits.values() for row in split]
-    if path.is_dir() and not rows:
-        raise ValueError(f"{source!r} holds no images (looked for {sorted(IMAGE_EXTENSIONS)}) and no metadata.csv.")
+    if not rows:  # a table with a header only: an empty output would say nothing about why
+        raise ValueError(f"{source!r} lists no items: its catalog table has no rows.")
     base = path if path.is_dir() else path.parent if path.is_file() else None
     return _items_from_rows(rows, base, source)
 
@@ -151,6 +153,11 @@ def attribute_vocabulary(rows: list, source: str):
     except ValueError as err:
         print(f"moda caption: no attributes per item ({source}: {err})", file=sys.stderr)
         return None
+
+
+def catalog_vocabulary(source: str, image_column: str = "image"):
+    """The attribute vocabulary of the catalog at `source` (moda caption --vocabulary, app.py), or None."""
+    return attribute_vocabulary([item["row"] for item in list_catalog_items(source, image_column)], source)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -432,9 +439,10 @@ def main(argv=None) -> int:
     if shard:
         from moda.describe import load_captioner
 
-        vocabulary_rows = [item["row"] for item in items] if args.vocabulary is None else [
-            item["row"] for item in list_catalog_items(args.vocabulary, args.image_column)]
-        vocabulary = attribute_vocabulary(vocabulary_rows, args.vocabulary or args.images)
+        if args.vocabulary is None:
+            vocabulary = attribute_vocabulary([item["row"] for item in items], args.images)
+        else:
+            vocabulary = catalog_vocabulary(args.vocabulary, args.image_column)
         device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
         captioner = load_captioner(args.model, revision=args.revision, device=device)
         started = time.perf_counter()

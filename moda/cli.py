@@ -10,8 +10,8 @@ COMMANDS = {
     "eval": ("moda.evaluation", "main", "evaluate a model's descriptions on a catalog"),
     "build-dataset": ("moda.teacher", "main", "build training descriptions with teacher models"),
     "caption": ("moda.captioning", "main", "caption a whole catalog (batched, resumable, sharded)"),
-    "index": ("moda.search", "index_main", "build a text search index over captions"),
-    "search": ("moda.search", "search_main", "search a catalog index by text"),
+    "index": ("moda.search", "index_main", "build or extend a search index over captions (and image embeddings)"),
+    "search": ("moda.search", "search_main", "search a catalog index by text or by a photo"),
     "push": ("hub_card.push", "main", "push a model folder to the Hub with its card"),
 }
 

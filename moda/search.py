@@ -136,12 +136,13 @@ class CatalogIndex:
         """
         rows = list(rows)
         for row in rows:
-            if not isinstance(row.get("description"), str) or not row["description"].strip():
+            if not has_description(row):
                 raise ValueError(f"Row {row.get('id')!r} has no description (error: {row.get('error', 'none')}).")
             if str(row["id"]) in self.positions:
                 raise ValueError(f"Item {row['id']!r} is already in the index.")
-        if len({str(row["id"]) for row in rows}) != len(rows):
-            raise ValueError("The rows to add repeat an id.")
+        repeated = repeated_ids(rows)
+        if repeated:
+            raise ValueError(f"The rows to add repeat an id: {repeated[0]!r} ({len(repeated)} id(s) like it).")
         if self.items and (image_embeddings is None) != (self.images is None):
             raise ValueError("An index holds image embeddings for all its items or for none: give them with every "
                              "addition to an index with images, and only then.")
@@ -229,6 +230,21 @@ class CatalogIndex:
         return index
 
 
+def repeated_ids(rows: list) -> list:
+    """The ids that more than one row has, in first-seen order."""
+    seen, repeated = set(), []
+    for row in rows:
+        item_id = str(row["id"])
+        if item_id in seen and item_id not in repeated:
+            repeated.append(item_id)
+        seen.add(item_id)
+    return repeated
+
+
+def has_description(row: dict) -> bool:
+    return isinstance(row.get("description"), str) and bool(row["description"].strip())
+
+
 def image_embeddings_for(images: list, model_name: str, names: list = None, batch_size: int = 64) -> np.ndarray:
     """MODA's image embeddings (`get_image_features`) of images given as paths, URLs or bytes; `names` (one per image,
     default: the path) are what an error about an image calls it."""
@@ -293,16 +309,41 @@ def index_main(argv=None) -> int:
     if args.catalog and not args.image_model:
         parser.error("--catalog is read for image embeddings only: give --image_model too")
 
-    rows = read_output(args.captions)
+    try:
+        rows = read_output(args.captions)
+    except (OSError, ValueError) as err:  # a missing file, another format, a broken line
+        parser.error(f"--captions {args.captions!r} cannot be read: {err}")
+    without_id = [i for i, row in enumerate(rows) if row.get("id") in (None, "")]
+    if without_id:
+        parser.error(f"--captions {args.captions!r}: row {without_id[0] + 1} has no id ({len(without_id)} row(s) "
+                     "like it); a captions file from moda caption has one per row")
+    repeated = repeated_ids(rows)
+    if repeated:
+        parser.error(f"--captions {args.captions!r} has id {repeated[0]!r} more than once ({len(repeated)} id(s) "
+                     "like it); ids must be unique")
     unreadable = [row for row in rows if "error" in row]
-    rows = [row for row in rows if "error" not in row]
+    # A model may write nothing for an item: there is nothing to search by, as for an unreadable one.
+    undescribed = [row for row in rows if "error" not in row and not has_description(row)]
+    rows = [row for row in rows if "error" not in row and has_description(row)]
     output = Path(args.output)
     if (output / "meta.json").exists() and not args.rebuild:
-        index = CatalogIndex.load(output)
+        try:
+            index = CatalogIndex.load(output)
+        except (OSError, ValueError) as err:  # a missing file, another format, files out of step
+            parser.error(f"{err} (use --rebuild to build it again)")
         if args.embedder != DEFAULT_EMBEDDER and args.embedder != index.embedder_name:
             parser.error(f"{args.output} was built with {index.embedder_name!r}, not {args.embedder!r} (use --rebuild)")
+        if args.image_model and len(index) and index.images is None:
+            parser.error(f"{args.output} was built without --image_model, so its items have no image embeddings: "
+                         "use --rebuild to index them with image embeddings")
     else:
         index = CatalogIndex(args.embedder, args.exact_up_to)
+    # Items are only ever added: an item captioned again (another model or prompts) would keep its old description.
+    changed = [row for row in rows if str(row["id"]) in index.positions
+               and index.items[index.positions[str(row["id"])]]["description"] != row["description"]]
+    if changed:
+        parser.error(f"{len(changed)} item(s) of {args.output} have another description in {args.captions!r} "
+                     f"(e.g. {changed[0]['id']!r}): they were captioned again; use --rebuild to index them anew")
     new_rows = [row for row in rows if str(row["id"]) not in index.positions]
     images = None
     if args.image_model and new_rows:
@@ -317,8 +358,8 @@ def index_main(argv=None) -> int:
     if len(index):
         index.save(output)
     print(f"{args.output}: added {added} item(s), {len(rows) - added} already indexed, {len(unreadable)} unreadable "
-          f"item(s) left out; {len(index)} in all ({index.text.kind if index.text else 'empty'} index, "
-          f"embedder {index.embedder_name})")
+          f"and {len(undescribed)} undescribed item(s) left out; {len(index)} in all "
+          f"({index.text.kind if index.text else 'empty'} index, embedder {index.embedder_name})")
     return 0
 
 
@@ -334,10 +375,17 @@ def search_main(argv=None) -> int:
         parser.error(f"-k must be at least 1, got {args.k}")
     if (args.query is None) == (args.image is None):
         parser.error("give a text query or --image (one of them)")
-    index = CatalogIndex.load(args.index)
+    if args.query is not None and not args.query.strip():
+        parser.error("the search query is empty")
+    try:
+        index = CatalogIndex.load(args.index)
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
     if args.image:
         if not args.image_model:
             parser.error("--image needs --image_model (the MODA model that embedded the catalog)")
+        if index.images is None:  # checked before the model is loaded and the image embedded
+            parser.error(f"{args.index} holds no image embeddings: build it with moda index --image_model")
         try:
             embedding = image_embeddings_for([args.image], args.image_model)
         except ValueError as err:

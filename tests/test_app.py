@@ -122,3 +122,33 @@ def test_each_model_gets_its_own_demo_captions(tiny_moda_dir, tmp_path):
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # retrained in place
     assert app.model_key(str(other)) != before
     assert app.model_key("someone/moda") != app.model_key("someone/moda-v2")
+
+
+def test_a_missing_demo_model_is_named_however_it_is_written(tmp_path, monkeypatch):
+    import app
+
+    monkeypatch.chdir(tmp_path)  # no ./moda-demo here
+    for model in ("moda-demo", "./moda-demo"):  # the README writes it the second way
+        with pytest.raises(SystemExit) as info:
+            app.main(["--model", model])
+        assert "./moda-demo does not exist" in str(info.value)
+    assert not (tmp_path / ".cache").exists()  # no demo catalog drawn for a model that is not there
+
+
+def test_a_wrong_index_or_vocabulary_is_named_before_the_model_loads(tiny_moda_dir, catalog_index, tmp_path,
+                                                                      monkeypatch):
+    import app
+    import moda.describe
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(moda.describe, "load_captioner", no_loading)
+    with pytest.raises(SystemExit) as info:
+        app.main(["--model", str(tiny_moda_dir), "--index", str(tmp_path / "no-index")])
+    assert "app.py:" in str(info.value) and "no-index" in str(info.value) and "not a search index" in str(info.value)
+    catalog_index.save(tmp_path / "index")
+    with pytest.raises(SystemExit) as info:
+        app.main(["--model", str(tiny_moda_dir), "--index", str(tmp_path / "index"),
+                  "--vocabulary", str(tmp_path / "no-catalog.csv")])
+    assert "no-catalog.csv" in str(info.value)

@@ -84,6 +84,24 @@ def test_duplicate_ids_are_an_error(tmp_path, red_image):
         list_catalog_items(str(tmp_path / "cat.csv"))
 
 
+def test_an_empty_catalog_is_an_error_not_an_empty_output(tmp_path):
+    (tmp_path / "header.csv").write_text("image,id\n")  # an empty output would be a CSV that cannot be read back
+    with pytest.raises(ValueError, match=r"header\.csv' lists no items"):
+        list_catalog_items(str(tmp_path / "header.csv"))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "metadata.csv").write_text("file_name,id\n")  # not "no metadata.csv"
+    with pytest.raises(ValueError, match="folder' lists no items"):
+        list_catalog_items(str(tmp_path / "folder"))
+
+
+def test_an_id_missing_from_some_rows_is_an_error_not_ids_from_paths(tmp_path, red_image):
+    red_image.save(tmp_path / "a.png")
+    red_image.save(tmp_path / "b.png")
+    (tmp_path / "cat.csv").write_text("image,ProductId\na.png,17\nb.png,\n")
+    with pytest.raises(ValueError, match=r"cat\.csv row 3 has no 'ProductId' \(1 row\(s\) like it\)"):
+        list_catalog_items(str(tmp_path / "cat.csv"))
+
+
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
 def test_caption_writes_one_row_per_item_with_attributes_and_errors(tiny_moda_dir, catalog_dir, tmp_path, suffix,
                                                                     capsys):

@@ -166,3 +166,77 @@ def test_image_embeddings_of_a_catalog_of_image_bytes_come_from_the_catalog(tmp_
     with pytest.raises(SystemExit):
         search_main([index_dir, "--image", str(tmp_path / "gone.png"), "--image_model", str(tiny_moda_dir)])
     assert "gone.png" in capsys.readouterr().err
+
+
+def test_index_command_names_the_captions_file_and_its_problem(tmp_path, capsys):
+    index_dir = str(tmp_path / "index")
+    missing = tmp_path / "missing.jsonl"
+    with pytest.raises(SystemExit):
+        index_main(["--captions", str(missing), "--output", index_dir])
+    assert "missing.jsonl" in capsys.readouterr().err
+    repeated = tmp_path / "repeated.jsonl"
+    write_output(repeated, ROWS + [dict(ROWS[1], file="other.jpg")])
+    with pytest.raises(SystemExit):
+        index_main(["--captions", str(repeated), "--output", index_dir])
+    error = capsys.readouterr().err
+    assert "repeated.jsonl" in error and "id 'dress' more than once" in error
+    no_ids = tmp_path / "no_ids.csv"
+    write_output(no_ids, [{"file": row["file"], "description": row["description"]} for row in ROWS])
+    with pytest.raises(SystemExit):
+        index_main(["--captions", str(no_ids), "--output", index_dir])
+    error = capsys.readouterr().err
+    assert "no_ids.csv" in error and "row 1 has no id" in error
+    assert not (tmp_path / "index").exists()
+
+
+def test_an_item_the_model_wrote_nothing_for_is_left_out_and_counted(tmp_path, capsys):
+    captions = tmp_path / "captions.jsonl"
+    write_output(captions, ROWS[:2] + [dict(ROWS[2], description="", descriptions={"": ""})])
+    assert index_main(["--captions", str(captions), "--output", str(tmp_path / "index")]) == 0
+    out = capsys.readouterr().out
+    assert "added 2 item(s)" in out and "1 undescribed item(s) left out" in out
+
+
+def test_items_captioned_again_are_not_left_with_their_old_descriptions(tmp_path, capsys):
+    captions = tmp_path / "captions.jsonl"
+    index_dir = tmp_path / "index"
+    write_output(captions, ROWS)
+    assert index_main(["--captions", str(captions), "--output", str(index_dir)]) == 0
+    recaptioned = [dict(row, description=f"Blue {row['description']}") if row["id"] == "shirt" else row
+                   for row in ROWS]
+    write_output(captions, recaptioned)  # moda caption --overwrite with another model, say
+    with pytest.raises(SystemExit):
+        index_main(["--captions", str(captions), "--output", str(index_dir)])
+    error = capsys.readouterr().err
+    assert "1 item(s)" in error and "'shirt'" in error and "--rebuild" in error
+    assert index_main(["--captions", str(captions), "--output", str(index_dir), "--rebuild"]) == 0
+    items = [json.loads(line) for line in (index_dir / "items.jsonl").read_text().splitlines()]
+    assert [item["description"] for item in items] == [row["description"] for row in recaptioned]
+
+
+def test_image_options_on_a_text_only_index_are_refused_before_any_model_loads(tmp_path, capsys):
+    captions = tmp_path / "captions.jsonl"
+    index_dir = str(tmp_path / "index")
+    write_output(captions, ROWS)
+    assert index_main(["--captions", str(captions), "--output", index_dir]) == 0
+    capsys.readouterr()
+    no_model = str(tmp_path / "no-model")  # never loaded: the refusal comes first
+    with pytest.raises(SystemExit):  # it would say "added 0 item(s)" and leave the index without image embeddings
+        index_main(["--captions", str(captions), "--output", index_dir, "--image_model", no_model])
+    assert "built without --image_model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        search_main([index_dir, "--image", "shoe.jpg", "--image_model", no_model])
+    assert "holds no image embeddings" in capsys.readouterr().err
+
+
+def test_search_command_errors_name_the_problem(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        search_main([str(tmp_path / "nowhere"), "red dress"])
+    error = capsys.readouterr().err
+    assert "nowhere" in error and "not a search index" in error
+    captions = tmp_path / "captions.jsonl"
+    write_output(captions, ROWS)
+    assert index_main(["--captions", str(captions), "--output", str(tmp_path / "index")]) == 0
+    with pytest.raises(SystemExit):
+        search_main([str(tmp_path / "index"), "  "])
+    assert "the search query is empty" in capsys.readouterr().err
