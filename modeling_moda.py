@@ -283,8 +283,9 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             raise ValueError(f"{batch} images but {input_ids.shape[0]} token sequences: the batch sizes must match.")
         max_positions = self.config.text_config.max_position_embeddings
         if num_prefix + input_ids.shape[1] > max_positions:
+            what = "training sequence (prompt and description)" if labels is not None else "prompt"
             raise ValueError(
-                f"The prompt is {input_ids.shape[1]} tokens; with {num_prefix} image token(s) that exceeds the "
+                f"The {what} is {input_ids.shape[1]} tokens; with {num_prefix} image token(s) that exceeds the "
                 f"decoder's {max_positions} positions."
             )
         if attention_mask is None:

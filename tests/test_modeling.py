@@ -159,8 +159,10 @@ def test_wrong_pixel_values_are_clear_errors(tester):
 
 def test_prompt_longer_than_the_decoder_allows_is_a_clear_error(tester):
     too_long = torch.ones(1, tester.config.text_config.max_position_embeddings, dtype=torch.long)
-    with pytest.raises(ValueError, match="positions"):
+    with pytest.raises(ValueError, match="The prompt is .* positions"):
         tester.model.generate(pixel_values=tester.pixel_values(1), input_ids=too_long)
+    with pytest.raises(ValueError, match=r"The training sequence \(prompt and description\) is .* positions"):
+        tester.model(pixel_values=tester.pixel_values(1), input_ids=too_long, labels=too_long)
 
 
 def test_image_embeds_path_equals_pixel_values_path(tester):
