@@ -299,9 +299,10 @@ def barrier(world_size: int) -> None:
 
 
 def run_settings(args) -> dict:
-    """What a resumed run must share with the run that wrote the parts."""
+    """What a resumed run must share with the run that wrote the parts. The vocabulary is among them: the attributes
+    of rows from two vocabularies would not be comparable in one output."""
     return {"model": args.model, "revision": args.revision, "images": args.images, "prompts": args.prompts,
-            "max_new_tokens": args.max_new_tokens}
+            "max_new_tokens": args.max_new_tokens, "vocabulary": args.vocabulary}
 
 
 def settings_file_for(output: Path) -> Path:
@@ -329,8 +330,8 @@ def prepare_parts_dir(output: Path, parts_dir: Path, settings: dict, overwrite: 
 def earlier_output_rows(output: Path, settings: dict) -> list:
     """
     Rows of a finished earlier output, reused when the catalog has grown: they must come from the same model,
-    revision, prompts and max_new_tokens (its settings file says; the catalog's path may differ). An output written
-    before settings files were kept is checked by its prompts alone.
+    revision, prompts, max_new_tokens and vocabulary (its settings file says; the catalog's path may differ). An
+    output written before settings files were kept is checked by its prompts alone.
     """
     if not output.exists():
         return []

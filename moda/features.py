@@ -154,11 +154,13 @@ def compute_features(examples, encode_batch, cache: FeatureCache, bad_rows, batc
 
 
 def image_embedding_encoder(model, processor):
-    """encode_batch for a frozen vision tower: PIL images -> (batch, image_embed_dim) image embeddings."""
+    """encode_batch for a frozen vision tower: PIL images -> (batch, image_embed_dim) image embeddings, on the CPU.
+    The training cache and moda search's image index both embed through it, so their embeddings are the same."""
 
     def encode(images):
         pixel_values = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        return model.get_image_features(pixel_values).float().cpu()
+        # The processor's tensors are on the CPU; a model on a GPU needs them on its own device.
+        return model.get_image_features(pixel_values.to(model.device)).float().cpu()
 
     return encode
 

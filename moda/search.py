@@ -251,25 +251,25 @@ def image_embeddings_for(images: list, model_name: str, names: list = None, batc
     import torch
 
     from moda.describe import load_captioner
-    from moda.features import load_image
+    from moda.features import image_embedding_encoder, load_image
 
     names = names or [image if isinstance(image, str) else f"image {i}" for i, image in enumerate(images)]
     captioner = load_captioner(model_name)
+    encode = image_embedding_encoder(captioner.model, captioner.processor)
     chunks = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             end = start + batch_size
             images_batch = [load_image(image, name) for image, name in zip(images[start:end], names[start:end])]
-            pixels = captioner.processor(images=images_batch, return_tensors="pt")["pixel_values"]
-            chunks.append(captioner.model.get_image_features(pixels.to(captioner.model.device)).float().cpu().numpy())
+            chunks.append(encode(images_batch).numpy())
     return np.concatenate(chunks)
 
 
-def images_of(rows: list, catalog: str = None) -> list:
+def images_of(rows: list, catalog: str = None, image_column: str = "image") -> list:
     """
-    The captioned rows' images: the catalog's own (matched by id) when `catalog` is given, else the image file each
-    row names. A catalog whose images are bytes (a Hub dataset, a table of encoded images) leaves no file on disk:
-    its rows name where the image came from, so it needs `catalog`.
+    The captioned rows' images: the catalog's own (its `image_column`, matched by id) when `catalog` is given, else
+    the image file each row names. A catalog whose images are bytes (a Hub dataset, a table of encoded images) leaves
+    no file on disk: its rows name where the image came from, so it needs `catalog`.
     """
     from moda.captioning import list_catalog_items
 
@@ -282,7 +282,7 @@ def images_of(rows: list, catalog: str = None) -> list:
                 "--catalog with that catalog"
             )
         return [row["file"] for row in rows]
-    images = {item["id"]: item["image"] for item in list_catalog_items(catalog)}
+    images = {item["id"]: item["image"] for item in list_catalog_items(catalog, image_column)}
     missing = [str(row["id"]) for row in rows if str(row["id"]) not in images]
     if missing:
         raise ValueError(f"--catalog {catalog!r} has no item with id {missing[0]!r} ({len(missing)} caption id(s) "
@@ -296,18 +296,27 @@ def index_main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="moda index", description="Build or update a search index over captions.")
     parser.add_argument("--captions", required=True, help="captions file from moda caption (.jsonl, .csv, .parquet)")
     parser.add_argument("--output", required=True, help="index folder; an existing index gets the new ids added")
-    parser.add_argument("--embedder", default=DEFAULT_EMBEDDER, help="a sentence-transformers model name or folder")
-    parser.add_argument("--exact_up_to", "--exact-up-to", type=int, default=EXACT_UP_TO,
-                        help="past this many items the index is HNSW (approximate) instead of exact")
+    # No defaults for --embedder and --exact_up_to: a value the user gives must match an existing index's, which only
+    # None tells apart from the default.
+    parser.add_argument("--embedder", default=None,
+                        help=f"a sentence-transformers model name or folder (default: {DEFAULT_EMBEDDER}); fixed when "
+                             f"the index is built")
+    parser.add_argument("--exact_up_to", "--exact-up-to", type=int, default=None,
+                        help=f"past this many items the index is HNSW (approximate) instead of exact (default: "
+                             f"{EXACT_UP_TO}); fixed when the index is built: changing it needs --rebuild")
     parser.add_argument("--image_model", "--image-model", default=None,
                         help="a MODA model: also index its image embeddings (for search by image)")
     parser.add_argument("--catalog", default=None,
                         help="with --image_model: read the images from this catalog (the one captioned), by id; "
                              "needed where its images are bytes (e.g. a Hub dataset), not files")
+    parser.add_argument("--image_column", "--image-column", default=None,
+                        help="with --catalog: the catalog's image column (default: image), as for moda caption")
     parser.add_argument("--rebuild", action="store_true", help="start a new index even if one exists")
     args = parser.parse_args(argv)
     if args.catalog and not args.image_model:
         parser.error("--catalog is read for image embeddings only: give --image_model too")
+    if args.image_column and not args.catalog:
+        parser.error(f"--image_column {args.image_column!r} names a column of --catalog: give --catalog too")
 
     try:
         rows = read_output(args.captions)
@@ -331,13 +340,17 @@ def index_main(argv=None) -> int:
             index = CatalogIndex.load(output)
         except (OSError, ValueError) as err:  # a missing file, another format, files out of step
             parser.error(f"{err} (use --rebuild to build it again)")
-        if args.embedder != DEFAULT_EMBEDDER and args.embedder != index.embedder_name:
+        if args.embedder is not None and args.embedder != index.embedder_name:
             parser.error(f"{args.output} was built with {index.embedder_name!r}, not {args.embedder!r} (use --rebuild)")
+        if args.exact_up_to is not None and args.exact_up_to != index.exact_up_to:
+            parser.error(f"{args.output} was built with --exact_up_to {index.exact_up_to}, not {args.exact_up_to}: "
+                         "an index keeps the value it was built with; use --rebuild to build it again with the new one")
         if args.image_model and len(index) and index.images is None:
             parser.error(f"{args.output} was built without --image_model, so its items have no image embeddings: "
                          "use --rebuild to index them with image embeddings")
     else:
-        index = CatalogIndex(args.embedder, args.exact_up_to)
+        index = CatalogIndex(args.embedder or DEFAULT_EMBEDDER,
+                             EXACT_UP_TO if args.exact_up_to is None else args.exact_up_to)
     # Items are only ever added: an item captioned again (another model or prompts) would keep its old description.
     changed = [row for row in rows if str(row["id"]) in index.positions
                and index.items[index.positions[str(row["id"])]]["description"] != row["description"]]
@@ -349,7 +362,8 @@ def index_main(argv=None) -> int:
     if args.image_model and new_rows:
         try:
             names = [f"item {row['id']!r}" for row in new_rows]
-            images = image_embeddings_for(images_of(new_rows, args.catalog), args.image_model, names)
+            images = image_embeddings_for(images_of(new_rows, args.catalog, args.image_column or "image"),
+                                          args.image_model, names)
         except (OSError, ValueError) as err:  # a missing catalog or image file, an unreadable image
             parser.error(str(err))
     if images is None and index.images is not None and new_rows:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from moda.captioning import KILL_AFTER_PARTS_ENV, list_catalog_items, main, parts_dir_for, read_output
+from moda.captioning import (KILL_AFTER_PARTS_ENV, list_catalog_items, main, parse_arguments, parts_dir_for,
+                             prepare_parts_dir, read_output, run_settings)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_GOOD = 10
@@ -189,6 +190,29 @@ def test_a_finished_output_is_not_reused_for_another_model(tiny_moda_dir, catalo
     assert read_output(output) == first
     assert main(["--model", str(other_model), *args, "--overwrite"]) == 0
     assert json.loads(output.with_name("captions.jsonl.run.json").read_text())["model"] == str(other_model)
+
+
+def test_a_run_with_another_vocabulary_is_refused_not_mixed_into_the_output(tiny_moda_dir, catalog_dir, tmp_path):
+    other = tmp_path / "other.csv"  # another catalog, so another attribute vocabulary
+    other.write_text(f"image,Colour,Gender,ProductType,Usage\n{catalog_dir / 'images/000.jpg'},Olive,Women,Kurtas,"
+                     "Ethnic\n")
+    output = tmp_path / "captions.jsonl"
+    args = ["--model", str(tiny_moda_dir), "--images", str(catalog_dir), "--output", str(output), "--batch_size", "8",
+            "--max_new_tokens", "4"]
+    assert main(args) == 0
+    first = read_output(output)
+    # A rerun captions the two unreadable items again: their attributes would come from the other vocabulary.
+    with pytest.raises(ValueError, match=r"other vocabulary \(\{'vocabulary': None\}\): pass --overwrite"):
+        main(args + ["--vocabulary", str(other)])
+    assert read_output(output) == first
+
+    # An unfinished run (its parts folder) is resumed only with the vocabulary it started with, too.
+    unfinished = tmp_path / "unfinished.jsonl"
+    args[args.index(str(output))] = str(unfinished)
+    prepare_parts_dir(unfinished, parts_dir_for(unfinished), run_settings(parse_arguments(args)), overwrite=False)
+    with pytest.raises(ValueError, match="unfinished run with other settings"):
+        prepare_parts_dir(unfinished, parts_dir_for(unfinished),
+                          run_settings(parse_arguments(args + ["--vocabulary", str(other)])), overwrite=False)
 
 
 def test_two_processes_split_the_catalog_and_merge_it_complete(tiny_moda_dir, catalog_dir, tmp_path):

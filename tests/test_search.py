@@ -240,3 +240,101 @@ def test_search_command_errors_name_the_problem(tmp_path, capsys):
     with pytest.raises(SystemExit):
         search_main([str(tmp_path / "index"), "  "])
     assert "the search query is empty" in capsys.readouterr().err
+
+
+def test_a_different_exact_up_to_on_an_existing_index_is_refused_not_ignored(tmp_path, capsys):
+    captions = tmp_path / "captions.jsonl"
+    index_dir = tmp_path / "index"
+    write_output(captions, ROWS[:2])
+    assert index_main(["--captions", str(captions), "--output", str(index_dir), "--exact_up_to", "2"]) == 0
+    write_output(captions, ROWS)
+    with pytest.raises(SystemExit):  # it used to add the items under the saved value, 2, without a word
+        index_main(["--captions", str(captions), "--output", str(index_dir), "--exact_up_to", "3"])
+    error = capsys.readouterr().err
+    assert "--exact_up_to 2, not 3" in error and "--rebuild" in error
+    assert json.loads((index_dir / "meta.json").read_text())["count"] == 2
+    # The same value, or none, updates the index under the value it was built with.
+    assert index_main(["--captions", str(captions), "--output", str(index_dir), "--exact_up_to", "2"]) == 0
+    assert index_main(["--captions", str(captions), "--output", str(index_dir)]) == 0
+    meta = json.loads((index_dir / "meta.json").read_text())
+    assert meta["exact_up_to"] == 2 and meta["count"] == 4 and meta["kind"] == "hnsw"
+    assert index_main(["--captions", str(captions), "--output", str(index_dir), "--exact_up_to", "3", "--rebuild"]) == 0
+    meta = json.loads((index_dir / "meta.json").read_text())
+    assert meta["exact_up_to"] == 3 and meta["count"] == 4
+
+
+def test_the_default_embedder_asked_for_by_name_on_an_index_of_another_is_refused(tmp_path, capsys):
+    from moda.search import DEFAULT_EMBEDDER
+
+    captions, index_dir = tmp_path / "captions.jsonl", tmp_path / "index"
+    write_output(captions, ROWS[:2])
+    assert index_main(["--captions", str(captions), "--output", str(index_dir)]) == 0
+    meta = json.loads((index_dir / "meta.json").read_text())
+    (index_dir / "meta.json").write_text(json.dumps({**meta, "embedder": "someone/other-embedder"}))
+    with pytest.raises(SystemExit):  # it was taken for "no --embedder given" and the other embedder kept, silently
+        index_main(["--captions", str(captions), "--output", str(index_dir), "--embedder", DEFAULT_EMBEDDER])
+    assert f"built with 'someone/other-embedder', not {DEFAULT_EMBEDDER!r}" in capsys.readouterr().err
+    assert index_main(["--captions", str(captions), "--output", str(index_dir)]) == 0  # none given: the index's own
+
+
+def test_index_reads_the_catalog_image_column_it_is_given(tmp_path, tiny_moda_dir, product_images, capsys):
+    photos = []
+    for row, image in zip(ROWS, product_images):
+        image.save(tmp_path / row["file"])
+        photos.append(str(tmp_path / row["file"]))
+    catalog = tmp_path / "catalog.csv"  # its image column is "photo", not "image"
+    catalog.write_text("id,photo\n" + "".join(f"{row['id']},{photo}\n" for row, photo in zip(ROWS, photos)))
+    captions = tmp_path / "captions.jsonl"
+    write_output(captions, [dict(row, file=f"catalog.csv row {i + 2}") for i, row in enumerate(ROWS)])  # no files
+    index_dir = str(tmp_path / "index")
+    base = ["--captions", str(captions), "--output", index_dir, "--image_model", str(tiny_moda_dir),
+            "--catalog", str(catalog)]
+
+    with pytest.raises(SystemExit):
+        index_main(base)
+    assert "image column 'image' is not a column of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        index_main(["--captions", str(captions), "--output", index_dir, "--image_column", "photo"])
+    assert "--image_column 'photo' names a column of --catalog" in capsys.readouterr().err
+    assert index_main(base + ["--image_column", "photo"]) == 0
+    capsys.readouterr()
+    assert search_main([index_dir, "--image", photos[1], "--image_model", str(tiny_moda_dir), "-k", "1"]) == 0
+    assert capsys.readouterr().out.split()[2] == ROWS[1]["id"]
+
+
+def test_image_embedding_encoder_runs_the_model_on_its_own_device(tiny_model_and_processor, product_images):
+    import torch
+
+    from moda.features import image_embedding_encoder
+
+    _, processor = tiny_model_and_processor
+
+    class ModelOnAnotherDevice:  # a model on a GPU, say: it takes only pixels on its own device
+        device = torch.device("meta")
+
+        def get_image_features(self, pixel_values):
+            assert pixel_values.device == self.device, f"pixels on {pixel_values.device}, model on {self.device}"
+            return torch.ones(len(pixel_values), 3, dtype=torch.float16)
+
+    embeddings = image_embedding_encoder(ModelOnAnotherDevice(), processor)(product_images[:2])
+    assert embeddings.device.type == "cpu" and embeddings.dtype == torch.float32 and embeddings.shape == (2, 3)
+
+
+def test_search_embeds_images_as_the_training_feature_cache_does(tiny_moda_dir, tiny_model_and_processor,
+                                                                 product_images, monkeypatch):
+    import moda.features
+    from moda.search import image_embeddings_for
+
+    model, processor = tiny_model_and_processor
+    encoder = moda.features.image_embedding_encoder
+    expected = encoder(model, processor)(product_images[:3]).numpy()
+    calls = []
+
+    def recording_encoder(model, processor):
+        calls.append(model)
+        return encoder(model, processor)
+
+    monkeypatch.setattr(moda.features, "image_embedding_encoder", recording_encoder)
+    embeddings = image_embeddings_for(product_images[:3], str(tiny_moda_dir), batch_size=2)
+    assert len(calls) == 1  # one piece of code embeds images for both
+    np.testing.assert_allclose(embeddings, expected, rtol=1e-5, atol=1e-6)
