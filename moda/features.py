@@ -157,6 +157,7 @@ def image_embedding_encoder(model, processor):
     """encode_batch for a frozen vision tower: PIL images -> (batch, image_embed_dim) image embeddings, on the CPU.
     The training cache and moda search's image index both embed through it, so their embeddings are the same."""
 
+    @torch.no_grad()  # cached features: nothing trains through them
     def encode(images):
         pixel_values = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
         # The processor's tensors are on the CPU; a model on a GPU needs them on its own device.
