@@ -63,6 +63,8 @@ HYPERPARAMETER_NAMES = (
     "gradient_accumulation_steps", "weight_decay", "optim", "seed", "bf16", "fp16", "train_projector_only",
     "use_lora", "lora_r", "lora_alpha", "lora_dropout", "num_image_tokens",
 )
+# LoRA's settings have defaults in every run: they are rows only where use_lora is true.
+LORA_SETTINGS = ("lora_r", "lora_alpha", "lora_dropout")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -130,11 +132,18 @@ def build_model_card(model_dir, training_info=None, eval_report=None, repo_id=No
         revision=PLACEHOLDER_REVISION,
         **architecture_fields(config, model_dir, vision_model, text_model),
         training_text=training_text(info, vision_model, text_model, dataset),
-        hyperparameters=info.get("hyperparameters") or {},
+        hyperparameters=card_hyperparameters(info.get("hyperparameters") or {}),
         dataset_text=_dataset_text(dataset),
         eval_text=eval_text(report or {}, eval_dataset, metrics),
         eval_rows=[(name, _format_number(value)) for name, value in metrics.items()],
     )
+
+
+def card_hyperparameters(hyperparameters: dict) -> dict:
+    """The hyper-parameter rows: all of them for a LoRA run, else all but LoRA's settings (which it did not use)."""
+    if hyperparameters.get("use_lora"):
+        return dict(hyperparameters)
+    return {name: value for name, value in hyperparameters.items() if name not in LORA_SETTINGS}
 
 
 def read_moda_config(model_dir: Path) -> dict:

@@ -224,6 +224,17 @@ def load_catalog(dataset: str, image_column: str = "image", validation_fraction:
     return splits
 
 
+def sample_rows(rows: list, limit: int = None, seed: int = 0) -> list:
+    """
+    At most `limit` of the rows, drawn at random (seeded) and kept in their order: a catalog file is often grouped
+    (fashion-images' train split starts with Girls' items), so its first rows would be a skewed sample.
+    """
+    if limit is None or limit >= len(rows):
+        return list(rows)
+    chosen = sorted(random.Random(seed).sample(range(len(rows)), limit))
+    return [rows[i] for i in chosen]
+
+
 def split_off_validation(splits: dict, fraction: float, seed: int) -> dict:
     if not 0 < fraction < 1:
         raise ValueError(f"validation_fraction must be between 0 and 1, got {fraction}.")
@@ -275,3 +286,4 @@ def examples_from_rows(rows: list, bad_rows: BadRows, caption_column=None, capti
             if answer:
                 examples.append({"image": row["image"], "prompt": question, "description": answer, "row": row})
     return examples
+

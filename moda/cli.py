@@ -16,6 +16,20 @@ COMMANDS = {
 }
 
 
+# The errors MODA's commands raise on purpose, each with a message that names the input and its problem (BadRowError
+# is a ValueError). Any other exception is a bug and keeps its traceback.
+INPUT_ERRORS = (ValueError, FileNotFoundError)
+
+
+def run_command(name: str, work, args) -> int:
+    """Runs `work(args)` and returns its exit status; an input error prints "<name>: error: <message>" and returns 1."""
+    try:
+        return work(args)
+    except INPUT_ERRORS as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 1
+
+
 def usage() -> str:
     lines = ["usage: moda <command> [options]", "", "commands:"]
     lines += [f"  {name:<14} {help_}" for name, (_, _, help_) in COMMANDS.items()]

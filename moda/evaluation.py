@@ -24,6 +24,7 @@ from transformers import PretrainedConfig, TrainerCallback
 from moda.attributes import AttributeVocabulary
 from moda.catalog import (MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, looks_like_a_path,
                           read_catalog_splits, require_caption_columns)
+from moda.cli import run_command
 from moda.description_scores import SCORE_NAMES, flat_metrics, majority_baseline, score_descriptions
 from moda.features import load_image
 
@@ -40,7 +41,11 @@ def load_model_and_processor(model_name: str, revision: str = None):
         raise FileNotFoundError(f"--model {model_name!r} is a folder without config.json: not a saved model folder.")
     if looks_like_a_path(model_name) and not Path(model_name).exists():
         raise FileNotFoundError(f"--model {model_name!r}: no such model folder.")
-    model_type = PretrainedConfig.get_config_dict(model_name, revision=revision)[0].get("model_type")
+    try:
+        model_type = PretrainedConfig.get_config_dict(model_name, revision=revision)[0].get("model_type")
+    except OSError as err:  # no such Hub model, or the Hub unreachable (offline)
+        raise FileNotFoundError(f"--model {model_name!r}: no local model folder of that name, and no Hub model of that "
+                                f"name could be loaded ({type(err).__name__}: {' '.join(str(err).split())})") from err
     if model_type == "moda":
         # (moda.auto_classes registers MODA with AutoConfig: no remote-code prompt for the tokenizer)
         from moda.auto_classes import MODAForConditionalGeneration, MODAProcessor
@@ -177,6 +182,10 @@ def reference_captions_for(rows, caption_column=None, caption_template=MODA_CAPT
 
 def main(argv=None) -> int:
     args = parse_arguments(argv)
+    return run_command("moda eval", evaluate, args)
+
+
+def evaluate(args) -> int:
     output_dir = Path(args.output_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -307,7 +316,8 @@ def write_report(report: dict, output_dir: Path) -> None:
     (output_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot drawing to files only (no window, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -317,7 +327,7 @@ def _pyplot():
 
 
 def plot_scores(scores: dict, path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     names = [name for name in SCORE_NAMES + ("Overall",) if scores.get(name) is not None]
     fig, ax = plt.subplots(figsize=(8, 4))
     bars = ax.bar(names, [scores[name] for name in names], color=["#4c72b0"] * (len(names) - 1) + ["#dd8452"])
@@ -333,7 +343,7 @@ def plot_scores(scores: dict, path: Path) -> None:
 
 def plot_confusion(pairs, path: Path, title: str, max_labels: int = 15) -> None:
     """Counts of (true value, first value named) pairs; rare true values and unknown names fold into "(other)"."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = [value for value, _ in Counter(true for true, _ in pairs).most_common(max_labels)]
     extra = ["(other)"] if len({true for true, _ in pairs}) > len(labels) or any(
         named not in labels and named != "(none)" for _, named in pairs) else []
@@ -435,7 +445,7 @@ class AttributeMetricsCallback(TrainerCallback):
 
 def plot_metrics_against_tokens(history: list, path: Path) -> None:
     """One panel for the 0-10 scores and one for the 0-1 rates (hit rates, ROUGE-L), against tokens seen."""
-    plt = _pyplot()
+    plt = pyplot()
     names = sorted({name for record in history for name in record["metrics"]})
     rates = [name for name in names if name.endswith("hit_rate") or name.endswith("rouge_l")]
     panels = [("score (0-10)", [name for name in names if name not in rates]), ("rate (0-1)", rates)]

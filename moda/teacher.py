@@ -37,6 +37,7 @@ from pathlib import Path
 from moda.attributes import MYNTRA_COLUMNS, SMALL_COLUMNS, SYNONYMS, AttributeVocabulary, columns_for, \
     extract_attributes, is_missing, words
 from moda.captioning import check_or_save_settings, image_files, write_atomically
+from moda.cli import run_command
 from moda.features import load_image
 from moda.catalog import (BadRowError, BadRows, _load_imagefolder, _read_table, _rows_with_image_paths, columns_of,
                           without_location)
@@ -539,10 +540,8 @@ def describe_batch(rows: list, images: list, args, teacher, refiner) -> list:
         return [{"description": template_description(item_attributes(row)), "description_source": "template",
                  "error": ""} for row in rows]
     answers = ask_teacher(teacher, images, args.max_new_tokens, args.batch_size)
-    refine = None
-    if refiner is not None:
-        def refine(prompts):
-            return ask_refiner(refiner, prompts, args.max_new_tokens, args.batch_size)
+    refine = None if refiner is None else (
+        lambda prompts: ask_refiner(refiner, prompts, args.max_new_tokens, args.batch_size))
     return describe_with_models(answers, rows, refine)
 
 
@@ -624,11 +623,7 @@ def parse_arguments(argv):
 
 def main(argv=None) -> int:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
-    try:
-        return build_dataset(args)
-    except (BadRowError, ValueError, FileNotFoundError) as err:
-        print(f"moda build-dataset: error: {err}", file=sys.stderr)
-        return 1
+    return run_command("moda build-dataset", build_dataset, args)
 
 
 def require_something_to_describe(args, rows: list, columns: list) -> None:

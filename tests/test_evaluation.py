@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import shutil
 
 import pytest
@@ -48,6 +49,16 @@ def tiny_catalog(tmp_path, product_images):
     return root
 
 
+def eval_error(capsys, argv) -> str:
+    """The error moda eval gives for argv: exit status 1 and one "moda eval: error:" line, no traceback."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("moda eval: error: ") == 1, err
+    message = err.split("moda eval: error: ")[1]
+    assert message.count("\n") == 1, message
+    return message
+
+
 def test_eval_command_writes_the_report(tiny_moda_dir, tiny_catalog, tmp_path, capsys):
     output_dir = tmp_path / "eval"
     assert main(["--model", str(tiny_moda_dir), "--data", str(tiny_catalog), "--split", "test",
@@ -84,24 +95,47 @@ def test_eval_command_reports_unreadable_images(tiny_moda_dir, tiny_catalog, tmp
     assert len(report["skipped_items"]) == 1 and "not a readable image" in report["skipped_items"][0]["reason"]
     assert "1 skipped" in capsys.readouterr().out
     assert "Skipped items" in (output_dir / "report.md").read_text()
-    with pytest.raises(ValueError, match="not a readable image"):
-        main(["--model", str(tiny_moda_dir), "--data", str(tiny_catalog), "--output_dir", str(output_dir),
-              "--on_bad_row", "fail"])
+    assert "not a readable image" in eval_error(capsys, [
+        "--model", str(tiny_moda_dir), "--data", str(tiny_catalog), "--output_dir", str(output_dir),
+        "--on_bad_row", "fail"])
 
 
-def test_eval_command_names_a_missing_split(tiny_moda_dir, tiny_catalog, tmp_path):
-    with pytest.raises(ValueError, match=r"no split 'dev'.*'test'"):
-        main(["--model", str(tiny_moda_dir), "--data", str(tiny_catalog), "--split", "dev",
-              "--output_dir", str(tmp_path / "eval")])
+def test_eval_command_names_a_missing_split(tiny_moda_dir, tiny_catalog, tmp_path, capsys):
+    error = eval_error(capsys, ["--model", str(tiny_moda_dir), "--data", str(tiny_catalog), "--split", "dev",
+                                "--output_dir", str(tmp_path / "eval")])
+    assert re.search(r"no split 'dev'.*'test'", error)
 
 
-def test_eval_command_names_a_missing_or_empty_model_folder(tiny_catalog, tmp_path):
+def test_eval_command_names_a_missing_or_empty_model_folder(tiny_catalog, tmp_path, capsys):
     common = ["--data", str(tiny_catalog), "--output_dir", str(tmp_path / "eval")]
-    with pytest.raises(FileNotFoundError, match=r"--model '.*no-such-model': no such model folder"):
-        main(["--model", str(tmp_path / "no-such-model")] + common)
+    error = eval_error(capsys, ["--model", str(tmp_path / "no-such-model")] + common)
+    assert re.match(r"--model '.*no-such-model': no such model folder", error)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"--model '.*empty' is a folder without config.json"):
-        main(["--model", str(tmp_path / "empty")] + common)
+    error = eval_error(capsys, ["--model", str(tmp_path / "empty")] + common)
+    assert re.match(r"--model '.*empty' is a folder without config.json", error)
+    # A name that is no local folder is looked up on the Hub (offline here): one error line that names it too.
+    error = eval_error(capsys, ["--model", "no-such-model"] + common)
+    assert error.startswith("--model 'no-such-model': no local model folder of that name, and no Hub model")
+
+
+def test_eval_command_errors_are_one_line_as_build_dataset_gives_them(tiny_moda_dir, tmp_path, capsys):
+    from moda.cli import main as moda_main
+
+    common = ["--model", str(tiny_moda_dir), "--output_dir", str(tmp_path / "eval")]
+    assert moda_main(["eval", "--data", str(tmp_path / "no-such-catalog")] + common) == 1
+    assert capsys.readouterr().err == f"moda eval: error: Catalog not found: no file or folder " \
+                                      f"'{tmp_path / 'no-such-catalog'}'\n"
+
+
+@pytest.mark.parametrize("unexpected", [RuntimeError("CUDA out of memory"), KeyError("colour")])
+def test_eval_command_keeps_the_traceback_of_an_unexpected_error(tiny_moda_dir, tiny_catalog, tmp_path, monkeypatch,
+                                                                 unexpected):
+    def fail(*args):
+        raise unexpected
+
+    monkeypatch.setattr("moda.evaluation.load_model_and_processor", fail)
+    with pytest.raises(type(unexpected)):
+        main(["--model", str(tiny_moda_dir), "--data", str(tiny_catalog), "--output_dir", str(tmp_path / "eval")])
 
 
 @pytest.mark.parametrize("option", ["--batch_size", "--max_new_tokens", "--judge_limit"])
@@ -146,13 +180,13 @@ def test_eval_command_scores_every_row_of_a_file(tiny_moda_dir, product_images, 
     assert report["num_items"] == 3 and report["split_rows"] == 8 and report["limit"] == 3
     assert "3 items scored of the split's 8 rows (first 3)" in capsys.readouterr().out
 
-    with pytest.raises(ValueError, match=r"catalog.csv' has no split 'test'.*leave out --split"):
-        main(common + ["--split", "test", "--output_dir", str(tmp_path / "test")])
+    error = eval_error(capsys, common + ["--split", "test", "--output_dir", str(tmp_path / "test")])
+    assert re.search(r"catalog.csv' has no split 'test'.*leave out --split", error)
     # A reference column or template the user names must be there (the default template's absence only skips BLEU &c.)
-    with pytest.raises(ValueError, match=r"caption column 'ProductTitel' is not a column of .*catalog.csv"):
-        main(common + ["--caption_column", "ProductTitel", "--output_dir", str(tmp_path / "typo")])
-    with pytest.raises(ValueError, match=r"uses column\(s\) 'Color'"):
-        main(common + ["--caption_template", "{Color} {Usage}", "--output_dir", str(tmp_path / "typo")])
+    error = eval_error(capsys, common + ["--caption_column", "ProductTitel", "--output_dir", str(tmp_path / "typo")])
+    assert re.search(r"caption column 'ProductTitel' is not a column of .*catalog.csv", error)
+    typo = ["--caption_template", "{Color} {Usage}", "--output_dir", str(tmp_path / "typo")]
+    assert "uses column(s) 'Color'" in eval_error(capsys, common + typo)
     assert not (tmp_path / "typo").exists()
 
 

@@ -38,9 +38,8 @@ def model_and_processor(tiny_model_and_processor):
 
 
 @pytest.fixture
-def spy(monkeypatch, model_and_processor):
+def spy(monkeypatch):
     """Counts the calls of the fast loop."""
-    model = model_and_processor[0]
     calls = []
     original = MODAForConditionalGeneration._greedy_decode
 

@@ -161,6 +161,17 @@ def test_card_reads_what_train_hf_leaves(tiny_moda_dir, tmp_path):
     assert "42 s" in card.text and "Hardware: CPU (2 threads)." in card.text  # given facts join the files'
 
 
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_card_lists_lora_settings_only_for_a_lora_run(tiny_moda_dir, tmp_path, use_lora):
+    folder = copy_model(tiny_moda_dir, tmp_path / "model")
+    model_args = {"use_lora": use_lora, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lr_gamma": 0.5}
+    (folder / "training_summary.json").write_text(json.dumps({"dataset": "data", "model_args": model_args}))
+    card = ModelCard.load(write_model_card(folder))
+    assert f"| use_lora | {use_lora} |" in card.text and "| lr_gamma | 0.5 |" in card.text
+    for row in ("| lora_r | 16 |", "| lora_alpha | 32 |", "| lora_dropout | 0.05 |"):
+        assert (row in card.text) is use_lora, row
+
+
 def test_card_reads_eval_report_json_in_folder(tiny_moda_dir, tmp_path):
     folder = copy_model(tiny_moda_dir, tmp_path / "model")
     (folder / "eval").mkdir()

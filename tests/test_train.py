@@ -453,3 +453,51 @@ def test_a_description_longer_than_the_decoder_is_a_bad_row_named_before_trainin
     assert "more than the 63 the decoder has after the image" in summary["bad_rows"][0]["reason"]
     with pytest.raises(BadRowError, match="row 5: the description: .* tokens"):
         run(tmp_path, path, *common, "--on_bad_row", "fail", name="fail")
+
+
+def test_max_items_draw_a_seeded_sample_of_a_grouped_catalog_not_its_first_rows(tmp_path, monkeypatch):
+    import csv
+
+    # Grouped as fashion-images' train split is: all Girls' items first, then the Boys'.
+    catalog = tmp_path / "grouped"
+    for split, size in (("train", 100), ("validation", 40)):
+        (catalog / split).mkdir(parents=True)
+        with open(catalog / split / "metadata.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file_name", "id", "Gender", "caption"])
+            for i in range(size):
+                gender = "Girls" if i < size // 2 else "Boys"
+                writer.writerow([f"images/{i}.jpg", i, gender, f"item {i} for {gender}"])
+
+    def sampled_ids(seed):
+        """The row ids train_hf.main turns into train and validation examples (it stops there: no examples)."""
+        splits = []
+        monkeypatch.setattr(train_hf, "examples_from_rows", lambda rows, *args: splits.append(rows) or [])
+        with pytest.raises(ValueError, match="No training examples"):
+            train_hf.main(["--dataset", str(catalog), "--output_dir", str(tmp_path / "out"), "--caption_column",
+                           "caption", "--max_train_items", "10", "--max_eval_items", "6", "--seed", str(seed)])
+        return [[int(row["id"]) for row in rows] for rows in splits]
+
+    train, validation = sampled_ids(seed=42)
+    assert len(train) == 10 and train != list(range(10)) and max(train) >= 50  # Boys' items too
+    assert len(validation) == 6 and validation != list(range(6))
+    assert train == sorted(train) and validation == sorted(validation)  # in the catalog's order
+    assert sampled_ids(seed=42) == [train, validation]  # the run's seed decides the sample
+    assert sampled_ids(seed=7)[0] != train
+
+
+def test_tokens_per_example_are_counted_as_the_collator_lays_examples_out(tiny_model_and_processor):
+    from moda.blip_baseline import BlipCollator, build_tiny_blip
+
+    captions = ["Red Casual Dresses for Women - Apparel Dress", "Black Sports Shoes for Men - Footwear Shoes"]
+    _, processor = tiny_model_and_processor
+    examples = [{"features": torch.zeros(24), "prompt": None, "description": captions[0]},
+                {"features": torch.zeros(24), "prompt": "What colour is this item?", "description": "Black"}]
+    batch = MODACollator(processor, "image_embeds")(examples)
+    assert train_hf.mean_tokens_per_example(processor, examples) == batch["attention_mask"].sum().item() / 2
+
+    # BLIP's layout is its own: [DEC] description [SEP], no EOS added after the [SEP].
+    model, blip_processor = build_tiny_blip(captions * 4)
+    examples = [{"features": torch.zeros(3, 32, 32), "prompt": None, "description": text} for text in captions]
+    batch = BlipCollator(blip_processor, model.config.text_config.bos_token_id)(examples)
+    assert train_hf.mean_tokens_per_example(blip_processor, examples) == batch["attention_mask"].sum().item() / 2
