@@ -116,7 +116,7 @@ def compute_features(examples, encode_batch, cache: FeatureCache, bad_rows, batc
     images) -> tensor (batch, ...)`. Examples sharing an image share the work. Unreadable images go to `bad_rows`
     and their examples are dropped from the returned list (and reported there).
     """
-    keys, missing = {}, {}
+    keys, features, missing = {}, {}, {}  # features: each distinct image's, read from the cache or computed once
     for example in examples:
         where = example["row"].get("_where", "row")
         try:
@@ -126,8 +126,12 @@ def compute_features(examples, encode_batch, cache: FeatureCache, bad_rows, batc
             continue
         key = content_key(data)
         keys[id(example)] = key
-        if key not in missing and cache.get(key) is None:
-            missing[key] = (data, where)
+        if key not in features and key not in missing:
+            cached = cache.get(key)
+            if cached is None:
+                missing[key] = (data, where)
+            else:
+                features[key] = cached
 
     failed = set()
     pending = list(missing.items())
@@ -143,14 +147,10 @@ def compute_features(examples, encode_batch, cache: FeatureCache, bad_rows, batc
         if images:
             for key, value in zip(batch_keys, encode_batch(images)):
                 cache.put(key, value)
+                features[key] = value.detach().cpu().clone()  # what the cache holds, without a batch's storage
 
-    kept = []
-    for example in examples:
-        key = keys.get(id(example))
-        if key is None or key in failed:
-            continue
-        kept.append({**example, "features": cache.get(key)})
-    return kept
+    return [{**example, "features": features[keys[id(example)]]} for example in examples
+            if id(example) in keys and keys[id(example)] not in failed]
 
 
 def image_embedding_encoder(model, processor):

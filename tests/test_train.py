@@ -501,3 +501,35 @@ def test_tokens_per_example_are_counted_as_the_collator_lays_examples_out(tiny_m
     examples = [{"features": torch.zeros(3, 32, 32), "prompt": None, "description": text} for text in captions]
     batch = BlipCollator(blip_processor, model.config.text_config.bos_token_id)(examples)
     assert train_hf.mean_tokens_per_example(blip_processor, examples) == batch["attention_mask"].sum().item() / 2
+
+
+def test_compute_features_reads_each_cached_image_once_and_gives_what_was_cached(tmp_path, product_images):
+    """Examples sharing an image (question/answer examples share their row's) share one cache read."""
+    import numpy as np
+
+    from moda.catalog import BadRows
+    from moda.features import FeatureCache, compute_features
+
+    paths = []
+    for i, image in enumerate(product_images[:2]):
+        image.save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    examples = [{"image": paths[i % 2], "row": {"_where": f"row {i}"}} for i in range(6)]
+    cache = FeatureCache(tmp_path / "cache", "means")
+
+    def channel_means(images):
+        return torch.stack([torch.from_numpy(np.asarray(image, dtype=np.float32).mean((0, 1))) for image in images])
+
+    computed = compute_features(examples, channel_means, cache, BadRows())
+    reads, read = [], cache.get
+    cache.get = lambda key: reads.append(key) or read(key)
+
+    def not_again(images):
+        raise AssertionError("cached images were encoded again")
+
+    cached = compute_features(examples, not_again, cache, BadRows())
+    assert len(reads) == 2  # one per distinct image (it was two per example)
+    assert len(cached) == len(computed) == 6
+    for first, second in zip(computed, cached):
+        torch.testing.assert_close(first["features"], second["features"], rtol=0, atol=0)
+    torch.testing.assert_close(cached[0]["features"], channel_means([product_images[0].convert("RGB")])[0])
