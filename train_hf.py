@@ -85,7 +85,8 @@ class DataArguments:
         default=True, metadata={"help": "Random flips and shifts of the images when the vision tower trains."}
     )
     attribute_eval_items: int = field(
-        default=64, metadata={"help": "Validation items described and scored at each evaluation (0: off)."}
+        default=64, metadata={"help": "Validation items (drawn at random, seed: --seed) described and scored at each "
+                                    "evaluation (0: off)."}
     )
     on_bad_row: str = field(default="skip", metadata={"help": "skip: report bad rows at the end; fail: stop at the first."})
     demo_items: int = field(default=6000, metadata={"help": "Size of the synthetic demo catalog."})
@@ -504,8 +505,8 @@ def main(argv=None):
         vocabulary = None
     callbacks = []
     if vocabulary is not None and data_args.attribute_eval_items and training_args.eval_strategy != "no":
-        sample = [example["row"] for example in splits["validation"] if example["prompt"] is None]
-        sample = sample[: data_args.attribute_eval_items]
+        rows = [example["row"] for example in splits["validation"] if example["prompt"] is None]
+        sample = sample_rows(rows, data_args.attribute_eval_items, training_args.seed)  # not a grouped file's first
         callbacks.append(AttributeMetricsCallback(processor, sample, vocabulary=vocabulary,
                                                   tokens_per_example=mean_tokens_per_example(processor, splits["train"])))
     augment = data_args.augment_images and feature_name == "pixel_values"

@@ -23,7 +23,7 @@ from transformers import PretrainedConfig, TrainerCallback
 
 from moda.attributes import AttributeVocabulary
 from moda.catalog import (MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, looks_like_a_path,
-                          read_catalog_splits, require_caption_columns)
+                          read_catalog_splits, require_caption_columns, sample_rows)
 from moda.cli import run_command
 from moda.description_scores import SCORE_NAMES, flat_metrics, majority_baseline, score_descriptions
 from moda.features import load_image
@@ -102,7 +102,9 @@ def parse_arguments(argv=None):
                         help=f"the split to score (default: {DEFAULT_SPLIT!r}, else the catalog's only split, e.g. "
                              "all rows of a CSV/JSONL file)")
     parser.add_argument("--output_dir", default="eval")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N items of the split")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="score N items of the split, drawn at random (seed 0) in the split's order: a catalog "
+                             "file is often grouped, so its first N would be a skewed sample")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--max_new_tokens", type=int, default=32)
     parser.add_argument("--image_column", default="image", help="the image column of a CSV/JSONL or Hub dataset")
@@ -148,7 +150,7 @@ def choose_split(catalog: dict, split: str = None, data: str = "the catalog") ->
 
 
 def split_rows(catalog: dict, split: str, limit: int = None) -> list:
-    rows = catalog[split][:limit]
+    rows = sample_rows(catalog[split], limit, seed=0)
     if not rows:
         raise ValueError(f"Split {split!r} of the catalog is empty.")
     return rows
@@ -268,7 +270,7 @@ def _number(value, digits=2):
 def summary_table(report: dict) -> str:
     lines = [f"{report['model']} on {report['data']} [{report['split']}], {report['num_items']} items scored of "
              f"the split's {report['split_rows']} rows"
-             + (f" (first {report['limit']})" if report["limit"] and report["limit"] < report["split_rows"] else "")
+             + (f" (a sample of {report['limit']})" if report["limit"] and report["limit"] < report["split_rows"] else "")
              + (f" ({len(report['skipped_items'])} skipped: see report.json)" if report["skipped_items"] else "")]
     if report["split_note"]:
         lines.append(f"note: {report['split_note']}")

@@ -89,9 +89,9 @@ def test_eval_command_reports_unreadable_images(tiny_moda_dir, tiny_catalog, tmp
     (tiny_catalog / "test" / "images" / "2.jpg").write_bytes(b"not a jpeg")
     output_dir = tmp_path / "eval"
     main(["--model", str(tiny_moda_dir), "--data", str(tiny_catalog), "--output_dir", str(output_dir),
-          "--limit", "3", "--max_new_tokens", "4"])
+          "--max_new_tokens", "4"])
     report = json.loads((output_dir / "report.json").read_text())
-    assert report["num_items"] == 2
+    assert report["num_items"] == report["split_rows"] - 1
     assert len(report["skipped_items"]) == 1 and "not a readable image" in report["skipped_items"][0]["reason"]
     assert "1 skipped" in capsys.readouterr().out
     assert "Skipped items" in (output_dir / "report.md").read_text()
@@ -178,7 +178,12 @@ def test_eval_command_scores_every_row_of_a_file(tiny_moda_dir, product_images, 
     main(common + ["--limit", "3", "--output_dir", str(tmp_path / "limit")])
     report = json.loads((tmp_path / "limit" / "report.json").read_text())
     assert report["num_items"] == 3 and report["split_rows"] == 8 and report["limit"] == 3
-    assert "3 items scored of the split's 8 rows (first 3)" in capsys.readouterr().out
+    assert "3 items scored of the split's 8 rows (a sample of 3)" in capsys.readouterr().out
+    sample = [item["where"] for item in report["items"]]
+    assert sample != all_rows[:3] and sample == sorted(sample, key=all_rows.index)  # drawn, in the split's order
+    main(common + ["--limit", "3", "--output_dir", str(tmp_path / "limit_again")])
+    again = json.loads((tmp_path / "limit_again" / "report.json").read_text())
+    assert [item["where"] for item in again["items"]] == sample  # the same sample every time
 
     error = eval_error(capsys, common + ["--split", "test", "--output_dir", str(tmp_path / "test")])
     assert re.search(r"catalog.csv' has no split 'test'.*leave out --split", error)
