@@ -194,9 +194,14 @@ def read_catalog_splits(source: str, image_column: str = "image") -> dict:
     return splits
 
 
+# File suffixes that say "a local table", not a Hub id (Hub ids may hold dots too: "owner/moda-v1.0", "opt-1.3b").
+TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+
+
 def looks_like_a_path(source: str) -> bool:
-    """A trailing or leading separator, a leading "." or "~", or a file suffix (.csv): a local path, not a Hub id."""
-    return source.endswith(("/", os.sep)) or source.startswith((".", "/", "~", os.sep)) or bool(Path(source).suffix)
+    """A trailing or leading separator, a leading "." or "~", or a table's suffix (.csv): a local path, not a Hub id."""
+    return (source.endswith(("/", os.sep)) or source.startswith((".", "/", "~", os.sep))
+            or Path(source).suffix.lower() in TABLE_SUFFIXES)
 
 
 def require_hub_id(source: str) -> None:

@@ -34,18 +34,26 @@ DEFAULT_SPLIT = "test"
 
 # --- models and images ------------------------------------------------------------------------------------------
 
-def load_model_and_processor(model_name: str, revision: str = None):
-    """A MODA folder or Hub id (or a BLIP baseline trained by train_hf.py) -> (model in eval mode, processor)."""
-    # A mistyped folder would otherwise be looked up on the Hub, and an empty one read as a model of type None.
+def check_model_name(model_name: str) -> None:
+    """A mistyped folder would otherwise be looked up on the Hub, and an empty one read as a model of type None."""
     if Path(model_name).is_dir() and not (Path(model_name) / "config.json").is_file():
         raise FileNotFoundError(f"--model {model_name!r} is a folder without config.json: not a saved model folder.")
     if looks_like_a_path(model_name) and not Path(model_name).exists():
         raise FileNotFoundError(f"--model {model_name!r}: no such model folder.")
+
+
+def load_model_and_processor(model_name: str, revision: str = None):
+    """A MODA folder or Hub id (or a BLIP baseline trained by train_hf.py) -> (model in eval mode, processor)."""
+    check_model_name(model_name)
     try:
         model_type = PretrainedConfig.get_config_dict(model_name, revision=revision)[0].get("model_type")
-    except OSError as err:  # no such Hub model, or the Hub unreachable (offline)
+    except OSError as err:
+        reason = f"({type(err).__name__}: {' '.join(str(err).split())})"
+        if Path(model_name).is_dir():  # e.g. a config.json that is not JSON
+            raise ValueError(f"--model {model_name!r}: its config.json cannot be read {reason}") from err
+        # no such Hub model, or the Hub unreachable (offline)
         raise FileNotFoundError(f"--model {model_name!r}: no local model folder of that name, and no Hub model of that "
-                                f"name could be loaded ({type(err).__name__}: {' '.join(str(err).split())})") from err
+                                f"name could be loaded {reason}") from err
     if model_type == "moda":
         # (moda.auto_classes registers MODA with AutoConfig: no remote-code prompt for the tokenizer)
         from moda.auto_classes import MODAForConditionalGeneration, MODAProcessor
@@ -190,6 +198,7 @@ def main(argv=None) -> int:
 def evaluate(args) -> int:
     output_dir = Path(args.output_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_model_name(args.model)  # before the split's images are read
 
     # The splits as the data holds them: load_catalog would set aside a random tenth of a lone train split as
     # validation (for training), and scoring a file would then leave rows out unsaid.
@@ -250,7 +259,7 @@ def build_report(args, selection, rows, descriptions, captions, result, baseline
         "split_note": selection["split_note"],
         "split_rows": selection["split_rows"],
         "limit": args.limit,
-        "num_items": len(rows),  # the items scored: the split's rows up to --limit, less the skipped ones
+        "num_items": len(rows),  # the items scored: the split's rows (a --limit sample of them), less the skipped ones
         "skipped_items": [{"where": where, "reason": reason} for where, reason in bad_rows.rows],
         "reference_captions": f"column {args.caption_column}" if args.caption_column else args.caption_template,
         "scores": result["scores"],

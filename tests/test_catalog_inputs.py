@@ -99,7 +99,8 @@ def test_a_mistyped_local_path_is_not_looked_up_on_the_hub(tmp_path, monkeypatch
     assert repr(name) in str(info.value)
 
 
-def test_an_unreachable_hub_name_says_neither_place_has_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["nonexistent_data", "someone/fashion-v1.0"])  # Hub ids may hold dots
+def test_an_unreachable_hub_name_says_neither_place_has_it(tmp_path, monkeypatch, name):
     import datasets
 
     def offline(name, *args, **kwargs):
@@ -108,8 +109,8 @@ def test_an_unreachable_hub_name_says_neither_place_has_it(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(FileNotFoundError, match="no local file or folder of that name, and no Hub dataset") as info:
-        read_splits("nonexistent_data")
-    assert "'nonexistent_data'" in str(info.value) and isinstance(info.value.__cause__, ConnectionError)
+        read_splits(name)
+    assert repr(name) in str(info.value) and isinstance(info.value.__cause__, ConnectionError)
 
 
 def test_an_existing_relative_folder_is_read_locally(tmp_path, monkeypatch, small_csv):

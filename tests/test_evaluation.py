@@ -116,6 +116,25 @@ def test_eval_command_names_a_missing_or_empty_model_folder(tiny_catalog, tmp_pa
     # A name that is no local folder is looked up on the Hub (offline here): one error line that names it too.
     error = eval_error(capsys, ["--model", "no-such-model"] + common)
     assert error.startswith("--model 'no-such-model': no local model folder of that name, and no Hub model")
+    # Hub ids may hold dots: looked up, not taken for a missing local file
+    error = eval_error(capsys, ["--model", "someone/moda-v1.0"] + common)
+    assert error.startswith("--model 'someone/moda-v1.0': no local model folder of that name, and no Hub model")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    error = eval_error(capsys, ["--model", str(tmp_path / "broken")] + common)
+    assert re.match(r"--model '.*broken': its config.json cannot be read", error)
+
+
+def test_eval_command_names_a_missing_model_before_reading_the_images(tiny_catalog, tmp_path, capsys, monkeypatch):
+    import moda.evaluation
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the split's images were read before --model was checked")
+
+    monkeypatch.setattr(moda.evaluation, "readable_items", no_reading)
+    error = eval_error(capsys, ["--model", str(tmp_path / "no-such-model"), "--data", str(tiny_catalog),
+                                "--output_dir", str(tmp_path / "eval")])
+    assert "no such model folder" in error
 
 
 def test_eval_command_errors_are_one_line_as_build_dataset_gives_them(tiny_moda_dir, tmp_path, capsys):
