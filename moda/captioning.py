@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from moda.cli import run_command
 from moda.evaluation import describe_images
 from moda.features import load_image
 
@@ -74,10 +75,10 @@ def _image_files_as_rows(root: Path) -> list:
 
 def _items_from_rows(rows: list, base, source: str) -> list:
     id_column = next((c for c in ID_COLUMNS if rows and all(row.get(c) not in (None, "") for row in rows)), None)
-    partial = next((c for c in ID_COLUMNS if any(row.get(c) not in (None, "") for row in rows)), None)
-    if id_column is None and partial:  # ids from paths instead would change every item's id, not just this one's
-        lacking = [row for row in rows if row.get(partial) in (None, "")]
-        raise ValueError(f"{lacking[0]['_where']} has no {partial!r} ({len(lacking)} row(s) like it) while other "
+    partly_filled = next((c for c in ID_COLUMNS if any(row.get(c) not in (None, "") for row in rows)), None)
+    if id_column is None and partly_filled:  # ids from paths instead would change every item's id, not just this one's
+        lacking = [row for row in rows if row.get(partly_filled) in (None, "")]
+        raise ValueError(f"{lacking[0]['_where']} has no {partly_filled!r} ({len(lacking)} row(s) like it) while other "
                          "rows have one; give every item an id.")
     items, seen = [], {}
     for i, row in enumerate(rows):
@@ -156,8 +157,14 @@ def attribute_vocabulary(rows: list, source: str):
 
 
 def catalog_vocabulary(source: str, image_column: str = "image"):
-    """The attribute vocabulary of the catalog at `source` (moda caption --vocabulary, app.py), or None."""
-    return attribute_vocabulary([item["row"] for item in list_catalog_items(source, image_column)], source)
+    """The attribute vocabulary of the catalog at `source` (moda caption --vocabulary, app.py), or None. Only its
+    attribute columns are read: item ids and images play no part."""
+    from moda.catalog import read_splits
+
+    rows = [row for split in read_splits(source, image_column).values() for row in split]
+    if not rows:
+        raise ValueError(f"{source!r} lists no items to take attribute values from.")
+    return attribute_vocabulary(rows, source)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -187,7 +194,7 @@ def check_or_save_settings(settings_file: Path, settings: dict, mismatch) -> Non
     """
     if settings_file.exists():
         earlier = json.loads(settings_file.read_text())
-        if earlier != settings:
+        if {**dict.fromkeys(settings), **earlier} != settings:  # a setting newer than the file's run: None there
             raise ValueError(mismatch(earlier))
     else:
         write_atomically(settings_file, lambda handle: handle.write(json.dumps(settings, indent=1).encode("utf-8")))
@@ -417,6 +424,11 @@ def parse_arguments(argv):
 
 def main(argv=None) -> int:
     args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    return run_command("moda caption", caption_catalog, args)
+
+
+def caption_catalog(args) -> int:
+    """moda caption's work: every item of the catalog that the output lacks, in parts, then one atomic merge."""
     rank, world_size = distributed_setup()
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

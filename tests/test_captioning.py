@@ -17,6 +17,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_GOOD = 10
 
 
+def caption_error(capsys, argv) -> str:
+    """The error moda caption gives for argv: exit status 1 and one "moda caption: error:" line, no traceback."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("moda caption: error: ") == 1, err
+    return err.split("moda caption: error: ")[1]
+
+
 @pytest.fixture
 def catalog_dir(tmp_path, product_images):
     """An imagefolder: 10 readable photos, a zero-byte .jpg and a text file named .jpg, with metadata.csv."""
@@ -164,18 +172,17 @@ def test_a_rerun_reads_fixed_images_again_and_names_files_by_absolute_path(tiny_
         k: v for k, v in first.items() if k not in ("empty", "notes")}
 
 
-def test_resuming_with_other_settings_is_refused(tiny_moda_dir, catalog_dir, tmp_path):
+def test_resuming_with_other_settings_is_refused(tiny_moda_dir, catalog_dir, tmp_path, capsys):
     output = tmp_path / "captions.jsonl"
     args = ["--model", str(tiny_moda_dir), "--images", str(catalog_dir), "--output", str(output), "--batch_size", "4"]
     assert run_cli(args, {KILL_AFTER_PARTS_ENV: "1"}).returncode == -signal.SIGKILL
-    with pytest.raises(ValueError, match="other settings"):
-        main(args + ["--prompt", "What colour is this item?"])
+    assert "other settings" in caption_error(capsys, args + ["--prompt", "What colour is this item?"])
     assert main(args + ["--prompt", "What colour is this item?", "--overwrite"]) == 0
     rows = read_output(output)
     assert all(list(row["descriptions"]) == ["What colour is this item?"] for row in rows if "error" not in row)
 
 
-def test_a_finished_output_is_not_reused_for_another_model(tiny_moda_dir, catalog_dir, tmp_path):
+def test_a_finished_output_is_not_reused_for_another_model(tiny_moda_dir, catalog_dir, tmp_path, capsys):
     import shutil
 
     output = tmp_path / "captions.jsonl"
@@ -183,16 +190,16 @@ def test_a_finished_output_is_not_reused_for_another_model(tiny_moda_dir, catalo
     assert main(["--model", str(tiny_moda_dir), *args]) == 0
     first = read_output(output)
     other_model = shutil.copytree(tiny_moda_dir, tmp_path / "other-model")
-    with pytest.raises(ValueError, match="other model"):  # not "already done" with the first model's captions
-        main(["--model", str(other_model), *args])
-    with pytest.raises(ValueError, match="other max_new_tokens"):
-        main(["--model", str(tiny_moda_dir), *args[:-1], "5"])
+    # not "already done" with the first model's captions
+    assert "other model" in caption_error(capsys, ["--model", str(other_model), *args])
+    assert "other max_new_tokens" in caption_error(capsys, ["--model", str(tiny_moda_dir), *args[:-1], "5"])
     assert read_output(output) == first
     assert main(["--model", str(other_model), *args, "--overwrite"]) == 0
     assert json.loads(output.with_name("captions.jsonl.run.json").read_text())["model"] == str(other_model)
 
 
-def test_a_run_with_another_vocabulary_is_refused_not_mixed_into_the_output(tiny_moda_dir, catalog_dir, tmp_path):
+def test_a_run_with_another_vocabulary_is_refused_not_mixed_into_the_output(tiny_moda_dir, catalog_dir, tmp_path,
+                                                                           capsys):
     other = tmp_path / "other.csv"  # another catalog, so another attribute vocabulary
     other.write_text(f"image,Colour,Gender,ProductType,Usage\n{catalog_dir / 'images/000.jpg'},Olive,Women,Kurtas,"
                      "Ethnic\n")
@@ -202,8 +209,8 @@ def test_a_run_with_another_vocabulary_is_refused_not_mixed_into_the_output(tiny
     assert main(args) == 0
     first = read_output(output)
     # A rerun captions the two unreadable items again: their attributes would come from the other vocabulary.
-    with pytest.raises(ValueError, match=r"other vocabulary \(\{'vocabulary': None\}\): pass --overwrite"):
-        main(args + ["--vocabulary", str(other)])
+    error = caption_error(capsys, args + ["--vocabulary", str(other)])
+    assert "other vocabulary ({'vocabulary': None}): pass --overwrite" in error
     assert read_output(output) == first
 
     # An unfinished run (its parts folder) is resumed only with the vocabulary it started with, too.
@@ -228,3 +235,33 @@ def test_two_processes_split_the_catalog_and_merge_it_complete(tiny_moda_dir, ca
     assert main(["--model", str(tiny_moda_dir), "--images", str(catalog_dir), "--output", str(single),
                  "--batch_size", "2", "--max_new_tokens", "4"]) == 0
     assert read_output(single) == rows  # sharding changes nothing in the result
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_when_the_setting_is_unused(tmp_path):
+    from moda.captioning import check_or_save_settings
+
+    settings_file = tmp_path / "run.json"
+    settings_file.write_text(json.dumps({"model": "m", "prompts": [""]}))  # written before "vocabulary" was kept
+    check_or_save_settings(settings_file, {"model": "m", "prompts": [""], "vocabulary": None}, str)
+    with pytest.raises(ValueError):
+        check_or_save_settings(settings_file, {"model": "m", "prompts": [""], "vocabulary": "other.csv"}, str)
+    with pytest.raises(ValueError):  # a setting the file has and this run lacks is a difference too
+        check_or_save_settings(settings_file, {"model": "m"}, str)
+
+
+def test_a_vocabulary_catalog_is_read_for_its_attributes_only(tmp_path):
+    """Item ids play no part in a vocabulary: repeated or partly missing ids are no reason to refuse it."""
+    from moda.captioning import catalog_vocabulary
+
+    (tmp_path / "vocabulary.csv").write_text("image,ProductId,Colour,Gender,ProductType,Usage\n"
+                                             "a.png,1,Olive,Women,Kurtas,Ethnic\na.png,1,Teal,Men,Shirts,Casual\n"
+                                             "b.png,,Mustard,Women,Tops,Casual\n")
+    vocabulary = catalog_vocabulary(str(tmp_path / "vocabulary.csv"))
+    assert {"Olive", "Teal", "Mustard"} <= set(vocabulary.values["colour"])
+
+
+def test_caption_errors_are_one_line(tmp_path, tiny_moda_dir, capsys):
+    (tmp_path / "header.csv").write_text("image,id\n")
+    error = caption_error(capsys, ["--model", str(tiny_moda_dir), "--images", str(tmp_path / "header.csv"),
+                                   "--output", str(tmp_path / "out.jsonl")])
+    assert "header.csv' lists no items" in error
