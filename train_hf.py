@@ -15,7 +15,7 @@ import sys
 import time
 import types
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -119,7 +119,10 @@ def parse_arguments(argv=None):
     parser = HfArgumentParser((ModelArguments, DataArguments, MODATrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
-        values = json.loads(Path(argv[0]).read_text())
+        try:
+            values = json.loads(Path(argv[0]).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{argv[0]}: not valid JSON ({err}).") from err
         if not isinstance(values, dict):
             raise ValueError(f"{argv[0]}: an arguments file holds one JSON object of argument names and values, got "
                              f"a JSON {type(values).__name__}.")
@@ -150,6 +153,9 @@ def check_json_types(path, values: dict, dataclass_types) -> None:
                                  f"{' (whole)' if kind is int else ''}, got {json.dumps(value)}.")
 
 
+TRAINING_ARGUMENT_DEFAULTS = {argument.name: argument.default for argument in fields(TrainingArguments)}
+
+
 def check_arguments(model_args, data_args, training_args, given) -> None:
     """Arguments that would be ignored or would fail late (or quietly do something else) stop the run at once."""
     for name in ("lr_step_size", "max_train_items", "max_eval_items"):
@@ -161,7 +167,9 @@ def check_arguments(model_args, data_args, training_args, given) -> None:
     if data_args.attribute_eval_items < 0:
         raise ValueError(f"--attribute_eval_items must be 0 (off) or more, got {data_args.attribute_eval_items}.")
     for name in ("optim", "lr_scheduler_type"):
-        if name in given:
+        # A saved training_args.json names both at TrainingArguments' defaults: only another value is refused.
+        value = getattr(training_args, name)
+        if name in given and getattr(value, "value", value) != TRAINING_ARGUMENT_DEFAULTS[name]:
             raise ValueError(f"--{name} is not used: train_hf.py trains with AdamW and StepLR (--learning_rate, "
                              "--weight_decay, --adam_beta1/2, --adam_epsilon, --lr_step_size, --lr_gamma, --warmup_steps).")
     from moda.build import SIZES
@@ -171,6 +179,10 @@ def check_arguments(model_args, data_args, training_args, given) -> None:
     if model_args.model_size and model_args.model_name_or_path:
         raise ValueError("--model_size builds a new model and --model_name_or_path continues from a trained one: give "
                          "one of them.")
+    if model_args.architecture not in ("moda", "blip"):
+        raise ValueError(f"--architecture must be 'moda' or 'blip', got {model_args.architecture!r}.")
+    if model_args.architecture == "blip" and not model_args.blip_model:
+        raise ValueError("--architecture blip needs --blip_model (a BlipForConditionalGeneration checkpoint).")
     stages = [f"--{name}" for name in ("train_projector_only", "use_lora") if getattr(model_args, name)]
     if model_args.architecture == "blip" and stages:
         raise ValueError(f"{' and '.join(stages)}: for MODA only; --architecture blip fine-tunes the whole BLIP model.")
@@ -235,11 +247,7 @@ def resolve_epochs(model_args, data_args, training_args, given, num_train_exampl
 
 
 def build_model(model_args, data_args, training_args, captions):
-    if model_args.architecture not in ("moda", "blip"):
-        raise ValueError(f"--architecture must be 'moda' or 'blip', got {model_args.architecture!r}.")
-    if model_args.architecture == "blip":
-        if not model_args.blip_model:
-            raise ValueError("--architecture blip needs --blip_model (a BlipForConditionalGeneration checkpoint).")
+    if model_args.architecture == "blip":  # (check_arguments made sure there is a --blip_model)
         return load_blip(model_args.blip_model)
     if model_args.model_name_or_path:
         model = MODAForConditionalGeneration.from_pretrained(model_args.model_name_or_path)

@@ -57,10 +57,12 @@ TRAINING_INFO_KEYS = {
     "license": "license of the weights (default 'other': OPT-125m's weights come under the OPT license)",
     "widget_images": "http(s) URLs of example photos for the Hub widget",
 }
-# train_hf.py's TrainingArguments / ModelArguments worth a row in the card.
+# train_hf.py's TrainingArguments / ModelArguments worth a row in the card (the optimizer is always AdamW with
+# StepLR: TrainingArguments' optim and lr_scheduler_type are not used).
 HYPERPARAMETER_NAMES = (
     "learning_rate", "lr_step_size", "lr_gamma", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-    "gradient_accumulation_steps", "weight_decay", "optim", "seed", "bf16", "fp16", "train_projector_only",
+    "gradient_accumulation_steps", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "seed", "bf16", "fp16",
+    "train_projector_only",
     "use_lora", "lora_r", "lora_alpha", "lora_dropout", "num_image_tokens",
 )
 # LoRA's settings have defaults in every run: they are rows only where use_lora is true.

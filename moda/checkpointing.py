@@ -38,9 +38,10 @@ class AtomicCheckpointTrainer(Trainer):
         self.accelerator.wait_for_everyone()  # every rank's RNG state is in the staging folder
         # A checkpoint that is the best so far was recorded at its staging path (every rank keeps that record, and
         # loads the best model from it at the end): it is published under run_dir.
-        staged_best = self.state.best_model_checkpoint and STAGING_DIR in self.state.best_model_checkpoint
+        best = self.state.best_model_checkpoint
+        staged_best = bool(best) and best.startswith(staging_root + os.sep)
         if staged_best:
-            self.state.best_model_checkpoint = self.state.best_model_checkpoint.replace(staging_root, run_dir)
+            self.state.best_model_checkpoint = os.path.join(run_dir, best[len(staging_root + os.sep):])
         if self.args.should_save:
             staged, final = os.path.join(staging_root, name), os.path.join(run_dir, name)
             if staged_best:  # its trainer_state.json (what a resume reads) must name the published folder too

@@ -390,10 +390,27 @@ def test_published_checkpoints_record_the_best_checkpoint_where_it_was_published
     (["--model_size", "small"], "--model_size must be one of 'test', 'tiny', got 'small'"),
     (["--model_size", "tiny", "--model_name_or_path", "stage1"], "give one of them"),
     (["--architecture", "blip", "--blip_model", "x", "--use_lora", "true"], "--use_lora: for MODA only"),
+    (["--architecture", "git"], "--architecture must be 'moda' or 'blip', got 'git'"),
+    (["--architecture", "blip"], "--architecture blip needs --blip_model"),
 ])
 def test_arguments_that_would_be_ignored_or_fail_late_are_named_at_once(tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
         train_hf.main(["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"), *extra])
+
+
+def test_a_saved_training_args_json_with_default_optimizer_settings_is_accepted(tmp_path):
+    """train_hf.py writes training_args.json with optim and lr_scheduler_type at their defaults: reusable as is."""
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"dataset": str(tmp_path), "output_dir": str(tmp_path / "out"),
+                                "optim": "adamw_torch_fused", "lr_scheduler_type": "linear"}))
+    model_args, data_args, training_args, given = train_hf.parse_arguments([str(path)])
+    train_hf.check_arguments(model_args, data_args, training_args, given)
+    path.write_text(json.dumps({"dataset": str(tmp_path), "output_dir": str(tmp_path / "out"), "optim": "sgd"}))
+    with pytest.raises(ValueError, match="--optim is not used"):
+        train_hf.check_arguments(*train_hf.parse_arguments([str(path)]))
+    path.write_text('{"dataset": "x",}')
+    with pytest.raises(ValueError, match=r"args\.json: not valid JSON"):
+        train_hf.parse_arguments([str(path)])
 
 
 def test_json_argument_values_must_have_their_types(tmp_path):
