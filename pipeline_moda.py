@@ -31,15 +31,26 @@ class MODAImageToTextPipeline(Pipeline):
             forward_params["max_new_tokens"] = max_new_tokens
         return preprocess_params, forward_params, {}
 
-    def __call__(self, images, **kwargs):
+    def __call__(self, images=None, **kwargs):
         """
         Args:
-            images: a PIL image, a local path, an http(s) URL, or a list of them.
+            images: a PIL image, a local path, an http(s) URL, or a list of them (also accepted as `inputs=`, the
+                name transformers' own pipelines use).
             prompt: an optional question, e.g. "What colour is this item?".
             max_new_tokens, generate_kwargs: passed to `model.generate`.
         Returns:
             `[{"generated_text": ...}]` for one image; a list of those for a list of images.
         """
+        if "inputs" in kwargs:
+            if images is not None:
+                raise ValueError("Give the images once: as `images` or as `inputs`, not both.")
+            images = kwargs.pop("inputs")
+        if images is None:
+            raise ValueError("No images given: pass a PIL image, a local path, an http(s) URL, or a list of them.")
+        if isinstance(images, tuple):  # a batch, as a list is (the base class would read a tuple as one input)
+            images = list(images)
+        if isinstance(images, list) and not images:
+            raise ValueError("images is an empty list: give at least one image.")
         return super().__call__(images, **kwargs)
 
     def preprocess(self, image, prompt=None, timeout=None):

@@ -184,6 +184,20 @@ def test_pipeline_on_bad_inputs(corpus, tiny_model_and_processor):
         assert path in str(info.value), name
 
 
+def test_pipeline_batch_shapes_and_empty_batches(tiny_model_and_processor, product_images):
+    model, processor = tiny_model_and_processor
+    captioner = MODAImageToTextPipeline(model=model, processor=processor)
+    each = [captioner(image) for image in product_images[:2]]
+    assert captioner(list(product_images[:2])) == each
+    assert captioner(tuple(product_images[:2])) == each  # a tuple is a batch too, one result list per image
+    assert captioner(inputs=product_images[0]) == each[0]  # the argument name of transformers' own pipelines
+    for empty in ([], ()):
+        with pytest.raises(ValueError, match="empty list"):
+            captioner(empty)
+    with pytest.raises(ValueError, match="No images given"):
+        captioner()
+
+
 def test_training_data_loading_skips_or_fails_on_bad_rows(corpus, tiny_model_and_processor, tmp_path):
     _, processor = tiny_model_and_processor
     rows = [

@@ -39,6 +39,12 @@ result["pipeline_pil"] = captioner(image)
 result["pipeline_path"] = captioner(image_path)
 result["pipeline_batch"] = captioner([image, image_path], batch_size=2)
 result["pipeline_prompt"] = captioner(image, prompt="What colour is this item?")
+result["pipeline_inputs_keyword"] = captioner(inputs=image)
+result["pipeline_tuple"] = captioner((image, image_path))
+try:
+    captioner([])
+except ValueError as err:
+    result["pipeline_empty"] = str(err)
 itt = pipeline("image-text-to-text", model=path, trust_remote_code=True)
 result["itt"] = itt(images=image, text="What colour is this item?", max_new_tokens=8)
 print("RESULT" + json.dumps(result))
@@ -74,6 +80,9 @@ def check(result, expected_caption):
     assert result["pipeline_path"] == [{"generated_text": expected_caption}]
     assert result["pipeline_batch"] == [[{"generated_text": expected_caption}]] * 2
     assert isinstance(result["pipeline_prompt"][0]["generated_text"], str)
+    assert result["pipeline_inputs_keyword"] == [{"generated_text": expected_caption}]
+    assert result["pipeline_tuple"] == [[{"generated_text": expected_caption}]] * 2
+    assert "empty list" in result.get("pipeline_empty", "")
     assert result["itt"][0]["generated_text"].startswith("What colour is this item?")
 
 
