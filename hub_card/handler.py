@@ -5,6 +5,12 @@
     handler({"inputs": base64_string, "parameters": {"max_new_tokens": 16}})
     handler({"inputs": "https://example.com/shirt.jpg", "parameters": {"prompt": "What colour is this item?"}})
     # -> [{"generated_text": "White Casual Shirts for Boys - Apparel Topwear"}]
+    handler({"inputs": [raw_bytes, base64_string], "parameters": {"generation_parameters": {"num_beams": 3}}})
+    # -> [[{"generated_text": ...}], [{"generated_text": ...}]]
+
+"parameters" takes the pipeline's `prompt`, `max_new_tokens` and `generate_kwargs`, the Inference API's
+`generation_parameters` (the image-to-text task's name for generation options), and any other generation option by
+name. Base64 may be line-wrapped (as `base64 shirt.jpg` writes it) or URL-safe.
 
 This file travels in the model folder. It imports only torch, transformers, PIL and the standard library's base64
 and io: URLs are fetched by transformers' own `load_image`, and a string is never read as a local path (an
@@ -19,8 +25,10 @@ from PIL import Image
 from transformers import pipeline
 from transformers.image_utils import load_image
 
-# Parameters the MODA pipeline takes by name; any other parameter is a generation option (e.g. num_beams).
-PIPELINE_PARAMETERS = ("prompt", "max_new_tokens", "generate_kwargs")
+# Parameters the MODA pipeline takes by name; dicts of generation options (the pipeline's name for one, and the
+# Inference API image-to-text spec's); any other parameter is a generation option (e.g. num_beams).
+PIPELINE_PARAMETERS = ("prompt", "max_new_tokens")
+GENERATION_DICTS = ("generate_kwargs", "generation_parameters")
 
 
 class EndpointHandler:
@@ -34,7 +42,17 @@ class EndpointHandler:
             raise ValueError(f'The request must be a dict with an "inputs" key; got {_describe(data)}.')
         arguments = pipeline_arguments(data.get("parameters"))
         inputs = data["inputs"]
-        images = [to_image(item) for item in inputs] if isinstance(inputs, list) else to_image(inputs)
+        if isinstance(inputs, list):
+            if not inputs:
+                raise ValueError('"inputs" is an empty list: give at least one image.')
+            images = []
+            for index, item in enumerate(inputs):
+                try:
+                    images.append(to_image(item))
+                except ValueError as err:
+                    raise ValueError(f'"inputs" item {index}: {err}') from err
+        else:
+            images = to_image(inputs)
         return self.captioner(images, **arguments)
 
 
@@ -44,9 +62,21 @@ def pipeline_arguments(parameters) -> dict:
     if not isinstance(parameters, dict):
         raise ValueError(f'"parameters" must be a dict; got {_describe(parameters)}.')
     arguments = {key: value for key, value in parameters.items() if key in PIPELINE_PARAMETERS}
-    generation = {key: value for key, value in parameters.items() if key not in PIPELINE_PARAMETERS}
+    generation = {}
+    for name in GENERATION_DICTS:
+        options = parameters.get(name)
+        if options is None:
+            continue
+        if not isinstance(options, dict):
+            raise ValueError(f'"parameters"["{name}"] must be a dict of generation options; got {_describe(options)}.')
+        twice = sorted(set(generation) & set(options))
+        if twice:
+            raise ValueError(f"Generation option(s) {twice} given twice, in generate_kwargs and generation_parameters.")
+        generation.update(options)
+    generation.update({key: value for key, value in parameters.items()
+                       if key not in PIPELINE_PARAMETERS and key not in GENERATION_DICTS})
     if generation:
-        arguments["generate_kwargs"] = {**arguments.get("generate_kwargs", {}), **generation}
+        arguments["generate_kwargs"] = generation
     return arguments
 
 
@@ -65,6 +95,9 @@ def to_image(item) -> Image.Image:
                 raise ValueError(f"Could not load the image at {text[:200]!r}: {err}") from err
         if text.startswith("data:"):
             text = text.partition(",")[2]
+        text = "".join(text.split())  # line-wrapped base64 (76 characters a line, as MIME and `base64` write it)
+        if "-" in text or "_" in text:  # the URL-safe alphabet, whose padding is often left out
+            text = text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4)
         try:
             raw = base64.b64decode(text, validate=True)
         except ValueError as err:  # binascii.Error is a ValueError
