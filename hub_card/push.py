@@ -15,12 +15,14 @@ from pathlib import Path
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
-from hub_card.card import CARD_NAME, HANDLER_NAME, read_moda_config, write_handler, write_model_card
+from hub_card.card import (CARD_NAME, HANDLER_NAME, PLACEHOLDER_REPO_ID, read_moda_config, write_handler,
+                            write_model_card)
+from moda.cli import run_command
 
 # Never uploaded: Trainer checkpoints and logs inside an output folder, and pickles (a MODA folder's weights
 # are safetensors; a pickle runs code when loaded).
 IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "runs/**", ".cache/**", "*.bin", "*.pt", "*.pth", "*.pkl",
-                   "*.pickle", ".*.lock", ".staging*"]
+                   "*.pickle", ".*.lock", ".staging*", "__pycache__/**", "*.pyc"]
 
 
 def validate_model_folder(folder) -> Path:
@@ -49,13 +51,24 @@ def push_model_folder(folder, repo_id: str, revision: str = None, private: bool 
     """Uploads `folder` to `repo_id` (created if needed) in one commit and returns that commit's hash.
 
     The card (README.md) and handler.py are written first where the folder has none; an existing card is kept
-    (it may have been edited by hand). `revision` is a branch, created from main when missing.
+    (it may have been edited by hand), but for its usage examples' placeholder repo id, which becomes `repo_id`.
+    `training_info` and `eval_report` fill a new card: with an existing one they are refused, not dropped.
+    `revision` is a branch, created from main when missing.
     """
     folder = validate_model_folder(folder)
     if "/" not in repo_id:
         raise ValueError(f"repo_id must be 'namespace/name'; got {repo_id!r}.")
-    if not (folder / CARD_NAME).is_file():
+    card = folder / CARD_NAME
+    if not card.is_file():
         write_model_card(folder, training_info, eval_report, repo_id=repo_id)
+    elif training_info or eval_report:
+        given = " and ".join(name for name, value in (("training_info", training_info), ("eval_report", eval_report))
+                             if value)
+        raise ValueError(f"{card} exists, so the {given} given would not be used (an existing card is kept: it may "
+                         f"have been edited by hand): delete it to write a new card with them, or write one with "
+                         f"hub_card.prepare_model_folder.")
+    elif PLACEHOLDER_REPO_ID in card.read_text(encoding="utf-8"):
+        card.write_text(card.read_text(encoding="utf-8").replace(PLACEHOLDER_REPO_ID, repo_id), encoding="utf-8")
     if not (folder / HANDLER_NAME).is_file():
         write_handler(folder)
 
@@ -85,20 +98,34 @@ def main(argv=None) -> int:
     parser.add_argument("--training_info", default=None,
                         help="a JSON file of training facts for a new card (keys: hub_card.TRAINING_INFO_KEYS)")
     args = parser.parse_args(argv)
-    training_info = json.loads(Path(args.training_info).read_text()) if args.training_info else None
+    return run_command("moda push", push, args)
+
+
+def push(args) -> int:
+    training_info = read_training_info_file(args.training_info) if args.training_info else None
     try:
         sha = push_model_folder(args.folder, args.repo_id, revision=args.revision, private=args.private,
                                 commit_message=args.commit_message, training_info=training_info)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"moda push: {err}", file=sys.stderr)
-        return 2
     except HfHubHTTPError as err:  # no token, no write access, a bad branch name...
-        print(f"moda push: the Hub refused the upload of {args.folder} to {args.repo_id}: {err}", file=sys.stderr)
-        return 1
+        raise ValueError(f"the Hub refused the upload of {args.folder} to {args.repo_id}: {err}") from err
     print(f"pushed {args.folder} to {args.repo_id} at commit {sha}")
     print(f'load it pinned: AutoModel.from_pretrained("{args.repo_id}", trust_remote_code=True, revision="{sha}")')
     print(sha)
     return 0
+
+
+def read_training_info_file(path) -> dict:
+    """--training_info: a JSON object of training facts (a missing file or invalid JSON is named)."""
+    try:
+        info = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--training_info {path!r}: no such file.") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--training_info {path!r} is not valid JSON: {err}") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"--training_info {path!r} must hold a JSON object of training facts; got "
+                         f"{type(info).__name__}.")
+    return info
 
 
 if __name__ == "__main__":

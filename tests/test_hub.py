@@ -19,6 +19,7 @@ import sys
 
 import pytest
 from huggingface_hub import ModelCard
+from PIL import Image
 
 from hub_card import prepare_model_folder, write_model_card
 from hub_card.push import main as push_main
@@ -328,6 +329,25 @@ def test_handler_bytes_and_base64_give_local_captions(endpoint_handler, handler_
     assert len(short[0]["generated_text"]) <= len(expected[0])
 
 
+def test_handler_takes_wrapped_and_url_safe_base64_and_the_inference_api_parameters(
+    endpoint_handler, handler_folder, product_images
+):
+    expected = local_captions(handler_folder, product_images[:1])[0]
+    raw = png_bytes(product_images[0])
+    # `base64 shirt.jpg` and MIME wrap lines at 76 characters; browsers' base64url uses -_ and drops the padding
+    for encoded in (base64.encodebytes(raw).decode(), base64.urlsafe_b64encode(raw).decode().rstrip("=")):
+        assert endpoint_handler({"inputs": encoded}) == [{"generated_text": expected}]
+    # the image-to-text task spec's parameters: generation options under "generation_parameters"
+    short = endpoint_handler({"inputs": raw, "parameters": {"generation_parameters": {"max_new_tokens": 1}}})
+    assert short == endpoint_handler({"inputs": raw, "parameters": {"max_new_tokens": 1}}) != [
+        {"generated_text": expected}]
+    with pytest.raises(ValueError, match=r"\['max_new_tokens'\] given twice"):
+        endpoint_handler({"inputs": raw, "parameters": {"generation_parameters": {"max_new_tokens": 1},
+                                                        "generate_kwargs": {"max_new_tokens": 2}}})
+    with pytest.raises(ValueError, match='"generation_parameters"\\] must be a dict'):
+        endpoint_handler({"inputs": raw, "parameters": {"generation_parameters": 3}})
+
+
 def test_handler_bad_inputs_are_named(endpoint_handler):
     with pytest.raises(ValueError, match="Could not read the image bytes"):
         endpoint_handler({"inputs": b"not an image at all"})
@@ -343,23 +363,55 @@ def test_handler_bad_inputs_are_named(endpoint_handler):
         endpoint_handler({"inputs": 3})
     with pytest.raises(ValueError, match='"parameters" must be a dict'):
         endpoint_handler({"inputs": b"x", "parameters": [1]})
+    with pytest.raises(ValueError, match='"inputs" is an empty list'):
+        endpoint_handler({"inputs": []})
+    with pytest.raises(ValueError, match='"inputs" item 1: Could not read the image bytes'):
+        endpoint_handler({"inputs": [png_bytes(Image.new("RGB", (8, 8))), b"not an image"]})
 
 
 # --- moda push: folder checks (no Hub needed: they fail before any request) --------------------------------------
 
 def test_push_rejects_folders_that_are_not_moda(tiny_moda_dir, tmp_path, capsys):
-    assert push_main([str(tmp_path / "missing"), "me/x"]) == 2
-    assert "Model folder not found" in capsys.readouterr().err
+    # one "moda push: error: ..." line and exit status 1, as every moda command reports a wrong input
+    assert push_main([str(tmp_path / "missing"), "me/x"]) == 1
+    assert "moda push: error: Model folder not found" in capsys.readouterr().err
     no_weights = copy_model(tiny_moda_dir, tmp_path / "no-weights")
     (no_weights / "model.safetensors").unlink()
-    assert push_main([str(no_weights), "me/x"]) == 2
+    assert push_main([str(no_weights), "me/x"]) == 1
     assert "no safetensors weights" in capsys.readouterr().err
     no_code = copy_model(tiny_moda_dir, tmp_path / "no-code")
     (no_code / "modeling_moda.py").unlink()
-    assert push_main([str(no_code), "me/x"]) == 2
+    assert push_main([str(no_code), "me/x"]) == 1
     assert "modeling_moda.py" in capsys.readouterr().err
-    assert push_main([str(tiny_moda_dir), "no-namespace"]) == 2
+    assert push_main([str(tiny_moda_dir), "no-namespace"]) == 1
     assert "namespace/name" in capsys.readouterr().err
+
+
+def test_push_names_a_bad_training_info_file_and_never_drops_it(tiny_moda_dir, tmp_path, capsys):
+    folder = copy_model(tiny_moda_dir, tmp_path / "model")
+    assert push_main([str(folder), "me/x", "--training_info", str(tmp_path / "missing.json")]) == 1
+    assert "moda push: error: --training_info" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{hardware: 1}")
+    assert push_main([str(folder), "me/x", "--training_info", str(tmp_path / "bad.json")]) == 1
+    assert "is not valid JSON" in capsys.readouterr().err
+    # a folder with a card (train_hf.py always writes one) keeps it: the facts given for a new card are refused
+    prepare_model_folder(folder)
+    card = (folder / "README.md").read_text()
+    (tmp_path / "info.json").write_text(json.dumps({"hardware": "1x NVIDIA H100"}))
+    assert push_main([str(folder), "me/x", "--training_info", str(tmp_path / "info.json")]) == 1
+    assert "README.md exists, so the training_info given would not be used" in capsys.readouterr().err
+    assert (folder / "README.md").read_text() == card
+
+
+def test_push_leaves_logs_caches_and_bytecode_out():
+    from huggingface_hub.utils import filter_repo_objects
+
+    from hub_card.push import IGNORE_PATTERNS
+
+    files = ["model.safetensors", "README.md", "handler.py", "eval/report.json", "checkpoint-5/model.safetensors",
+             "runs/events.out", "training_args.bin", "__pycache__/handler.cpython-311.pyc", "adapter/x.pyc"]
+    kept = list(filter_repo_objects(files, ignore_patterns=IGNORE_PATTERNS))
+    assert kept == ["model.safetensors", "README.md", "handler.py", "eval/report.json"]
 
 
 # --- push and load through the local Hub ---------------------------------------------------------------------------
@@ -382,6 +434,7 @@ def test_push_then_load_by_repo_id_with_pinned_revisions(
     second = tmp_path / "second"
     randomize_weights(copy.deepcopy(model), seed=1).save_pretrained(second)
     processor.save_pretrained(second)
+    prepare_model_folder(second)  # a card written before the repo was named, as train_hf.py writes one
     first_captions, second_captions = local_captions(first, product_images), local_captions(second, product_images)
     assert first_captions != second_captions, "the second weights must describe differently to test pinning"
 
@@ -393,7 +446,7 @@ def test_push_then_load_by_repo_id_with_pinned_revisions(
     first_sha, second_sha = sha_of["Upload MODA model from first"], sha_of["New weights"]
     assert all(f"at commit {sha}" in push_output for sha in sha_of.values() if sha != sha_of["initial commit"])
     assert commits[second_sha]["parent"] == first_sha
-    assert "moda push: the Hub refused the upload of" in push_output and "401" in push_output  # no token
+    assert "moda push: error: the Hub refused the upload of" in push_output and "401" in push_output  # no token
     assert store.repos["local-user/moda"]["branches"] == {"main": second_sha, "exp": sha_of["Old on a branch"]}
     pushed = store.files("local-user/moda", first_sha)
     assert {"README.md", "handler.py", "loss_curves.png", "model.safetensors", "modeling_moda.py",
@@ -401,6 +454,8 @@ def test_push_then_load_by_repo_id_with_pinned_revisions(
     assert not any(path.startswith("checkpoint-") or path.endswith(".bin") for path in pushed)
     card = store.blob_path(pushed["README.md"]).read_text()
     assert 'AutoModel.from_pretrained("local-user/moda"' in card
+    second_card = store.blob_path(store.files("local-user/moda", second_sha)["README.md"]).read_text()
+    assert 'AutoModel.from_pretrained("local-user/moda"' in second_card and "your-username" not in second_card
 
     image_paths = []
     for i, image in enumerate(product_images):
