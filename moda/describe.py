@@ -1,9 +1,16 @@
-"""`moda caption-image MODEL IMAGE`: describe one image (a PIL-readable path or an http(s) URL)."""
+"""`moda caption-image MODEL IMAGE...`: describe images (PIL-readable paths or http(s) URLs).
+
+Prints one `IMAGE<TAB>description` line per image. An image that cannot be read prints a `moda caption-image: error:`
+line instead (the others are still described) and the command exits with 1.
+"""
 
 import argparse
+import sys
+from pathlib import Path
 
 from transformers import pipeline
 
+from moda.cli import INPUT_ERRORS, run_command
 from pipeline_moda import MODAImageToTextPipeline
 
 
@@ -12,25 +19,50 @@ def load_captioner(model: str, revision: str = None, device: str = None):
     The image-to-text pipeline for a MODA folder or Hub id (the same code path users get from transformers), run
     by this package's model code: under transformers 5.x a registered model type wins over the folder's own copy
     of the model files, which may be older (or, from the Hub, someone else's).
+
+    A missing folder, a folder without config.json, or a name that is neither a loadable folder nor a Hub model raises
+    FileNotFoundError naming `model` (ValueError for a folder that cannot be read as a model).
     """
     import moda.auto_classes  # noqa: F401  (the registration; imported here so that `moda --help` stays light)
+    from moda.evaluation import check_model_name
 
-    return pipeline(
-        "image-to-text", model=model, revision=revision, device=device, trust_remote_code=True,
-        pipeline_class=MODAImageToTextPipeline,
-    )
+    check_model_name(model, label="model")
+    try:
+        return pipeline(
+            "image-to-text", model=model, revision=revision, device=device, trust_remote_code=True,
+            pipeline_class=MODAImageToTextPipeline,
+        )
+    except OSError as err:
+        reason = f"({type(err).__name__}: {' '.join(str(err).split())})"
+        if Path(model).is_dir():  # e.g. no weights, or a config.json that is not JSON
+            raise ValueError(f"model {model!r}: the folder cannot be loaded as a model {reason}") from err
+        raise FileNotFoundError(f"model {model!r}: no local model folder of that name, and no Hub model of that name "
+                                f"could be loaded {reason}") from err
+
+
+def describe(args) -> int:
+    captioner = load_captioner(args.model, revision=args.revision)
+    failed = 0
+    for image in args.images:
+        try:
+            result = captioner(image, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+        except INPUT_ERRORS as err:  # an unreadable image: say which, and describe the others
+            print(f"moda caption-image: error: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{image}\t{result[0]['generated_text']}", flush=True)
+    return 1 if failed else 0
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="moda caption-image", description=__doc__)
+    parser = argparse.ArgumentParser(prog="moda caption-image", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="a MODA model folder or Hub id")
     parser.add_argument("images", nargs="+", help="image paths or http(s) URLs")
     parser.add_argument("--prompt", default=None, help='an optional question, e.g. "What colour is this item?"')
     parser.add_argument("--max_new_tokens", type=int, default=None)
     parser.add_argument("--revision", default=None, help="a Hub revision (commit, branch or tag) to pin")
     args = parser.parse_args(argv)
-    captioner = load_captioner(args.model, revision=args.revision)
-    for image in args.images:
-        result = captioner(image, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
-        print(f"{image}\t{result[0]['generated_text']}")
-    return 0
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        parser.error(f"--max_new_tokens must be at least 1; got {args.max_new_tokens}")
+    return run_command("moda caption-image", describe, args)

@@ -34,12 +34,13 @@ DEFAULT_SPLIT = "test"
 
 # --- models and images ------------------------------------------------------------------------------------------
 
-def check_model_name(model_name: str) -> None:
-    """A mistyped folder would otherwise be looked up on the Hub, and an empty one read as a model of type None."""
+def check_model_name(model_name: str, label: str = "--model") -> None:
+    """A mistyped folder would otherwise be looked up on the Hub, and an empty one read as a model of type None.
+    `label`: what the user called the model (the option's name)."""
     if Path(model_name).is_dir() and not (Path(model_name) / "config.json").is_file():
-        raise FileNotFoundError(f"--model {model_name!r} is a folder without config.json: not a saved model folder.")
+        raise FileNotFoundError(f"{label} {model_name!r} is a folder without config.json: not a saved model folder.")
     if looks_like_a_path(model_name) and not Path(model_name).exists():
-        raise FileNotFoundError(f"--model {model_name!r}: no such model folder.")
+        raise FileNotFoundError(f"{label} {model_name!r}: no such model folder.")
 
 
 def load_model_and_processor(model_name: str, revision: str = None):

@@ -15,9 +15,10 @@ the real fashion-images catalog, so everything that reads one reads the other. E
   magenta bow at the top left, men's and boys' items none;
 - usage: Sports items carry a white diagonal stripe, Formal items a dark trim along the bottom, Ethnic items a gold
   dotted border, Casual items nothing.
-Patterns (solid, striped, checked, dotted, in white or near-black over at most a third of the item, so the colour
-stays the majority) and small jitters of position, size, rotation (up to 4 degrees) and background tint vary within
-a class. Combinations stay plausible: dresses and skirts for Women and Girls, heels and handbags for Women, sports
+Patterns (solid, striped, checked, dotted, in white or near-black; stripes cover about a third of the item and dots
+less, so the colour stays the majority there, but checks cover more than half of it: on a checked item the
+pattern's white or near-black is the commonest colour) and small jitters of position, size, rotation (up to 4
+degrees) and background tint vary within a class. Combinations stay plausible: dresses and skirts for Women and Girls, heels and handbags for Women, sports
 shoes always Sports, no Formal flip flops.
 
 The same seed gives byte-identical files (one `random.Random` for the rows, one per item for the drawing).

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from moda.cli import COMMANDS, main
 from tests.conftest import REPO_ROOT
 
@@ -51,3 +53,32 @@ def test_a_command_that_returns_what_it_made_exits_with_success(monkeypatch):
 
 def _returns_a_status(argv):
     return 3
+
+
+def test_caption_image_describes_each_readable_image_and_names_an_unreadable_one(tiny_moda_dir, tmp_path, red_image,
+                                                                                capsys):
+    image = tmp_path / "red.png"
+    red_image.save(image)
+    missing = tmp_path / "missing.jpg"
+    assert main(["caption-image", str(tiny_moda_dir), str(image), str(missing), str(image)]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(image), str(image)]
+    assert lines[0] == lines[1] and lines[0].split("\t")[1]
+    errors = [line for line in captured.err.splitlines() if "error" in line]
+    assert errors == [f"moda caption-image: error: Image file not found: {str(missing)!r}"]
+
+
+def test_caption_image_names_a_model_it_cannot_load(tmp_path, red_image, capsys):
+    image = tmp_path / "red.png"
+    red_image.save(image)
+    assert main(["caption-image", str(tmp_path / "no-such-model"), str(image)]) == 1
+    assert "no-such-model" in capsys.readouterr().err
+    from moda.describe import load_captioner
+
+    # offline (conftest): a Hub id that cannot be loaded is named, as an input error the commands report in one line
+    with pytest.raises(FileNotFoundError, match="'someone/no-such-moda': no local model folder of that name"):
+        load_captioner("someone/no-such-moda")
+    with pytest.raises(SystemExit):
+        main(["caption-image", str(tmp_path), str(image), "--max_new_tokens", "0"])
+    assert "--max_new_tokens must be at least 1" in capsys.readouterr().err
