@@ -29,6 +29,7 @@ from transformers.image_utils import load_image
 # Inference API image-to-text spec's); any other parameter is a generation option (e.g. num_beams).
 PIPELINE_PARAMETERS = ("prompt", "max_new_tokens")
 GENERATION_DICTS = ("generate_kwargs", "generation_parameters")
+URL_TIMEOUT_S = 20  # a URL that never answers must not hold an endpoint worker forever
 
 
 class EndpointHandler:
@@ -90,7 +91,7 @@ def to_image(item) -> Image.Image:
         text = item.strip()
         if text.startswith(("http://", "https://")):
             try:
-                return load_image(text).convert("RGB")
+                return load_image(text, timeout=URL_TIMEOUT_S).convert("RGB")
             except Exception as err:  # load_image raises several types; name the URL either way
                 raise ValueError(f"Could not load the image at {text[:200]!r}: {err}") from err
         if text.startswith("data:"):

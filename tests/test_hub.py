@@ -348,6 +348,21 @@ def test_handler_takes_wrapped_and_url_safe_base64_and_the_inference_api_paramet
         endpoint_handler({"inputs": raw, "parameters": {"generation_parameters": 3}})
 
 
+def test_handler_fetches_urls_with_a_timeout(endpoint_handler, monkeypatch):
+    """A URL that never answers must not hold an endpoint worker forever."""
+    handler_globals = type(endpoint_handler).__call__.__globals__  # the module loaded from the folder's handler.py
+    asked = {}
+
+    def fetch(url, timeout=None):
+        asked.update(url=url, timeout=timeout)
+        raise TimeoutError("no answer")
+
+    monkeypatch.setitem(handler_globals, "load_image", fetch)
+    with pytest.raises(ValueError, match="Could not load the image at 'https://example.com/slow.jpg'"):
+        endpoint_handler({"inputs": "https://example.com/slow.jpg"})
+    assert asked["url"] == "https://example.com/slow.jpg" and 0 < asked["timeout"] <= 60
+
+
 def test_handler_bad_inputs_are_named(endpoint_handler):
     with pytest.raises(ValueError, match="Could not read the image bytes"):
         endpoint_handler({"inputs": b"not an image at all"})
