@@ -86,7 +86,7 @@ def main(argv=None) -> int:
         sys.exit(f"Catalog folder not found: {catalog} (see ../shared/data/README.md)")
     torch.set_num_threads(args.threads)
     rows = catalog_rows(catalog)
-    sizes = [int(size) for size in args.sizes.split(",")]
+    sizes = sorted({int(size) for size in args.sizes.split(",")})  # the ratios below compare the largest to the smallest
     if max(sizes) > len(rows):
         sys.exit(f"{catalog} has {len(rows)} titled items, fewer than {max(sizes)}.")
     embedder = load_embedder(DEFAULT_EMBEDDER)
