@@ -8,6 +8,7 @@ The Hub address comes from huggingface_hub (HF_ENDPOINT), the token from HF_TOKE
 """
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -108,10 +109,24 @@ def push(args) -> int:
                                 commit_message=args.commit_message, training_info=training_info)
     except HfHubHTTPError as err:  # no token, no write access, a bad branch name...
         raise ValueError(f"the Hub refused the upload of {args.folder} to {args.repo_id}: {err}") from err
+    except connection_errors() as err:  # offline, or the Hub's name does not resolve
+        raise ValueError(f"cannot reach the Hub to upload {args.folder} to {args.repo_id}: {err}") from err
     print(f"pushed {args.folder} to {args.repo_id} at commit {sha}")
     print(f'load it pinned: AutoModel.from_pretrained("{args.repo_id}", trust_remote_code=True, revision="{sha}")')
     print(sha)
     return 0
+
+
+def connection_errors() -> tuple:
+    """The errors of "could not connect": huggingface_hub's HTTP library (httpx2, httpx or requests, by version) has
+    its own, which share no base class with ConnectionError."""
+    errors = [ConnectionError, TimeoutError]
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
 
 
 def read_training_info_file(path) -> dict:

@@ -386,6 +386,21 @@ def test_handler_bad_inputs_are_named(endpoint_handler):
 
 # --- moda push: folder checks (no Hub needed: they fail before any request) --------------------------------------
 
+def test_push_with_the_hub_out_of_reach_is_one_error_line(tiny_moda_dir, tmp_path, capsys, monkeypatch):
+    import hub_card.push
+    from hub_card.push import connection_errors
+
+    folder = copy_model(tiny_moda_dir, tmp_path / "model")
+    for error in {ConnectionError("offline"), connection_errors()[-1]("Name or service not known")}:
+        def unreachable(*args, **kwargs):
+            raise error
+
+        monkeypatch.setattr(hub_card.push, "push_model_folder", unreachable)
+        assert push_main([str(folder), "me/x"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("moda push: error: cannot reach the Hub to upload") and err.count("\n") == 1, err
+
+
 def test_push_rejects_folders_that_are_not_moda(tiny_moda_dir, tmp_path, capsys):
     # one "moda push: error: ..." line and exit status 1, as every moda command reports a wrong input
     assert push_main([str(tmp_path / "missing"), "me/x"]) == 1
