@@ -11,6 +11,7 @@ Reads top to bottom: arguments -> catalog -> model -> cached image features -> T
 import json
 import logging
 import math
+import os
 import sys
 import time
 import types
@@ -30,6 +31,7 @@ from moda.build import build_from_backbones, build_from_scratch
 from moda.catalog import (MODA_CAPTION_TEMPLATE, QUESTIONS, BadRows, columns_of, examples_from_rows, load_catalog,
                           require_caption_columns, sample_rows)
 from moda.checkpointing import AtomicCheckpointTrainer
+from moda.cli import run_command
 from moda.collate import ExampleDataset, MODACollator
 from moda.description_scores import attribute_scores
 from moda.evaluation import AttributeMetricsCallback, pyplot
@@ -94,6 +96,10 @@ class DataArguments:
     demo_dir: str = field(default=".cache/moda-synthetic", metadata={"help": "Where the synthetic demo catalog goes."})
 
 
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 @dataclass
 class MODATrainingArguments(TrainingArguments):
     # Defaults from the MODA write-up (AdamW, lr 1e-3) and for the tiny model on a 2-core CPU.
@@ -107,11 +113,20 @@ class MODATrainingArguments(TrainingArguments):
     per_device_eval_batch_size: int = 64
     eval_strategy: str = "steps"
     save_total_limit: int = 2
+    # torchrun on a machine without CUDA: the Trainer runs DDP on the CPU (gloo) only with use_cpu; without it, it
+    # warns that parallel_mode is not DISTRIBUTED and reports every loss summed over the processes (2x with two).
+    use_cpu: Optional[bool] = field(default=None, metadata={
+        "help": "Train on the CPU (default: true under torchrun without CUDA, else false)."})
     logging_steps: float = 20
     remove_unused_columns: bool = False
     report_to: str = "none"
     dataloader_num_workers: int = 0
     seed: int = 42
+
+    def __post_init__(self):
+        if self.use_cpu is None:
+            self.use_cpu = launched_by_torchrun() and not torch.cuda.is_available()
+        super().__post_init__()
 
 
 def parse_arguments(argv=None):
@@ -603,5 +618,15 @@ def save_final_model(trainer, model, processor, output_dir):
     return model
 
 
+def command_line(argv=None) -> int:
+    """`python train_hf.py` and `moda train`: main's summary is for callers in Python; on the command line a wrong
+    input is one error line and exit status 1, as the moda commands give it."""
+    def train(argv):
+        main(argv)
+        return 0
+
+    return run_command("train_hf.py", train, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(command_line())

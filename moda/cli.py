@@ -6,7 +6,7 @@ import sys
 # subcommand -> (module, function, one-line help). Each function takes the remaining argv.
 COMMANDS = {
     "caption-image": ("moda.describe", "main", "describe one image with a MODA model"),
-    "train": ("train_hf", "main", "train MODA (same as python train_hf.py)"),
+    "train": ("train_hf", "command_line", "train MODA (same as python train_hf.py)"),
     "eval": ("moda.evaluation", "main", "evaluate a model's descriptions on a catalog"),
     "build-dataset": ("moda.teacher", "main", "build training descriptions with teacher models"),
     "caption": ("moda.captioning", "main", "caption a whole catalog (batched, resumable, sharded)"),

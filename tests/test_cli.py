@@ -44,7 +44,7 @@ def _returns_a_summary(argv):
 
 
 def test_a_command_that_returns_what_it_made_exits_with_success(monkeypatch):
-    assert COMMANDS["train"][:2] == ("train_hf", "main")  # the command this stands for
+    assert COMMANDS["train"][:2] == ("train_hf", "command_line")  # train_hf.main returns its summary
     monkeypatch.setitem(COMMANDS, "summary", ("tests.test_cli", "_returns_a_summary", "returns a dict"))
     assert main(["summary"]) == 0
     monkeypatch.setitem(COMMANDS, "status", ("tests.test_cli", "_returns_a_status", "returns 3"))

@@ -278,6 +278,9 @@ def test_two_process_ddp_training(tmp_path, catalog_dir):
            "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Without CUDA, DDP on the CPU needs use_cpu (train_hf.py sets it under torchrun); without it the Trainer warns
+    # so and reports every loss summed over the processes.
+    assert "parallel_mode != ParallelMode.DISTRIBUTED" not in proc.stderr + proc.stdout
     summary = json.loads((output / "training_summary.json").read_text())
     assert summary["num_eval_items"] > 0
     # 64 train items / (8 per device x 2 processes) = 4 optimizer steps for the epoch
@@ -396,6 +399,15 @@ def test_published_checkpoints_record_the_best_checkpoint_where_it_was_published
 def test_arguments_that_would_be_ignored_or_fail_late_are_named_at_once(tmp_path, extra, message):
     with pytest.raises(ValueError, match=message):
         train_hf.main(["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"), *extra])
+
+
+def test_the_command_line_gives_a_wrong_input_as_one_error_line(tmp_path, capsys):
+    from moda.cli import main as moda_main
+
+    for run_it in (train_hf.command_line, lambda argv: moda_main(["train", *argv])):
+        assert run_it(["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--optim", "sgd"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("train_hf.py: error: --optim is not used") and err.count("\n") == 1, err
 
 
 def test_a_saved_training_args_json_with_default_optimizer_settings_is_accepted(tmp_path):
