@@ -6,7 +6,6 @@ line instead (the others are still described) and the command exits with 1.
 
 import argparse
 import sys
-from pathlib import Path
 
 from transformers import pipeline
 
@@ -24,7 +23,7 @@ def load_captioner(model: str, revision: str = None, device: str = None):
     FileNotFoundError naming `model` (ValueError for a folder that cannot be read as a model).
     """
     import moda.auto_classes  # noqa: F401  (the registration; imported here so that `moda --help` stays light)
-    from moda.evaluation import check_model_name
+    from moda.evaluation import check_model_name, model_load_error
 
     check_model_name(model, label="model")
     try:
@@ -32,12 +31,8 @@ def load_captioner(model: str, revision: str = None, device: str = None):
             "image-to-text", model=model, revision=revision, device=device, trust_remote_code=True,
             pipeline_class=MODAImageToTextPipeline,
         )
-    except OSError as err:
-        reason = f"({type(err).__name__}: {' '.join(str(err).split())})"
-        if Path(model).is_dir():  # e.g. no weights, or a config.json that is not JSON
-            raise ValueError(f"model {model!r}: the folder cannot be loaded as a model {reason}") from err
-        raise FileNotFoundError(f"model {model!r}: no local model folder of that name, and no Hub model of that name "
-                                f"could be loaded {reason}") from err
+    except OSError as err:  # e.g. a folder without weights, or a config.json that is not JSON
+        raise model_load_error(model, err, "the folder cannot be loaded as a model", label="model") from err
 
 
 def describe(args) -> int:

@@ -43,18 +43,26 @@ def check_model_name(model_name: str, label: str = "--model") -> None:
         raise FileNotFoundError(f"{label} {model_name!r}: no such model folder.")
 
 
+def model_load_error(model_name: str, err: OSError, folder_problem: str, label: str = "--model") -> Exception:
+    """
+    The input error to raise for a model transformers could not load (`err`): for a folder, `folder_problem` (what
+    went wrong there); for any other name, that neither a local folder nor a Hub model (the Hub may be out of reach)
+    has it.
+    """
+    reason = f"({type(err).__name__}: {' '.join(str(err).split())})"
+    if Path(model_name).is_dir():
+        return ValueError(f"{label} {model_name!r}: {folder_problem} {reason}")
+    return FileNotFoundError(f"{label} {model_name!r}: no local model folder of that name, and no Hub model of that "
+                             f"name could be loaded {reason}")
+
+
 def load_model_and_processor(model_name: str, revision: str = None):
     """A MODA folder or Hub id (or a BLIP baseline trained by train_hf.py) -> (model in eval mode, processor)."""
     check_model_name(model_name)
     try:
         model_type = PretrainedConfig.get_config_dict(model_name, revision=revision)[0].get("model_type")
     except OSError as err:
-        reason = f"({type(err).__name__}: {' '.join(str(err).split())})"
-        if Path(model_name).is_dir():  # e.g. a config.json that is not JSON
-            raise ValueError(f"--model {model_name!r}: its config.json cannot be read {reason}") from err
-        # no such Hub model, or the Hub unreachable (offline)
-        raise FileNotFoundError(f"--model {model_name!r}: no local model folder of that name, and no Hub model of that "
-                                f"name could be loaded {reason}") from err
+        raise model_load_error(model_name, err, "its config.json cannot be read") from err
     if model_type == "moda":
         # (moda.auto_classes registers MODA with AutoConfig: no remote-code prompt for the tokenizer)
         from moda.auto_classes import MODAForConditionalGeneration, MODAProcessor
