@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from moda.catalog import is_url, read_splits
 from moda.cli import run_command
 from moda.evaluation import describe_images
 from moda.features import load_image
@@ -49,8 +50,6 @@ def list_catalog_items(source: str, image_column: str = "image") -> list:
     (metadata.csv at the top or in split folders: every split is taken), a .csv/.jsonl/.json file with an
     `image_column`, or a Hub dataset name. Ids come from an `id`/`ProductId` column, else the image's path.
     """
-    from moda.catalog import read_splits
-
     path = Path(source)
     splits = read_splits(source, image_column)
     if path.is_dir() and not splits:  # a plain folder of images
@@ -84,12 +83,11 @@ def _items_from_rows(rows: list, base, source: str) -> list:
     for i, row in enumerate(rows):
         image = row.get("image")
         file = image if isinstance(image, str) else row.get("file_name") or row["_where"]
-        is_url = isinstance(image, str) and image.startswith(("http://", "https://"))
-        if isinstance(image, str) and not is_url:
+        if isinstance(image, str) and not is_url(image):
             file = os.path.abspath(image)  # the output is read from other folders too (moda index, the app)
         if id_column:
             item_id = str(row[id_column])
-        elif is_url:
+        elif is_url(image):
             item_id = image
         elif isinstance(image, str) and base is not None:
             item_id = os.path.relpath(image, base)
@@ -159,8 +157,6 @@ def attribute_vocabulary(rows: list, source: str):
 def catalog_vocabulary(source: str, image_column: str = "image"):
     """The attribute vocabulary of the catalog at `source` (moda caption --vocabulary, app.py), or None. Only its
     attribute columns are read: item ids and images play no part."""
-    from moda.catalog import read_splits
-
     rows = [row for split in read_splits(source, image_column).values() for row in split]
     if not rows:
         raise ValueError(f"{source!r} lists no items to take attribute values from.")

@@ -53,6 +53,11 @@ def without_location(message: str, where: str) -> str:
     return message.removeprefix(f"{where}: ")
 
 
+def is_url(value) -> bool:
+    """An http(s) URL: an image read as it is (moda.features.load_image), never as a path."""
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
 def template_columns(template: str) -> list:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name]
 
@@ -127,8 +132,8 @@ def _rows_with_image_paths(rows: list, base: Path, image_column: str, source: st
         row["_where"] = f"{source} row {i + 2 if source.endswith('.csv') else i + 1}"
         if name in (None, ""):
             row["image"] = None
-        elif isinstance(name, str) and name.startswith(("http://", "https://")):
-            row["image"] = name  # a URL is read as it is (moda.features.load_image), not as a path under `base`
+        elif is_url(name):
+            row["image"] = name  # not a path under `base`
         else:
             path = Path(name)
             row["image"] = str(path if path.is_absolute() else base / path)
@@ -291,4 +296,3 @@ def examples_from_rows(rows: list, bad_rows: BadRows, caption_column=None, capti
             if answer:
                 examples.append({"image": row["image"], "prompt": question, "description": answer, "row": row})
     return examples
-

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from moda.catalog import is_url
 from processing_moda import _as_rgb_image
 
 
@@ -54,7 +55,7 @@ def load_image(image, where: str):
         return _as_rgb_image(image)
     if image is None:
         raise ValueError(f"{where}: no image")
-    if isinstance(image, str) and image.startswith(("http://", "https://")):
+    if is_url(image):
         try:
             return _as_rgb_image(image)  # transformers' own loader for URLs
         except Exception as err:
