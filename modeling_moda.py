@@ -52,6 +52,10 @@ AUTO_MAP = {
     "AutoModelForImageTextToText": "modeling_moda.MODAForConditionalGeneration",
     "AutoProcessor": f"processing_moda.{MODAProcessor.__name__}",
 }
+# generate options with which transformers 5 loads and runs code the caller names (a custom_generate folder or Hub
+# repo, or a decoding mode moved to one): a caller of generate, e.g. a pipeline's or an endpoint's user, must never
+# choose code to run, and MODA does not need them (its generation is its own).
+REFUSED_GENERATE_OPTIONS = ("custom_generate", "trust_remote_code")
 CUSTOM_PIPELINES = {
     "image-to-text": {
         "impl": f"pipeline_moda.{MODAImageToTextPipeline.__name__}",
@@ -355,8 +359,14 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         """
         Describes the image(s). `input_ids` ([BOS] + optional prompt, as MODAProcessor makes them) default to
         [BOS]. Returns only the new tokens; decode them with `processor.batch_decode(..., skip_special_tokens=True)`.
-        All of `GenerationMixin.generate`'s options work (greedy, beam search, sampling, caches).
+        All of `GenerationMixin.generate`'s options work (greedy, beam search, sampling, caches) but those that run
+        code the caller names (`REFUSED_GENERATE_OPTIONS`), which raise a ValueError.
         """
+        refused = [name for name in REFUSED_GENERATE_OPTIONS if generate_kwargs.get(name) is not None]
+        if refused:
+            raise ValueError(f"MODA's generate refuses {refused}: they make transformers load and run code the caller "
+                             f"chooses (a custom_generate folder or Hub repo), which must never run; MODA has its own "
+                             f"generation.")
         if "inputs_embeds" in generate_kwargs:
             raise ValueError("MODA builds inputs_embeds from the image itself; pass pixel_values or image_embeds.")
         image_embeds, prefix = self.get_image_prefix(pixel_values, image_embeds)
