@@ -8,9 +8,13 @@
     handler({"inputs": [raw_bytes, base64_string], "parameters": {"generation_parameters": {"num_beams": 3}}})
     # -> [[{"generated_text": ...}], [{"generated_text": ...}]]
 
-"parameters" takes the pipeline's `prompt`, `max_new_tokens` and `generate_kwargs`, the Inference API's
-`generation_parameters` (the image-to-text task's name for generation options), and any other generation option by
-name. Base64 may be line-wrapped (as `base64 shirt.jpg` writes it) or URL-safe.
+"parameters" takes the pipeline's `prompt` and the generation options of an allow-list (GENERATION_OPTIONS:
+max_new_tokens, min_new_tokens, num_beams, num_return_sequences, early_stopping, length_penalty, do_sample,
+temperature, top_k, top_p, repetition_penalty, no_repeat_ngram_size, each with a type and bounds; max_new_tokens
+up to the decoder's room), these at its top level, in `generate_kwargs` (the pipeline's name for a dict of them) or
+in `generation_parameters` (the Inference API image-to-text task's). Anything else (e.g. custom_generate with
+trust_remote_code, streamer, logits_processor) is refused with a ValueError: a request must never choose code to
+run. Base64 may be line-wrapped (as `base64 shirt.jpg` writes it) or URL-safe.
 
 This file travels in the model folder. It imports only torch, transformers, PIL and the standard library's base64
 and io: URLs are fetched by transformers' own `load_image`, and a string is never read as a local path (an
@@ -25,10 +29,34 @@ from PIL import Image
 from transformers import pipeline
 from transformers.image_utils import load_image
 
-# Parameters the MODA pipeline takes by name; dicts of generation options (the pipeline's name for one, and the
-# Inference API image-to-text spec's); any other parameter is a generation option (e.g. num_beams).
-PIPELINE_PARAMETERS = ("prompt", "max_new_tokens")
+# What "parameters" may hold: an allow-list, because the pipeline passes generation options on to `model.generate`,
+# where transformers 5 runs code a caller names (custom_generate with trust_remote_code) and takes objects no request
+# should choose (streamer, logits_processor, assistant_model, generation_config, ...). The prompt goes to the
+# pipeline; generation options may be given at the top level, in "generate_kwargs" (the pipeline's name for a dict of
+# them) or in "generation_parameters" (the Inference API image-to-text spec's).
+PIPELINE_PARAMETERS = ("prompt",)
 GENERATION_DICTS = ("generate_kwargs", "generation_parameters")
+# A question about a product image is short; tokenizing a huge string would hold the worker (and a prompt longer
+# than the decoder's room is refused by the model anyway).
+PROMPT_MAX_CHARACTERS = 1000
+# name -> (type, low, high, low_is_open): each option's type and bounds. The bounds keep a request's cost (beams,
+# sequences, tokens) and its decoding sane; None as max_new_tokens' and min_new_tokens' high stands for the decoder's
+# room, read from the loaded model. Decoding modes transformers 5 moved to Hub code (contrastive search, group beams,
+# DoLa, constraints) are left out.
+GENERATION_OPTIONS = {
+    "max_new_tokens": (int, 1, None, False),
+    "min_new_tokens": (int, 0, None, False),
+    "num_beams": (int, 1, 8, False),
+    "num_return_sequences": (int, 1, 8, False),  # the pipeline returns every sequence: one dict each
+    "early_stopping": (bool, None, None, False),
+    "length_penalty": (float, -2.0, 2.0, False),
+    "do_sample": (bool, None, None, False),
+    "temperature": (float, 0.0, 2.0, True),
+    "top_k": (int, 0, 1000, False),
+    "top_p": (float, 0.0, 1.0, True),
+    "repetition_penalty": (float, 1.0, 2.0, False),
+    "no_repeat_ngram_size": (int, 0, 10, False),
+}
 URL_TIMEOUT_S = 20  # a URL that never answers must not hold an endpoint worker forever
 
 
@@ -36,12 +64,16 @@ class EndpointHandler:
     def __init__(self, path: str = ""):
         device = 0 if torch.cuda.is_available() else -1
         self.captioner = pipeline("image-to-text", model=path or ".", trust_remote_code=True, device=device)
+        config = self.captioner.model.config
+        # The image prefix and BOS take decoder positions; the last new token is never fed back, so it needs none
+        # (as MODA's generate counts its room). A prompt takes more: generate caps the length there.
+        self.max_new_tokens = config.text_config.max_position_embeddings - (config.num_image_tokens + 1) + 1
 
     def __call__(self, data: dict) -> list:
         """`{"inputs": image, "parameters": {...}}` -> `[{"generated_text": ...}]` (a list of those for a list)."""
         if not isinstance(data, dict) or "inputs" not in data:
             raise ValueError(f'The request must be a dict with an "inputs" key; got {_describe(data)}.')
-        arguments = pipeline_arguments(data.get("parameters"))
+        arguments = pipeline_arguments(data.get("parameters"), self.max_new_tokens)
         inputs = data["inputs"]
         if isinstance(inputs, list):
             if not inputs:
@@ -57,28 +89,78 @@ class EndpointHandler:
         return self.captioner(images, **arguments)
 
 
-def pipeline_arguments(parameters) -> dict:
+def pipeline_arguments(parameters, max_new_tokens: int) -> dict:
+    """
+    The request's "parameters" -> the pipeline's keyword arguments (`prompt`, `generate_kwargs`), each checked
+    against the allow-list (PIPELINE_PARAMETERS, GENERATION_OPTIONS and their types and bounds); `max_new_tokens`:
+    the most new tokens the model has room for. Anything else is refused with one ValueError naming it. A None value
+    counts as not given.
+    """
     if parameters is None:
         return {}
     if not isinstance(parameters, dict):
         raise ValueError(f'"parameters" must be a dict; got {_describe(parameters)}.')
-    arguments = {key: value for key, value in parameters.items() if key in PIPELINE_PARAMETERS}
-    generation = {}
-    for name in GENERATION_DICTS:
-        options = parameters.get(name)
+    places = {"parameters": {name: value for name, value in parameters.items() if name not in GENERATION_DICTS}}
+    for place in GENERATION_DICTS:
+        options = parameters.get(place)
         if options is None:
             continue
         if not isinstance(options, dict):
-            raise ValueError(f'"parameters"["{name}"] must be a dict of generation options; got {_describe(options)}.')
-        twice = sorted(set(generation) & set(options))
-        if twice:
-            raise ValueError(f"Generation option(s) {twice} given twice, in generate_kwargs and generation_parameters.")
-        generation.update(options)
-    generation.update({key: value for key, value in parameters.items()
-                       if key not in PIPELINE_PARAMETERS and key not in GENERATION_DICTS})
+            raise ValueError(f'"parameters"["{place}"] must be a dict of generation options; got {_describe(options)}.')
+        places[place] = options
+    refused = [name if place == "parameters" else f'{place}["{name}"]' for place, options in places.items()
+               for name in options if not _allowed(place, name)]
+    if refused:
+        raise ValueError(
+            f"Parameter(s) {refused} not allowed. \"parameters\" takes {list(PIPELINE_PARAMETERS)} and the generation "
+            f"options {list(GENERATION_OPTIONS)}, these at its top level, in \"generate_kwargs\" or in "
+            f"\"generation_parameters\"."
+        )
+    arguments, generation, given_in = {}, {}, {}
+    for place, options in places.items():
+        for name, value in options.items():
+            if value is None:
+                continue
+            if name in PIPELINE_PARAMETERS:
+                arguments[name] = check_prompt(value)
+            elif name in generation:
+                raise ValueError(f"Generation option(s) ['{name}'] given twice, in {given_in[name]} and {place}.")
+            else:
+                generation[name], given_in[name] = check_generation_option(name, value, max_new_tokens), place
     if generation:
         arguments["generate_kwargs"] = generation
     return arguments
+
+
+def check_prompt(prompt) -> str:
+    if not isinstance(prompt, str):
+        raise ValueError(f'"prompt" must be a string; got {_describe(prompt)}.')
+    if len(prompt) > PROMPT_MAX_CHARACTERS:
+        raise ValueError(f'"prompt" has {len(prompt)} characters; at most {PROMPT_MAX_CHARACTERS} are allowed.')
+    return prompt
+
+
+def check_generation_option(name: str, value, max_new_tokens: int):
+    """`value` if it has the option's type and lies within its bounds (GENERATION_OPTIONS); else a ValueError naming
+    the option, the value and the bounds. `max_new_tokens`: the high bound of the options whose high is None."""
+    kind, low, high, low_is_open = GENERATION_OPTIONS[name]
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f'"{name}" must be true or false; got {_describe(value)}.')
+        return value
+    high = max_new_tokens if high is None else high
+    # bool is an int to Python, and generate takes no float (e.g. 8.0) for a count; NaN fails every comparison.
+    right_type = not isinstance(value, bool) and isinstance(value, int if kind is int else (int, float))
+    if not right_type or not (low < value if low_is_open else low <= value) or not value <= high:
+        what = "an integer" if kind is int else "a number"
+        bounds = f"above {low} and at most {high}" if low_is_open else f"from {low} to {high}"
+        raise ValueError(f'"{name}" must be {what} {bounds}; got {_describe(value)}.')
+    return value
+
+
+def _allowed(place: str, name: str) -> bool:
+    """Generation options are allowed anywhere; the pipeline's own parameters at the top level only."""
+    return name in GENERATION_OPTIONS or (place == "parameters" and name in PIPELINE_PARAMETERS)
 
 
 def to_image(item) -> Image.Image:
