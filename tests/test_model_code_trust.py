@@ -1,0 +1,232 @@
+"""A model folder (or Hub repo) can carry Python files that transformers imports when told trust_remote_code=True.
+
+No command runs them unless --trust_remote_code asks, and a MODA model's never: the installed MODA code reads it.
+Each malicious folder here carries an `evil.py` that writes a marker file when imported: the marker is the proof.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from moda.cli import main
+
+
+def marker_code(marker: Path) -> str:
+    return f"from pathlib import Path\nPath({str(marker)!r}).write_text('imported')\n"
+
+
+@pytest.fixture
+def evil_model(tmp_path):
+    """(folder, marker): a model type transformers does not know, whose auto_map names the folder's evil.py."""
+    folder, marker = tmp_path / "evil-model", tmp_path / "evil-ran"
+    folder.mkdir()
+    auto_map = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel",
+                "AutoModelForImageTextToText": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps({"model_type": "evil", "auto_map": auto_map}))
+    (folder / "evil.py").write_text(marker_code(marker) + "from transformers import PretrainedConfig\n\n\n"
+                                    "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n")
+    return folder, marker
+
+
+@pytest.fixture
+def image_file(tmp_path, red_image):
+    path = tmp_path / "images" / "red.png"
+    path.parent.mkdir()
+    red_image.save(path)
+    return path
+
+
+def run_allowing_failure(command):
+    """With --trust_remote_code the folder's code runs; being no model, it then fails, which is not what is tested."""
+    try:
+        command()
+    except (Exception, SystemExit):  # noqa: BLE001  (whatever the evil folder's loading ends in)
+        pass
+
+
+def one_error_line(err: str, prefix: str, folder: Path) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(prefix) and repr(str(folder)) in lines[0], lines[0]
+    return lines[0]
+
+
+# --- the policy ---------------------------------------------------------------------------------------------------
+
+def test_check_model_code_decides_from_config_json_alone(evil_model, tiny_moda_dir, tmp_path):
+    from moda.evaluation import check_model_code
+
+    folder, marker = evil_model
+    with pytest.raises(ValueError) as info:
+        check_model_code(str(folder))
+    message = str(info.value)
+    assert repr(str(folder)) in message and "needs its own code" in message and "'evil'" in message
+    assert "--trust_remote_code allows it" in message
+    assert check_model_code(str(folder), trust_remote_code=True) is True
+    assert not marker.exists()  # deciding read config.json as JSON: nothing of the folder was imported
+
+    # A type transformers knows, but with an auto_map naming the folder's own files: its own code too.
+    opt_with_code = tmp_path / "opt-with-code"
+    opt_with_code.mkdir()
+    (opt_with_code / "config.json").write_text(json.dumps({"model_type": "opt",
+                                                           "auto_map": {"AutoModel": "evil.EvilModel"}}))
+    with pytest.raises(ValueError, match="auto_map names files of its own for the 'opt' model type"):
+        check_model_code(str(opt_with_code))
+    assert check_model_code(str(opt_with_code), trust_remote_code=True) is True
+    plain_opt = tmp_path / "plain-opt"
+    plain_opt.mkdir()
+    (plain_opt / "config.json").write_text(json.dumps({"model_type": "opt"}))
+    assert check_model_code(str(plain_opt)) is False
+
+    # MODA: the installed code, whatever the flag (True would let transformers run a folder's tokenizer auto_map).
+    assert check_model_code(str(tiny_moda_dir)) is False
+    assert check_model_code(str(tiny_moda_dir), trust_remote_code=True) is False
+
+
+@pytest.mark.parametrize("config", [{"auto_map": {"AutoModel": "evil.EvilModel"}}, {"model_type": ""}, [1]],
+                         ids=["no model_type", "empty model_type", "not an object"])
+def test_a_config_without_a_model_type_is_refused(tmp_path, config):
+    from moda.evaluation import check_model_code
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"--model {str(tmp_path)!r}: its config.json names no model_type"):
+        check_model_code(str(tmp_path), trust_remote_code=True)
+
+
+def test_an_unreachable_hub_model_is_still_named_as_one_that_cannot_be_loaded():
+    from moda.describe import load_captioner
+    from moda.evaluation import check_model_code
+
+    # offline (conftest): the config cannot be fetched
+    for check in (check_model_code, load_captioner):
+        with pytest.raises(FileNotFoundError, match="'someone/no-such-moda': no local model folder of that name, "
+                                                    "and no Hub model of that name could be loaded"):
+            check("someone/no-such-moda")
+
+
+# --- each command -------------------------------------------------------------------------------------------------
+
+def test_caption_image_refuses_a_model_that_needs_its_own_code(evil_model, image_file, capsys):
+    folder, marker = evil_model
+    assert main(["caption-image", str(folder), str(image_file)]) == 1
+    line = one_error_line(capsys.readouterr().err, "moda caption-image: error: model ", folder)
+    assert "needs its own code" in line and "--trust_remote_code" in line
+    assert not marker.exists()
+
+    run_allowing_failure(lambda: main(["caption-image", str(folder), str(image_file), "--trust-remote-code"]))
+    assert marker.exists()  # the flag (either spelling) lets the folder's own code run
+
+
+def test_caption_refuses_a_model_that_needs_its_own_code_before_writing(evil_model, image_file, tmp_path, capsys):
+    folder, marker = evil_model
+    output = tmp_path / "out" / "captions.jsonl"
+    command = ["caption", "--model", str(folder), "--images", str(image_file.parent), "--output", str(output)]
+    assert main(command) == 1
+    one_error_line(capsys.readouterr().err, "moda caption: error: --model ", folder)
+    assert not marker.exists()
+    assert not output.parent.exists()  # refused before any output or parts folder
+
+    run_allowing_failure(lambda: main(command + ["--trust_remote_code"]))
+    assert marker.exists()
+
+
+def test_the_app_refuses_a_model_that_needs_its_own_code(evil_model, tmp_path, monkeypatch):
+    import app
+    import moda.search
+
+    folder, marker = evil_model
+    with pytest.raises(SystemExit) as info:
+        app.main(["--model", str(folder), "--index", str(tmp_path / "index")])
+    message = str(info.value)
+    assert message.startswith("app.py: --model ") and repr(str(folder)) in message and "needs its own code" in message
+    assert not marker.exists()
+    assert not (tmp_path / "index").exists()
+
+    # With the flag, the model loads (no index needed for that; and no server may start whatever happens)
+    monkeypatch.setattr(moda.search.CatalogIndex, "load", staticmethod(lambda directory: None))
+    monkeypatch.setattr(app, "build_demo", lambda *args, **kwargs: pytest.fail("the evil folder loaded as a model"))
+    run_allowing_failure(lambda: app.main(["--model", str(folder), "--index", str(tmp_path / "index"),
+                                           "--trust_remote_code"]))
+    assert marker.exists()
+
+
+def test_index_refuses_an_image_model_that_needs_its_own_code(evil_model, image_file, tmp_path, capsys):
+    from moda.search import index_main
+
+    folder, marker = evil_model
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text(json.dumps({"id": "1", "file": str(image_file), "description": "red shirt"}) + "\n")
+    command = ["--captions", str(captions), "--output", str(tmp_path / "index"), "--image_model", str(folder)]
+    with pytest.raises(SystemExit):
+        index_main(command)
+    err = capsys.readouterr().err
+    assert repr(str(folder)) in err and "needs its own code" in err
+    assert not marker.exists()
+
+    run_allowing_failure(lambda: index_main(command + ["--trust-remote-code"]))
+    assert marker.exists()
+
+
+def test_search_by_image_passes_its_flag_to_the_loader(tmp_path, monkeypatch):
+    import moda.search
+
+    seen = []
+
+    def image_embeddings_for(images, model_name, names=None, batch_size=64, trust_remote_code=False):
+        seen.append(trust_remote_code)
+        raise ValueError("stop here: the flag is what is tested")
+
+    class IndexWithImages:
+        images = "embeddings"
+
+    monkeypatch.setattr(moda.search.CatalogIndex, "load", staticmethod(lambda directory: IndexWithImages()))
+    monkeypatch.setattr(moda.search, "image_embeddings_for", image_embeddings_for)
+    for extra in ([], ["--trust_remote_code"]):
+        with pytest.raises(SystemExit):
+            moda.search.search_main([str(tmp_path), "--image", "red.png", "--image_model", "m", *extra])
+    assert seen == [False, True]
+
+
+# --- MODA folders carrying code of their own ----------------------------------------------------------------------
+
+def moda_folder_with_code(source: Path, folder: Path, marker: Path, where: str) -> Path:
+    """A copy of a MODA folder whose `where` names evil.py (or, for custom_generate, a generate.py)."""
+    shutil.copytree(source, folder)
+    (folder / "evil.py").write_text(marker_code(marker))
+    if where == "config auto_map":
+        config = json.loads((folder / "config.json").read_text())
+        config["auto_map"] = {key: "evil." + ref.split(".")[-1] for key, ref in config["auto_map"].items()}
+        (folder / "config.json").write_text(json.dumps(config))
+    elif where == "tokenizer auto_map":
+        tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+        tokenizer_config["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
+        (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    elif where == "custom_generate":
+        (folder / "custom_generate").mkdir()
+        (folder / "custom_generate" / "generate.py").write_text(marker_code(marker) + "def generate(model, **kw):\n"
+                                                                "    return None\n")
+    return folder
+
+
+@pytest.mark.parametrize("where", ["config auto_map", "tokenizer auto_map", "custom_generate"])
+def test_a_moda_folder_never_runs_its_own_code(tiny_moda_dir, tmp_path, red_image, where):
+    """
+    Under transformers 5.x the registered "moda" type wins over a config auto_map even with trust_remote_code=True;
+    a tokenizer auto_map and custom_generate/generate.py do not: they run whenever transformers is told True.
+    """
+    from moda.auto_classes import MODAForConditionalGeneration
+    from moda.describe import load_captioner
+    from moda.evaluation import load_model_and_processor
+
+    marker = tmp_path / "evil-ran"
+    folder = moda_folder_with_code(tiny_moda_dir, tmp_path / "moda-with-code", marker, where)
+    for trust_remote_code in (False, True):
+        captioner = load_captioner(str(folder), trust_remote_code=trust_remote_code)
+        assert type(captioner.model) is MODAForConditionalGeneration
+        assert captioner(red_image)[0]["generated_text"].strip()
+        assert not marker.exists(), f"trust_remote_code={trust_remote_code}"
+    model, _ = load_model_and_processor(str(folder))
+    assert type(model) is MODAForConditionalGeneration
+    assert not marker.exists()
