@@ -109,25 +109,34 @@ def check_model_code(model_name: str, revision: str = None, trust_remote_code: b
     return True
 
 
+EVAL_MODEL_TYPES = (MODA_MODEL_TYPE, "blip")
+
+
+def eval_model_type(model_name: str, revision: str = None) -> str:
+    """
+    The model type of a model moda eval reads: MODA or BLIP, both loaded with installed code (this package's and
+    transformers'), so eval never runs a model's own code. Anything else raises ValueError naming it.
+    """
+    model_type = read_model_config(model_name, revision)["model_type"]
+    if model_type not in EVAL_MODEL_TYPES:
+        raise ValueError(f"--model {model_name!r} is a {model_type!r} model; moda eval reads MODA and BLIP captioners "
+                         "(with installed code, never a model's own).")
+    return model_type
+
+
 def load_model_and_processor(model_name: str, revision: str = None):
     """A MODA folder or Hub id (or a BLIP baseline trained by train_hf.py) -> (model in eval mode, processor)."""
-    check_model_name(model_name)
-    try:
-        model_type = PretrainedConfig.get_config_dict(model_name, revision=revision)[0].get("model_type")
-    except OSError as err:
-        raise model_load_error(model_name, err, "its config.json cannot be read") from err
-    if model_type == "moda":
-        # (moda.auto_classes registers MODA with AutoConfig: no remote-code prompt for the tokenizer)
+    if eval_model_type(model_name, revision) == MODA_MODEL_TYPE:
+        # trust_remote_code=False said outright: left unset, transformers asks on stdin whether to run the code that a
+        # folder's tokenizer_config.json names, and a "y" runs it.
         from moda.auto_classes import MODAForConditionalGeneration, MODAProcessor
 
-        model = MODAForConditionalGeneration.from_pretrained(model_name, revision=revision)
-        processor = MODAProcessor.from_pretrained(model_name, revision=revision)
-    elif model_type == "blip":
+        model = MODAForConditionalGeneration.from_pretrained(model_name, revision=revision, trust_remote_code=False)
+        processor = MODAProcessor.from_pretrained(model_name, revision=revision, trust_remote_code=False)
+    else:
         from moda.blip_baseline import load_blip
 
         model, processor = load_blip(model_name)
-    else:
-        raise ValueError(f"{model_name!r} is a {model_type!r} model; moda eval reads MODA and BLIP captioners.")
     return model.eval(), processor
 
 
@@ -260,7 +269,7 @@ def main(argv=None) -> int:
 def evaluate(args) -> int:
     output_dir = Path(args.output_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    check_model_name(args.model)  # before the split's images are read
+    eval_model_type(args.model, args.revision)  # before the split's images are read
 
     # The splits as the data holds them: load_catalog would set aside a random tenth of a lone train split as
     # validation (for training), and scoring a file would then leave rows out unsaid.

@@ -5,12 +5,16 @@ Each malicious folder here carries an `evil.py` that writes a marker file when i
 """
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from moda.cli import main
+from tests.conftest import REPO_ROOT
 
 
 def marker_code(marker: Path) -> str:
@@ -132,6 +136,28 @@ def test_caption_refuses_a_model_that_needs_its_own_code_before_writing(evil_mod
     assert marker.exists()
 
 
+def test_eval_reads_only_moda_and_blip_with_installed_code(evil_model, tmp_path, capsys):
+    """eval has no --trust_remote_code: it loads MODA and BLIP with installed classes only, so it never needs one."""
+    folder, marker = evil_model
+    assert main(["eval", "--model", str(folder), "--data", str(tmp_path), "--output_dir", str(tmp_path / "eval")]) == 1
+    line = one_error_line(capsys.readouterr().err, "moda eval: error: --model ", folder)
+    assert "is a 'evil' model; moda eval reads MODA and BLIP captioners" in line
+    assert not marker.exists()
+
+
+def test_train_continues_only_a_moda_model(evil_model, tmp_path, capsys):
+    """train_hf.py --model_name_or_path has no --trust_remote_code: it continues MODA models with the installed code."""
+    import train_hf
+
+    folder, marker = evil_model
+    assert train_hf.command_line(["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"),
+                                  "--model_name_or_path", str(folder)]) == 1
+    line = one_error_line(capsys.readouterr().err, "train_hf.py: error: --model_name_or_path ", folder)
+    assert "is a 'evil' model; train_hf.py continues MODA models" in line
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_app_refuses_a_model_that_needs_its_own_code(evil_model, tmp_path, monkeypatch):
     import app
     import moda.search
@@ -230,3 +256,96 @@ def test_a_moda_folder_never_runs_its_own_code(tiny_moda_dir, tmp_path, red_imag
     model, _ = load_model_and_processor(str(folder))
     assert type(model) is MODAForConditionalGeneration
     assert not marker.exists()
+
+
+# --- loaders that never pass trust_remote_code: transformers must not ask ------------------------------------------
+
+PROMPT_SCRIPT = r'''
+import json, sys
+from types import SimpleNamespace
+sys.path.insert(0, sys.argv[1])
+folders = json.loads(sys.argv[2])
+
+import train_hf
+from moda.blip_baseline import load_blip
+from moda.build import build_from_backbones
+from moda.evaluation import load_model_and_processor
+
+moda_args = SimpleNamespace(architecture="moda", model_name_or_path=folders["train_hf"], train_projector_only=False,
+                            use_lora=False)
+attempts = {
+    "eval": lambda: load_model_and_processor(folders["eval"]),
+    "train_hf": lambda: train_hf.build_model(moda_args, None, None, None),
+    "blip": lambda: load_blip(folders["blip"]),
+    "vision backbone": lambda: build_from_backbones(folders["vision backbone"], folders["text"]),
+    "vision image processor": lambda: build_from_backbones(folders["vision image processor"], folders["text"]),
+}
+for name, attempt in attempts.items():
+    try:
+        attempt()
+    except Exception as err:  # refused: what matters is whether the code ran
+        print(name, type(err).__name__, str(err)[:200])
+'''
+
+
+def asks_for_tokenizer_code(folder: Path, marker: Path) -> None:
+    """A tokenizer_config.json naming a tokenizer class of the folder's own: left to itself, transformers asks."""
+    (folder / "evil.py").write_text(marker_code(marker))
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config.update(tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]})
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+
+
+def asks_for_image_processor_code(folder: Path, config_name: str, marker: Path) -> None:
+    """An image processor config naming a class of the folder's own: left to itself, transformers asks."""
+    (folder / "evil.py").write_text(marker_code(marker))
+    config = json.loads((folder / config_name).read_text())
+    image_processor = config.get("image_processor", config)  # processor_config.json nests it
+    image_processor.update(image_processor_type="EvilImageProcessor",
+                           auto_map={"AutoImageProcessor": "evil.EvilImageProcessor"})
+    (folder / config_name).write_text(json.dumps(config))
+
+
+def test_loaders_without_the_flag_never_ask_whether_to_run_a_folders_code(tiny_moda_dir, tiny_model_and_processor,
+                                                                          tmp_path):
+    """
+    eval, train_hf's --model_name_or_path, the BLIP baseline and the CLIP backbone load with installed classes;
+    with trust_remote_code left unset, transformers would ask on stdin whether to run code a folder names, and a "y"
+    (typed, or piped in by a script) would run it. They say False outright: nothing is asked, nothing runs.
+    """
+    from moda.blip_baseline import build_tiny_blip
+
+    model, processor = tiny_model_and_processor
+    folders = {}
+    markers = {name: tmp_path / f"{name.replace(' ', '-')}-ran"
+               for name in ("eval", "train_hf", "blip", "vision backbone", "vision image processor")}
+    for name in ("eval", "train_hf"):  # one MODA folder each: the marker tells which loader ran it
+        folders[name] = str(shutil.copytree(tiny_moda_dir, tmp_path / f"moda-{name}"))
+        asks_for_tokenizer_code(Path(folders[name]), markers[name])
+    blip_model, blip_processor = build_tiny_blip(["red shirt for men", "blue jeans for women"] * 4)
+    blip_model.save_pretrained(tmp_path / "blip")
+    blip_processor.save_pretrained(tmp_path / "blip")
+    asks_for_image_processor_code(tmp_path / "blip", "processor_config.json", markers["blip"])
+    folders["blip"] = str(tmp_path / "blip")
+    model.vision_tower.save_pretrained(tmp_path / "vision")
+    processor.image_processor.save_pretrained(tmp_path / "vision")
+    model.language_model.save_pretrained(tmp_path / "text")
+    processor.tokenizer.save_pretrained(tmp_path / "text")
+    folders["text"] = str(tmp_path / "text")
+    vision_with_code = shutil.copytree(tmp_path / "vision", tmp_path / "vision-with-code")
+    (vision_with_code / "evil.py").write_text(marker_code(markers["vision backbone"]))
+    config = json.loads((vision_with_code / "config.json").read_text())
+    config.update(model_type="evil_clip", auto_map={"AutoConfig": "evil.EvilConfig"})
+    (vision_with_code / "config.json").write_text(json.dumps(config))
+    folders["vision backbone"] = str(vision_with_code)
+    folders["vision image processor"] = str(shutil.copytree(tmp_path / "vision", tmp_path / "vision-processor"))
+    asks_for_image_processor_code(tmp_path / "vision-processor", "preprocessor_config.json",
+                                  markers["vision image processor"])
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-c", PROMPT_SCRIPT, str(REPO_ROOT), json.dumps(folders)],
+                          input="y\n" * 20, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran = [name for name, marker in markers.items() if marker.exists()]
+    assert ran == [], f"code ran for {ran}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    assert "Do you wish to run the custom code" not in proc.stdout + proc.stderr
