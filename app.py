@@ -95,7 +95,7 @@ def offline_theme():
     return gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 
 
-def build_demo_index(model: str, cache: Path = DEMO_CACHE) -> tuple:
+def build_demo_index(model: str, cache: Path = DEMO_CACHE, trust_remote_code: bool = False) -> tuple:
     """The no-argument demo's catalog: synthetic items captioned by the model and indexed (once; then reused)."""
     from moda.captioning import main as caption_main
     from moda.search import index_main
@@ -107,7 +107,8 @@ def build_demo_index(model: str, cache: Path = DEMO_CACHE) -> tuple:
     catalog = Path(make_catalog(str(cache / "catalog"), num_items=DEMO_CATALOG_ITEMS, image_size=64, seed=0))
     described = cache / model_key(model)  # each model's captions and index apart: never another model's captions
     captions = described / "captions.jsonl"
-    caption_main(["--model", model, "--images", str(catalog.resolve()), "--output", str(captions)])
+    caption_main(["--model", model, "--images", str(catalog.resolve()), "--output", str(captions)]
+                 + (["--trust_remote_code"] if trust_remote_code else []))
     index_main(["--captions", str(captions), "--output", str(described / "index")])
     return described / "index", str(catalog)
 
@@ -123,12 +124,15 @@ def model_key(model: str) -> str:
 
 
 def parse_arguments(argv):
+    from moda.cli import add_trust_remote_code_argument
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEMO_MODEL, help="a MODA model folder or Hub id (default ./moda-demo)")
     parser.add_argument("--index", default=None, help="an index folder from moda index (default: a demo catalog)")
     parser.add_argument("--vocabulary", default=None, help="a catalog whose attribute columns name the attributes")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    add_trust_remote_code_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -139,16 +143,22 @@ def main(argv=None) -> int:
                  "model), or pass --model <folder or Hub id>.")
     from moda.captioning import catalog_vocabulary
     from moda.describe import load_captioner
+    from moda.evaluation import check_model_code
     from moda.search import CatalogIndex
 
-    index_dir, vocabulary_source = (args.index, args.vocabulary) if args.index else build_demo_index(args.model)
+    try:  # before the demo catalog is captioned with it: a model that needs its own code is refused at once
+        check_model_code(args.model, trust_remote_code=args.trust_remote_code)
+    except (OSError, ValueError) as err:
+        sys.exit(f"app.py: {err}")
+    index_dir, vocabulary_source = ((args.index, args.vocabulary) if args.index
+                                    else build_demo_index(args.model, trust_remote_code=args.trust_remote_code))
     vocabulary_source = args.vocabulary or vocabulary_source
     try:  # before the model loads: a mistyped --index or --vocabulary is told at once
         index = CatalogIndex.load(index_dir)
         vocabulary = catalog_vocabulary(vocabulary_source) if vocabulary_source else None
     except (OSError, ValueError) as err:
         sys.exit(f"app.py: {err}")
-    demo = build_demo(load_captioner(args.model), index, vocabulary)
+    demo = build_demo(load_captioner(args.model, trust_remote_code=args.trust_remote_code), index, vocabulary)
     demo.launch(server_name=args.host, server_port=args.port, share=False, theme=offline_theme())
     return 0
 

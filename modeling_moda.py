@@ -148,7 +148,9 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         **config_overrides,
     ) -> "MODAForConditionalGeneration":
         """Builds MODA from pretrained CLIP and OPT checkpoints (Hub ids or local folders); the projector is new."""
-        vision_tower = _load_clip_vision(vision_model)
+        # CLIP is transformers' own code: a checkpoint's own is never run (with trust_remote_code unset, AutoConfig would
+        # ask on stdin whether to run the code a config.json's auto_map names, and a "y" runs it).
+        vision_tower = _load_clip_vision(vision_model, trust_remote_code=False)
         language_model = OPTForCausalLM.from_pretrained(text_model)
         config = MODAConfig(
             vision_config=vision_tower.config.to_dict(), text_config=language_model.config.to_dict(), **config_overrides

@@ -34,7 +34,7 @@ from moda.checkpointing import AtomicCheckpointTrainer
 from moda.cli import run_command
 from moda.collate import ExampleDataset, MODACollator
 from moda.description_scores import attribute_scores
-from moda.evaluation import AttributeMetricsCallback, pyplot
+from moda.evaluation import MODA_MODEL_TYPE, AttributeMetricsCallback, pyplot, read_model_config
 from moda.features import FeatureCache, compute_features, image_embedding_encoder, model_fingerprint, pixel_values_encoder
 from moda.tokenizer import train_caption_tokenizer
 
@@ -204,6 +204,12 @@ def check_arguments(model_args, data_args, training_args, given) -> None:
     if len(stages) == 2:
         raise ValueError("--train_projector_only and --use_lora are two stages: run the projector-only stage first, then "
                          "--use_lora with --model_name_or_path set to its output.")
+    if model_args.architecture == "moda" and model_args.model_name_or_path:
+        # Read as JSON, before the catalog: the installed MODA code continues a MODA model; nothing else is loaded.
+        model_type = read_model_config(model_args.model_name_or_path, label="--model_name_or_path")["model_type"]
+        if model_type != MODA_MODEL_TYPE:
+            raise ValueError(f"--model_name_or_path {model_args.model_name_or_path!r} is a {model_type!r} model; "
+                             "train_hf.py continues MODA models (with the installed MODA code).")
 
 
 def resolve_demo_defaults(model_args, data_args, training_args, given):
@@ -265,8 +271,10 @@ def build_model(model_args, data_args, training_args, captions):
     if model_args.architecture == "blip":  # (check_arguments made sure there is a --blip_model)
         return load_blip(model_args.blip_model)
     if model_args.model_name_or_path:
-        model = MODAForConditionalGeneration.from_pretrained(model_args.model_name_or_path)
-        processor = MODAProcessor.from_pretrained(model_args.model_name_or_path)
+        # trust_remote_code=False said outright: left unset, transformers asks on stdin whether to run the code that a
+        # folder's tokenizer_config.json names, and a "y" runs it.
+        model = MODAForConditionalGeneration.from_pretrained(model_args.model_name_or_path, trust_remote_code=False)
+        processor = MODAProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=False)
     elif model_args.model_size:
         tokenizer = train_caption_tokenizer(captions, vocab_size=model_args.tokenizer_vocab_size)
         set_seed(training_args.seed)

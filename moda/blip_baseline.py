@@ -11,9 +11,11 @@ IGNORE_INDEX = -100
 
 
 def load_blip(blip_model: str):
-    """A BlipForConditionalGeneration and its BlipProcessor (Hub id or local folder)."""
-    model = BlipForConditionalGeneration.from_pretrained(blip_model)
-    processor = BlipProcessor.from_pretrained(blip_model)
+    """A BlipForConditionalGeneration and its BlipProcessor (Hub id or local folder), with transformers' own code only."""
+    # trust_remote_code=False said outright: left unset, transformers asks on stdin whether to run the code that a
+    # folder's processor config names for its image processor, and a "y" runs it.
+    model = BlipForConditionalGeneration.from_pretrained(blip_model, trust_remote_code=False)
+    processor = BlipProcessor.from_pretrained(blip_model, trust_remote_code=False)
     return model, processor
 
 

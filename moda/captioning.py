@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from moda.catalog import is_url, read_splits
-from moda.cli import run_command
-from moda.evaluation import describe_images
+from moda.cli import add_trust_remote_code_argument, run_command
+from moda.evaluation import check_model_code, describe_images
 from moda.features import load_image
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -407,6 +407,7 @@ def parse_arguments(argv):
     parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is there, else cpu")
     parser.add_argument("--revision", default=None, help="a Hub revision (commit) to pin")
     parser.add_argument("--overwrite", action="store_true", help="discard earlier output and unfinished parts")
+    add_trust_remote_code_argument(parser)
     args = parser.parse_args(argv)
     args.prompts = args.prompts or [""]
     if len(set(args.prompts)) != len(args.prompts):
@@ -425,6 +426,9 @@ def main(argv=None) -> int:
 
 def caption_catalog(args) -> int:
     """moda caption's work: every item of the catalog that the output lacks, in parts, then one atomic merge."""
+    # Before anything is written (or a process group joined): a model that needs its own code is refused without
+    # leaving a parts folder behind.
+    check_model_code(args.model, args.revision, args.trust_remote_code)
     rank, world_size = distributed_setup()
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -453,7 +457,8 @@ def caption_catalog(args) -> int:
         else:
             vocabulary = catalog_vocabulary(args.vocabulary, args.image_column)
         device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
-        captioner = load_captioner(args.model, revision=args.revision, device=device)
+        captioner = load_captioner(args.model, revision=args.revision, device=device,
+                                   trust_remote_code=args.trust_remote_code)
         started = time.perf_counter()
         caption_shard(captioner, shard, parts_dir, rank, args, vocabulary)
         seconds = time.perf_counter() - started

@@ -30,6 +30,16 @@ def run_command(name: str, work, args) -> int:
         return 1
 
 
+def add_trust_remote_code_argument(parser) -> None:
+    """--trust_remote_code (or --trust-remote-code), off by default, for a command that loads a user-given model."""
+    parser.add_argument(
+        "--trust_remote_code", "--trust-remote-code", action="store_true",
+        help="allow a model that needs its own Python code (a model_type transformers does not know, or an auto_map in "
+             "its config.json) to run that code; only for a model whose code you trust. Without it such a model is "
+             "refused before any of its code is read. A MODA model always loads with the installed MODA code.",
+    )
+
+
 def usage() -> str:
     lines = ["usage: moda <command> [options]", "", "commands:"]
     lines += [f"  {name:<14} {help_}" for name, (_, _, help_) in COMMANDS.items()]

@@ -9,26 +9,30 @@ import sys
 
 from transformers import pipeline
 
-from moda.cli import INPUT_ERRORS, run_command
+from moda.cli import INPUT_ERRORS, add_trust_remote_code_argument, run_command
 from pipeline_moda import MODAImageToTextPipeline
 
 
-def load_captioner(model: str, revision: str = None, device: str = None):
+def load_captioner(model: str, revision: str = None, device: str = None, trust_remote_code: bool = False):
     """
     The image-to-text pipeline for a MODA folder or Hub id (the same code path users get from transformers), run
     by this package's model code: under transformers 5.x a registered model type wins over the folder's own copy
     of the model files, which may be older (or, from the Hub, someone else's).
 
+    A model's own code never runs unless `trust_remote_code` allows it, and a MODA model's never
+    (moda.evaluation.check_model_code decides, from config.json, before anything of the model is imported).
+
     A missing folder, a folder without config.json, or a name that is neither a loadable folder nor a Hub model raises
-    FileNotFoundError naming `model` (ValueError for a folder that cannot be read as a model).
+    FileNotFoundError naming `model` (ValueError for a folder that cannot be read as a model, or one that needs its
+    own code).
     """
     import moda.auto_classes  # noqa: F401  (the registration; imported here so that `moda --help` stays light)
-    from moda.evaluation import check_model_name, model_load_error
+    from moda.evaluation import check_model_code, model_load_error
 
-    check_model_name(model, label="model")
+    run_own_code = check_model_code(model, revision, trust_remote_code, label="model")
     try:
         return pipeline(
-            "image-to-text", model=model, revision=revision, device=device, trust_remote_code=True,
+            "image-to-text", model=model, revision=revision, device=device, trust_remote_code=run_own_code,
             pipeline_class=MODAImageToTextPipeline,
         )
     except OSError as err:  # e.g. a folder without weights, or a config.json that is not JSON
@@ -36,7 +40,7 @@ def load_captioner(model: str, revision: str = None, device: str = None):
 
 
 def describe(args) -> int:
-    captioner = load_captioner(args.model, revision=args.revision)
+    captioner = load_captioner(args.model, revision=args.revision, trust_remote_code=args.trust_remote_code)
     failed = 0
     for image in args.images:
         try:
@@ -57,6 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt", default=None, help='an optional question, e.g. "What colour is this item?"')
     parser.add_argument("--max_new_tokens", type=int, default=None)
     parser.add_argument("--revision", default=None, help="a Hub revision (commit, branch or tag) to pin")
+    add_trust_remote_code_argument(parser)
     args = parser.parse_args(argv)
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         parser.error(f"--max_new_tokens must be at least 1; got {args.max_new_tokens}")

@@ -56,25 +56,87 @@ def model_load_error(model_name: str, err: OSError, folder_problem: str, label: 
                              f"name could be loaded {reason}")
 
 
+# The model type that always loads with this package's code (moda.auto_classes registers it).
+MODA_MODEL_TYPE = "moda"
+
+
+def read_model_config(model_name: str, revision: str = None, label: str = "--model") -> dict:
+    """
+    The config.json of a model folder or Hub model, read as JSON: nothing of the model is imported. A missing folder,
+    an unreadable config.json, a Hub model out of reach, or a config without a model_type (which decides the code
+    that reads it) raises an input error naming `model_name`.
+    """
+    check_model_name(model_name, label)
+    try:
+        config = PretrainedConfig.get_config_dict(model_name, revision=revision)[0]
+    except OSError as err:
+        raise model_load_error(model_name, err, "its config.json cannot be read", label) from err
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(model_type, str) or not model_type:
+        raise ValueError(f"{label} {model_name!r}: its config.json names no model_type, so nothing tells which code "
+                         "reads the model.")
+    return config
+
+
+def check_model_code(model_name: str, revision: str = None, trust_remote_code: bool = False,
+                     label: str = "--model") -> bool:
+    """
+    The trust_remote_code value to load `model_name` with, decided from its config.json (read as JSON) before
+    anything of the model is imported.
+
+    A MODA model: False, even with `trust_remote_code`. This package's code reads it (moda.auto_classes), never the
+    copies of the model files a folder or Hub repo carries; and transformers, told True, would still run a folder's
+    tokenizer auto_map or custom_generate/generate.py. Any other model that needs code of its own (a model_type
+    transformers does not know, or an auto_map naming its own files) raises ValueError naming it, unless
+    `trust_remote_code` (the commands' --trust_remote_code) allows it. Other models load with `trust_remote_code` as
+    given.
+    """
+    from transformers import CONFIG_MAPPING
+
+    config = read_model_config(model_name, revision, label)
+    model_type = config["model_type"]
+    if model_type == MODA_MODEL_TYPE:
+        return False
+    if model_type not in CONFIG_MAPPING:
+        needs = f"its model_type {model_type!r} is not one transformers knows"
+    elif config.get("auto_map"):
+        needs = f"its config.json's auto_map names files of its own for the {model_type!r} model type"
+    else:
+        return bool(trust_remote_code)
+    if not trust_remote_code:
+        raise ValueError(f"{label} {model_name!r} needs its own code to load ({needs}), and a model's own code runs "
+                         "only when asked: --trust_remote_code allows it (only for a model whose code you trust).")
+    return True
+
+
+EVAL_MODEL_TYPES = (MODA_MODEL_TYPE, "blip")
+
+
+def eval_model_type(model_name: str, revision: str = None) -> str:
+    """
+    The model type of a model moda eval reads: MODA or BLIP, both loaded with installed code (this package's and
+    transformers'), so eval never runs a model's own code. Anything else raises ValueError naming it.
+    """
+    model_type = read_model_config(model_name, revision)["model_type"]
+    if model_type not in EVAL_MODEL_TYPES:
+        raise ValueError(f"--model {model_name!r} is a {model_type!r} model; moda eval reads MODA and BLIP captioners "
+                         "(with installed code, never a model's own).")
+    return model_type
+
+
 def load_model_and_processor(model_name: str, revision: str = None):
     """A MODA folder or Hub id (or a BLIP baseline trained by train_hf.py) -> (model in eval mode, processor)."""
-    check_model_name(model_name)
-    try:
-        model_type = PretrainedConfig.get_config_dict(model_name, revision=revision)[0].get("model_type")
-    except OSError as err:
-        raise model_load_error(model_name, err, "its config.json cannot be read") from err
-    if model_type == "moda":
-        # (moda.auto_classes registers MODA with AutoConfig: no remote-code prompt for the tokenizer)
+    if eval_model_type(model_name, revision) == MODA_MODEL_TYPE:
+        # trust_remote_code=False said outright: left unset, transformers asks on stdin whether to run the code that a
+        # folder's tokenizer_config.json names, and a "y" runs it.
         from moda.auto_classes import MODAForConditionalGeneration, MODAProcessor
 
-        model = MODAForConditionalGeneration.from_pretrained(model_name, revision=revision)
-        processor = MODAProcessor.from_pretrained(model_name, revision=revision)
-    elif model_type == "blip":
+        model = MODAForConditionalGeneration.from_pretrained(model_name, revision=revision, trust_remote_code=False)
+        processor = MODAProcessor.from_pretrained(model_name, revision=revision, trust_remote_code=False)
+    else:
         from moda.blip_baseline import load_blip
 
         model, processor = load_blip(model_name)
-    else:
-        raise ValueError(f"{model_name!r} is a {model_type!r} model; moda eval reads MODA and BLIP captioners.")
     return model.eval(), processor
 
 
@@ -207,7 +269,7 @@ def main(argv=None) -> int:
 def evaluate(args) -> int:
     output_dir = Path(args.output_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    check_model_name(args.model)  # before the split's images are read
+    eval_model_type(args.model, args.revision)  # before the split's images are read
 
     # The splits as the data holds them: load_catalog would set aside a random tenth of a lone train split as
     # validation (for training), and scoring a file would then leave rows out unsaid.

