@@ -480,7 +480,8 @@ def test_push_then_load_by_repo_id_with_pinned_revisions(
     assert store.repos["local-user/moda"]["branches"] == {"main": second_sha, "exp": sha_of["Old on a branch"]}
     pushed = store.files("local-user/moda", first_sha)
     assert {"README.md", "handler.py", "loss_curves.png", "model.safetensors", "modeling_moda.py",
-            "processing_moda.py", "pipeline_moda.py", "configuration_moda.py", "tokenizer.json"} <= set(pushed)
+            "processing_moda.py", "pipeline_moda.py", "configuration_moda.py", "fast_generation_moda.py",
+            "tokenizer.json"} <= set(pushed)
     assert not any(path.startswith("checkpoint-") or path.endswith(".bin") for path in pushed)
     card = store.blob_path(pushed["README.md"]).read_text()
     assert 'AutoModel.from_pretrained("local-user/moda"' in card
@@ -492,6 +493,7 @@ def test_push_then_load_by_repo_id_with_pinned_revisions(
         image_paths.append(tmp_path / f"item{i}.png")
         image.save(image_paths[-1])
     transformers_sha = store.repos["local-user/moda-transformers"]["branches"]["main"]
+    assert "fast_generation_moda.py" in store.files("local-user/moda-transformers", transformers_sha)
     targets = [("local-user/moda-transformers", transformers_sha), ("local-user/moda", first_sha),
                ("local-user/moda", "main"), ("local-user/moda", "exp")]
     load_dir = tmp_path / "elsewhere"
