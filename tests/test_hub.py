@@ -413,6 +413,11 @@ def test_push_rejects_folders_that_are_not_moda(tiny_moda_dir, tmp_path, capsys)
     (no_code / "modeling_moda.py").unlink()
     assert push_main([str(no_code), "me/x"]) == 1
     assert "modeling_moda.py" in capsys.readouterr().err
+    # imported by modeling_moda.py, named by no auto_map entry: without it the pushed model would not load
+    no_fast_path = copy_model(tiny_moda_dir, tmp_path / "no-fast-path")
+    (no_fast_path / "fast_generation_moda.py").unlink()
+    assert push_main([str(no_fast_path), "me/x"]) == 1
+    assert "fast_generation_moda.py" in capsys.readouterr().err
     assert push_main([str(tiny_moda_dir), "no-namespace"]) == 1
     assert "namespace/name" in capsys.readouterr().err
 
