@@ -9,10 +9,15 @@ bf16 the packed products and the fp32 attention of one new token round different
 near-tie can go the other way (also between batch sizes); benchmarks/precision_agreement.py measures how often a
 trained model's captions agree. BENCHMARKS.md ("What was done") says what each part saves.
 
-modeling_moda.py calls in through a few hooks: `fast_image_features`, `greedy_generate` and
-`release_packed_weights`. Any other option (sampling, beams, processors, streamers, use_cache=False, outputs beyond
-the token ids), autocast and forward hooks go to GenerationMixin and CLIP's forward, the plain path;
+modeling_moda.py calls in through a few hooks: `fast_image_features`, `greedy_generate`, `redo_on_the_plain_path`
+and `release_packed_weights`. Any other option (sampling, beams, processors, streamers, use_cache=False, outputs
+beyond the token ids), autocast and forward hooks go to GenerationMixin and CLIP's forward, the plain path;
 `model.fast_greedy = False` sends everything there.
+
+The packed products use torch's PRIVATE oneDNN ops (`torch.ops.mkldnn._reorder_linear_weight`, `_linear_pointwise`
+and its `.binary`, `_is_mkldnn_bf16_supported`), which another torch build or a later torch may lack or change. They
+are looked up once; where one is missing, or raises when called, a warning names it and the fast path is off for the
+rest of the process: the plain path runs, and a generate call that failed midway runs again on it from the start.
 
 This file travels to the Hub with the weights (modeling_moda.py imports it relatively, so save_pretrained copies it):
 it imports only torch, transformers and the standard library.
@@ -20,6 +25,7 @@ it imports only torch, transformers and the standard library.
 
 import functools
 import math
+import warnings
 import weakref
 from typing import Callable, NamedTuple, Optional
 
@@ -28,6 +34,136 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import CLIPVisionModelWithProjection, OPTForCausalLM
 from transformers.activations import QuickGELUActivation
+
+
+# --- the private oneDNN ops: looked up once, a failure turns the fast path off ----------------------------------------
+
+
+class FastPathFailure(RuntimeError):
+    """An op of the fast path failed, which turned the fast path off: the call is to be redone on the plain path."""
+
+
+class OneDNNOps(NamedTuple):
+    """torch's private oneDNN ops behind the packed products; a failing call turns the fast path off."""
+
+    reorder_linear_weight: Callable  # weight -> the weight re-laid out (packed) for oneDNN's GEMM kernels
+    linear_pointwise: Callable  # (input, packed weight, bias, "none" | "relu" | "swish", [], "") -> output
+    linear_pointwise_binary: Callable  # (input, other, packed weight, bias, "add") -> other + output
+    bf16_supported: bool  # whether oneDNN packs bf16 on this CPU (it refuses to otherwise)
+
+
+# OneDNNOps field -> the op's path under torch.ops.mkldnn
+ONEDNN_OP_PATHS = {
+    "reorder_linear_weight": "_reorder_linear_weight",
+    "linear_pointwise": "_linear_pointwise",
+    "linear_pointwise_binary": "_linear_pointwise.binary",
+    "bf16_supported": "_is_mkldnn_bf16_supported",
+}
+
+
+class _FastPathState:
+    looked_up = False  # whether the ops were looked up (once a process, or after reset_fast_path)
+    ops: Optional[OneDNNOps] = None
+    off_reason: Optional[str] = None  # why the fast path is off; None while it is on
+
+
+_STATE = _FastPathState()
+
+
+def _guarded(path: str, op: Callable) -> Callable:
+    """`op`, but an exception it raises turns the fast path off and comes out as a FastPathFailure."""
+
+    def call(*args):
+        try:
+            return op(*args)
+        except Exception as error:
+            turn_fast_path_off(f"torch.ops.mkldnn.{path} raised {type(error).__name__}: {error}")
+            raise FastPathFailure(f"torch.ops.mkldnn.{path} failed: the fast path is off") from error
+
+    return call
+
+
+def _look_up_onednn_ops():
+    """The ops as OneDNNOps, or (a string) why they cannot be used."""
+    found = {}
+    for field, path in ONEDNN_OP_PATHS.items():
+        op = torch
+        try:
+            for name in ("ops", "mkldnn", *path.split(".")):
+                op = getattr(op, name)
+        except Exception:  # torch.ops answers an op it lacks with AttributeError; expect other errors as well
+            return f"torch.ops.mkldnn.{path} is missing from this torch ({torch.__version__})"
+        found[field] = op if field == "bf16_supported" else _guarded(path, op)
+    try:
+        found["bf16_supported"] = bool(found["bf16_supported"]())
+    except Exception as error:
+        return f"torch.ops.mkldnn.{ONEDNN_OP_PATHS['bf16_supported']} raised {type(error).__name__}: {error}"
+    return OneDNNOps(**found)
+
+
+def onednn_ops() -> Optional[OneDNNOps]:
+    """The ops (looked up on the first call), or None when the fast path is off (a missing op turns it off)."""
+    if not _STATE.looked_up and _STATE.off_reason is None:
+        _STATE.looked_up = True
+        found = _look_up_onednn_ops()
+        if isinstance(found, str):
+            turn_fast_path_off(found)
+        else:
+            _STATE.ops = found
+    return _STATE.ops if _STATE.off_reason is None else None
+
+
+def turn_fast_path_off(reason: str) -> None:
+    """Turns the fast path off for the rest of the process (warning once, with `reason`) and drops every pack."""
+    if _STATE.off_reason is not None:
+        return
+    _STATE.off_reason = reason
+    _PACKS.clear()
+    warnings.warn(
+        f"MODA's fast CPU path is off for the rest of this process: {reason}. Generation takes the plain path "
+        "(GenerationMixin and CLIP's forward, as with model.fast_greedy = False) and gives that path's tokens.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def fast_path_off_reason() -> Optional[str]:
+    """Why the fast path is off (a missing or failing oneDNN op), or None while it is on."""
+    return _STATE.off_reason
+
+
+def reset_fast_path() -> None:
+    """Turns the fast path on again; the ops are looked up anew at its next use (for tests that replace an op)."""
+    _STATE.looked_up, _STATE.ops, _STATE.off_reason = False, None, None
+
+
+def _onednn_enabled() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+
+
+def fast_path_on() -> bool:
+    """Whether the fast path may run. Where oneDNN is on, the first call looks its ops up (a missing one turns the
+    fast path off); without oneDNN the fast loop runs on the modules' own kernels and needs none of them."""
+    if _onednn_enabled():
+        onednn_ops()
+    return _STATE.off_reason is None
+
+
+def redo_on_the_plain_path(generate: Callable) -> Callable:
+    """
+    Decorates a generate method: where an op of the fast path fails during the call (which turns the fast path off),
+    the whole call runs again, image features included, now on the plain path. So no partial output comes back, and
+    no mix of both paths: the tokens are those `model.fast_greedy = False` gives.
+    """
+
+    @functools.wraps(generate)
+    def generate_falling_back(self, *args, **kwargs):
+        try:
+            return generate(self, *args, **kwargs)
+        except FastPathFailure:
+            return generate(self, *args, **kwargs)
+
+    return generate_falling_back
 
 
 def runs_as_written(module: nn.Module, device_type: str) -> bool:
@@ -76,11 +212,12 @@ def release_packed_weights(modules) -> None:
 
 
 def packed_dtypes() -> tuple:
-    """Dtypes oneDNN's packed kernels take here: fp32, and bf16 where the CPU has the instructions for it (oneDNN
-    refuses to pack bf16 otherwise). None where oneDNN is missing or switched off (torch.backends.mkldnn.enabled)."""
-    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+    """Dtypes oneDNN's packed kernels take here: fp32, and bf16 where the CPU has the instructions for it. None where
+    oneDNN is missing or switched off (torch.backends.mkldnn.enabled), or the fast path is off."""
+    ops = onednn_ops() if _onednn_enabled() else None
+    if ops is None:
         return ()
-    return (torch.float32, torch.bfloat16) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else (torch.float32,)
+    return (torch.float32, torch.bfloat16) if ops.bf16_supported else (torch.float32,)
 
 
 _QUICK_GELU = 1.702  # CLIP's quick GELU: y * sigmoid(1.702 y)
@@ -124,6 +261,7 @@ class PackedLinears:
         self.swish_inputs = set()  # fc1 layers whose pack is scaled for swish (see `mlp`)
         self.scaled_outputs = {}  # layer -> the power of two its outputs come out multiplied by
         dtypes = packed_dtypes()
+        self.ops = onednn_ops() if dtypes else None
 
         def packable(modules):  # other layers (e.g. int8 dynamically quantized ones) keep their own kernels
             return all(
@@ -170,7 +308,7 @@ class PackedLinears:
             else:
                 bias = None
             # No batch-size hint: one layout serves batch 1 and 16 alike (an fp32 batch-1 layout is slow at 16).
-            pack = _Pack(tensors, versions, sample, scales, torch.ops.mkldnn._reorder_linear_weight(stacked), bias)
+            pack = _Pack(tensors, versions, sample, scales, self.ops.reorder_linear_weight(stacked), bias)
             _PACKS[group[0]] = pack
         return pack.weight, pack.bias
 
@@ -194,11 +332,12 @@ class PackedLinears:
         weight, bias = packed
         relu = isinstance(activation, nn.ReLU)
         sizes = [module.out_features for module in group]
+        linear_pointwise = self.ops.linear_pointwise
 
         def fused(hidden):
             if hidden.dtype != weight.dtype:
                 return plain(hidden)
-            output = torch.ops.mkldnn._linear_pointwise(hidden, weight, bias, "relu" if relu else "none", [], "")
+            output = linear_pointwise(hidden, weight, bias, "relu" if relu else "none", [], "")
             if len(group) > 1:
                 return output.split(sizes, dim=-1)
             return output if activation is None or relu else activation(output)
@@ -215,11 +354,12 @@ class PackedLinears:
         if packed is None:
             return plain
         weight, bias = packed
+        linear_pointwise_binary = self.ops.linear_pointwise_binary
 
         def fused(hidden, residual):
             if hidden.dtype != weight.dtype or residual.dtype != weight.dtype:
                 return plain(hidden, residual)
-            return torch.ops.mkldnn._linear_pointwise.binary(hidden, residual, weight, bias, "add")
+            return linear_pointwise_binary(hidden, residual, weight, bias, "add")
 
         return fused
 
@@ -235,12 +375,13 @@ class PackedLinears:
             first = self.linear((fc1,), activation)
             return lambda hidden, residual: second(first(hidden), residual)
         weight, bias = self.packed[(fc1,)]
+        linear_pointwise = self.ops.linear_pointwise
 
         def swish(hidden, residual):
             if hidden.dtype != weight.dtype or residual.dtype != weight.dtype:
                 # as in `linear`; fc2's pack is scaled for swish, so both products take the modules
                 return residual + fc2(activation(fc1(hidden)))
-            return second(torch.ops.mkldnn._linear_pointwise(hidden, weight, bias, "swish", [], ""), residual)
+            return second(linear_pointwise(hidden, weight, bias, "swish", [], ""), residual)
 
         return swish
 
@@ -275,13 +416,17 @@ def _layer_norm_function(norm: nn.Module) -> Callable:
 def fast_image_features(vision_tower: nn.Module, pixel_values: torch.Tensor) -> Optional[torch.Tensor]:
     """
     The image embeds by `inference_image_features`, or None where CLIP's own forward must run: gradients on,
-    another vision tower, autocast or forward hooks.
+    another vision tower, autocast, forward hooks, or the fast path off (an op failing here turns it off: None, and
+    the caller computes the features anew).
     """
     if torch.is_grad_enabled() or not isinstance(vision_tower, CLIPVisionModelWithProjection):
         return None
-    if not runs_as_written(vision_tower, pixel_values.device.type):
+    if not runs_as_written(vision_tower, pixel_values.device.type) or not fast_path_on():
         return None
-    return inference_image_features(vision_tower, pixel_values)
+    try:
+        return inference_image_features(vision_tower, pixel_values)
+    except FastPathFailure:
+        return None
 
 
 def inference_image_features(vision_tower: CLIPVisionModelWithProjection, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -359,7 +504,7 @@ def greedy_generate(model: nn.Module, inputs_embeds, attention_mask, config, gen
 
 def greedy_settings(model: nn.Module, config, generate_kwargs: dict) -> Optional[dict]:
     """The settings of the fast greedy loop, or None when the options need GenerationMixin (or the model trains, its
-    decoder is not OPT, hooks or autocast are on). `config`: the call's generation config."""
+    decoder is not OPT, hooks or autocast are on, or the fast path is off). `config`: the call's generation config."""
     if model.training or not isinstance(model.language_model, OPTForCausalLM):
         return None
     if not runs_as_written(model, model.device.type):  # hooks on the model itself too: GenerationMixin calls it
@@ -378,6 +523,8 @@ def greedy_settings(model: nn.Module, config, generate_kwargs: dict) -> Optional
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else None)
     if eos and pad is None:
+        return None
+    if not fast_path_on():
         return None
     return dict(
         max_new_tokens=int(config.max_new_tokens),

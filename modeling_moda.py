@@ -34,12 +34,14 @@ from transformers.utils import logging
 # push_to_hub's too) copy all five MODA files next to the weights.
 try:
     from .configuration_moda import MODAConfig
-    from .fast_generation_moda import fast_image_features, greedy_generate, release_packed_weights
+    from .fast_generation_moda import (fast_image_features, greedy_generate, redo_on_the_plain_path,
+                                       release_packed_weights)
     from .pipeline_moda import MODAImageToTextPipeline
     from .processing_moda import MODAProcessor
 except ImportError:
     from configuration_moda import MODAConfig
-    from fast_generation_moda import fast_image_features, greedy_generate, release_packed_weights
+    from fast_generation_moda import (fast_image_features, greedy_generate, redo_on_the_plain_path,
+                                      release_packed_weights)
     from pipeline_moda import MODAImageToTextPipeline
     from processing_moda import MODAProcessor
 
@@ -256,6 +258,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         return MODACausalLMOutput(**outputs, image_embeds=image_embeds, attention_mask=attention_mask)
 
     @torch.no_grad()
+    @redo_on_the_plain_path  # where a private oneDNN op fails midway, the whole call runs again on the plain path
     def generate(
         self,
         pixel_values: Optional[torch.FloatTensor] = None,
@@ -353,7 +356,8 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
     # --- the fast CPU path (fast_generation_moda.py) --------------------------------------------------------------
     # Plain greedy decoding and inference image features run on a fast path that gives GenerationMixin's tokens
     # (within rounding in bf16, see fast_generation_moda.py); any other option, autocast and forward hooks take
-    # GenerationMixin and CLIP's forward. `model.fast_greedy = False` sends everything there.
+    # GenerationMixin and CLIP's forward. `model.fast_greedy = False` sends everything there. Where a private oneDNN
+    # op it uses is missing or fails, the fast path turns itself off for the process (one warning).
 
     fast_greedy = True
 

@@ -2,6 +2,7 @@
 
 import contextlib
 import copy
+import functools
 from collections import Counter
 
 import pytest
@@ -9,8 +10,9 @@ import torch
 from transformers import TextStreamer
 
 import fast_generation_moda
-from fast_generation_moda import (OPTLayerPlan, PackedLinears, decoder_pass, decoding_linears, first_max_function,
-                                  packed_dtypes, packed_modules, vision_linears)
+from fast_generation_moda import (ONEDNN_OP_PATHS, OPTLayerPlan, PackedLinears, decoder_pass, decoding_linears,
+                                  fast_path_off_reason, first_max_function, packed_dtypes, packed_modules,
+                                  reset_fast_path, vision_linears)
 from modeling_moda import MODAForConditionalGeneration
 
 PROMPTS = ["What colour is this item?", None, "What kind of product is this?", "Red"]
@@ -38,6 +40,65 @@ def copy_of(model):
 @pytest.fixture
 def model_and_processor(tiny_model_and_processor):
     return tiny_model_and_processor
+
+
+@pytest.fixture(autouse=True)
+def fresh_fast_path():
+    """Each test starts with the fast path on and its ops not yet looked up (so a test that stands in for
+    torch.ops.mkldnn has its stand-in looked up), and leaves it so: a test that turns it off affects no other."""
+    reset_fast_path()
+    yield
+    reset_fast_path()
+
+
+def plain_generate(model, **inputs):
+    """The tokens of the plain path (GenerationMixin and CLIP's forward)."""
+    model.fast_greedy = False
+    try:
+        return model.generate(**inputs)
+    finally:
+        model.fast_greedy = True
+
+
+def onednn_with(path, replacement):
+    """A stand-in for torch.ops.mkldnn (its entries cannot be monkeypatched one by one) whose op at `path`
+    (e.g. "_linear_pointwise.binary") is `replacement`, or missing where that is None; the other ops are torch's."""
+    namespace = torch.ops.mkldnn
+    name, _, overload = path.partition(".")
+
+    class Packet:  # the op `name`, its overload `overload` replaced
+        def __call__(self, *args):
+            return getattr(namespace, name)(*args)
+
+        def __getattr__(self, attribute):
+            if attribute != overload:
+                return getattr(getattr(namespace, name), attribute)
+            if replacement is None:
+                raise AttributeError(f"'OpOverloadPacket' object has no attribute '{attribute}'")
+            return replacement
+
+    class Replaced:  # `replacement` as the op `name`, its overloads (e.g. .binary) still torch's
+        def __call__(self, *args):
+            return replacement(*args)
+
+        def __getattr__(self, attribute):
+            return getattr(getattr(namespace, name), attribute)
+
+    class Namespace:
+        def __getattr__(self, attribute):
+            if attribute != name:
+                return getattr(namespace, attribute)
+            if overload:
+                return Packet()
+            if replacement is None:
+                raise AttributeError(f"'_OpNamespace' 'mkldnn' object has no attribute '{attribute}'")
+            return Replaced()
+
+    return Namespace()
+
+
+def fast_path_warnings(records) -> list:
+    return [str(record.message) for record in records if "MODA's fast CPU path is off" in str(record.message)]
 
 
 @pytest.fixture
@@ -553,3 +614,66 @@ def test_the_last_position_still_yields_a_token(model_and_processor, product_ima
         input_ids[0, 0] = processor.tokenizer.bos_token_id
         fast, reference = generate_both(model, pixel_values=pixel_values, input_ids=input_ids, max_new_tokens=10)
         assert fast.shape == (1, expected) and torch.equal(fast, reference)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+@pytest.mark.parametrize("path", list(ONEDNN_OP_PATHS.values()))
+def test_a_missing_onednn_op_turns_the_fast_path_off_with_one_warning(model_and_processor, product_images, spy,
+                                                                      monkeypatch, path):
+    # Another torch build, or a later torch, may lack a private op: generate works on, as with fast_greedy = False.
+    model, processor = model_and_processor
+    batch = processor(images=product_images, text=PROMPTS)
+    plain = plain_generate(model, **batch, max_new_tokens=8)
+    monkeypatch.setattr(torch.ops, "mkldnn", onednn_with(path, None), raising=False)
+    with pytest.warns(RuntimeWarning) as records:
+        first = model.generate(**batch, max_new_tokens=8)
+        second = model.generate(**batch, max_new_tokens=8)
+    warned = fast_path_warnings(records)
+    assert len(warned) == 1 and f"torch.ops.mkldnn.{path} is missing" in warned[0], warned
+    assert "plain path" in warned[0]
+    assert torch.equal(first, plain) and torch.equal(second, plain)
+    assert spy == [] and fast_path_off_reason() is not None  # the fast loop never ran
+    assert packed_modules(model.modules()) == []
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+@pytest.mark.parametrize("path, when", [
+    ("_linear_pointwise", "first"),  # in the vision tower
+    ("_linear_pointwise", "middle"),  # while decoding
+    ("_linear_pointwise", "last"),  # the last token's logits
+    ("_linear_pointwise.binary", "middle"),
+    ("_reorder_linear_weight", "middle"),  # while packing
+    ("_is_mkldnn_bf16_supported", "first"),  # when the ops are looked up
+])
+def test_an_onednn_op_that_fails_midway_redoes_the_call_on_the_plain_path(model_and_processor, product_images,
+                                                                          monkeypatch, path, when):
+    # A failure at call time (a kernel this CPU or build refuses) mid-generate: no partial or mixed output, the whole
+    # call again on the plain path, one warning, and the plain path from then on.
+    model, processor = model_and_processor
+    batch = processor(images=product_images, text=PROMPTS)
+    plain = plain_generate(copy_of(model), **batch, max_new_tokens=8)
+    op = functools.reduce(getattr, path.split("."), torch.ops.mkldnn)
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise RuntimeError("could not create a primitive")
+        return op(*args)
+
+    fail_at = None  # first a call that fails nowhere: how many calls of the op one generate makes (packing included)
+    monkeypatch.setattr(torch.ops, "mkldnn", onednn_with(path, counted), raising=False)
+    assert torch.equal(copy_of(model).generate(**batch, max_new_tokens=8), plain)
+    total, fail_at = len(calls), {"first": 1, "middle": len(calls) // 2 + 1, "last": len(calls)}[when]
+    assert total >= (1 if when == "first" else 3)
+    calls.clear()
+    reset_fast_path()  # as in a fresh process: the ops are looked up again (the bf16 query is called then)
+    model = copy_of(model)
+    with pytest.warns(RuntimeWarning) as records:
+        failed_midway = model.generate(**batch, max_new_tokens=8)
+        after = model.generate(**batch, max_new_tokens=8)
+    warned = fast_path_warnings(records)
+    assert len(warned) == 1 and f"torch.ops.mkldnn.{path} raised RuntimeError" in warned[0], warned
+    assert torch.equal(failed_midway, plain) and torch.equal(after, plain)
+    assert len(calls) == fail_at  # after the failure the op was never called again
+    assert packed_modules(model.modules()) == []  # the packs made before the failure are given back

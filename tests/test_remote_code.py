@@ -40,6 +40,7 @@ result["fast_generation_module"] = fast_generation.__name__
 result["fast_generation_file"] = os.path.relpath(fast_generation.__file__, os.environ["HF_MODULES_CACHE"])
 result["onednn"] = torch.backends.mkldnn.is_available()
 result["packed_modules"] = len(fast_generation.packed_modules(model.modules()))
+result["fast_path_off_reason"] = fast_generation.fast_path_off_reason()  # None: its oneDNN ops were found and ran
 result["vision_frozen"] = not any(p.requires_grad for p in model.vision_tower.parameters())
 captioner = pipeline("image-to-text", model=path, trust_remote_code=True)
 result["pipeline_pil"] = captioner(image)
@@ -85,6 +86,7 @@ def check(result, expected_caption):
     assert result["fast_generation_module"].endswith(".fast_generation_moda")
     assert not result["fast_generation_file"].startswith(".."), result["fast_generation_file"]
     assert result["packed_modules"] > 0 or not result["onednn"]
+    assert result["fast_path_off_reason"] is None
     assert result["processor_class"] == "MODAProcessor"
     assert result["vision_frozen"]
     assert result["generate"] == [expected_caption]
