@@ -245,7 +245,9 @@ class PackedLinears:
     between calls (outside the model) and checked at every call: a weight that is another tensor, or changed in place
     (its version counter, or a strided sample of its values for writes through `.data`), is packed again. The sample
     sees a write through `.data` to a whole row, not one that leaves the sampled elements alone (all but a row's first,
-    say): after such a write, `model.train().eval()` gives the packs back and the next call packs anew.
+    say): after such a write, `model.train().eval()` gives the packs back and the next call packs anew. A model that
+    changes dtype or device drops its packs (MODAForConditionalGeneration._apply); a group that can no longer be packed
+    (a submodule moved off the CPU or to another dtype alone) drops its own here, at the next call.
     """
 
     def __init__(self, groups, quick_gelu_mlps=(), output_scales=None):
@@ -277,6 +279,7 @@ class PackedLinears:
                 self.swish_inputs.add(fc1)
         for group in groups:
             if not packable(group):
+                _PACKS.pop(group[0], None)  # a pack of its former dtype or device would only hold memory
                 continue
             for module in group:
                 scale = (output_scales or {}).get(module)

@@ -368,6 +368,13 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             release_packed_weights(self.modules())
         return super().train(mode)
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .half(), .float(), .bfloat16(), .cuda() and .cpu() all come here. The packs are copies of the weights
+        # as they were: after a dtype or device change they would only hold memory (on the CPU, after a move to a GPU),
+        # so they go, and the next call on the CPU packs anew.
+        release_packed_weights(self.modules())
+        return super()._apply(fn, *args, **kwargs)
+
     # --- construction and saving ----------------------------------------------------------------------------------
 
     @classmethod

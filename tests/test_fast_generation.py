@@ -677,3 +677,50 @@ def test_an_onednn_op_that_fails_midway_redoes_the_call_on_the_plain_path(model_
     assert torch.equal(failed_midway, plain) and torch.equal(after, plain)
     assert len(calls) == fail_at  # after the failure the op was never called again
     assert packed_modules(model.modules()) == []  # the packs made before the failure are given back
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+@pytest.mark.parametrize("change", ["half()", "to(bfloat16)", "to('cpu', dtype=float64)"])
+def test_a_dtype_or_device_change_gives_the_packed_copies_back(model_and_processor, product_images, change):
+    model, processor = model_and_processor
+    model = copy_of(model)
+    batch = processor(images=product_images, text=PROMPTS)
+    model.generate(**batch, max_new_tokens=4)  # packs the weights
+    assert len(packed_modules(model.modules())) == len(decoding_linears(model.language_model)) + len(
+        vision_linears(model.vision_tower))
+    dtype = {"half()": torch.float16, "to(bfloat16)": torch.bfloat16, "to('cpu', dtype=float64)": torch.float64}[change]
+    if change == "half()":
+        model.half()
+    elif change == "to(bfloat16)":
+        model.to(torch.bfloat16)
+    else:
+        model.to("cpu", dtype=torch.float64)
+    assert model.dtype == dtype
+    assert packed_modules(model.modules()) == []  # no copy of the former weights is kept
+    fast, reference = generate_both(model, **batch, max_new_tokens=8)
+    assert torch.equal(fast, reference)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_a_submodule_moved_alone_drops_its_packs_at_the_next_call(model_and_processor, product_images):
+    # model.language_model.half() does not go through the model's _apply: the next call drops what it cannot pack.
+    model, processor = model_and_processor
+    model = copy_of(model)
+    batch = processor(images=product_images, text=PROMPTS)
+    model.generate(**batch, max_new_tokens=4)
+    assert packed_modules(model.language_model.modules())
+    model.language_model.half()
+    fast, reference = generate_both(model, **batch, max_new_tokens=8)
+    assert torch.equal(fast, reference)
+    assert packed_modules(model.language_model.modules()) == []
+    assert len(packed_modules(model.vision_tower.modules())) == len(vision_linears(model.vision_tower))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_a_device_change_gives_the_packed_copies_back(model_and_processor, product_images):
+    model, processor = model_and_processor
+    model = copy_of(model)
+    model.generate(**processor(images=product_images[:2]), max_new_tokens=4)
+    assert packed_modules(model.modules())
+    model.to("meta")  # a device change through the same path as .to("cuda"), on a machine without a GPU
+    assert packed_modules(model.modules()) == []
