@@ -15,6 +15,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
+from transformers.dynamic_module_utils import get_relative_imports
 
 from hub_card.card import (CARD_NAME, HANDLER_NAME, PLACEHOLDER_REPO_ID, read_moda_config, write_handler,
                             write_model_card)
@@ -26,8 +27,26 @@ IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "runs/**", ".cache/**", "*
                    "*.pickle", ".*.lock", ".staging*", "__pycache__/**", "*.pyc"]
 
 
+def model_code_files(folder: Path, config: dict) -> set:
+    """The .py files config.json's auto_map names and those they import relatively, as transformers needs them (e.g.
+    modeling_moda.py imports fast_generation_moda.py, which no auto_map entry names)."""
+    names = {reference.split(".")[0] + ".py" for reference in (config.get("auto_map") or {}).values()}
+    pending = sorted(names)
+    while pending:
+        path = folder / pending.pop()
+        if path.is_file():
+            # transformers' own reading of the relative imports: the files it will look for at load time
+            for module in get_relative_imports(path):
+                name = f"{module}.py"
+                if name not in names:
+                    names.add(name)
+                    pending.append(name)
+    return names
+
+
 def validate_model_folder(folder) -> Path:
-    """A folder holding a MODA config.json, safetensors weights and the model code its auto_map names."""
+    """A folder holding a MODA config.json, safetensors weights and the model code its auto_map names (with the
+    files that code imports)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"Model folder not found: {folder}")
@@ -37,12 +56,12 @@ def validate_model_folder(folder) -> Path:
             f"{folder} has no safetensors weights (model.safetensors or model.safetensors.index.json): save the "
             "model with save_pretrained (safe_serialization is the default)."
         )
-    code_files = {reference.split(".")[0] + ".py" for reference in (config.get("auto_map") or {}).values()}
+    code_files = model_code_files(folder, config)
     missing = sorted(name for name in code_files if not (folder / name).is_file())
     if not code_files or missing:
         raise ValueError(
-            f"{folder} lacks the model code its config.json names ({missing or 'no auto_map'}): save the model "
-            "with MODAForConditionalGeneration.save_pretrained, which copies the MODA .py files."
+            f"{folder} lacks model code that its config.json names or that code imports ({missing or 'no auto_map'}): "
+            "save the model with MODAForConditionalGeneration.save_pretrained, which copies the MODA .py files."
         )
     return folder
 

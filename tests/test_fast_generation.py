@@ -2,12 +2,17 @@
 
 import contextlib
 import copy
+import functools
 from collections import Counter
 
 import pytest
 import torch
 from transformers import TextStreamer
 
+import fast_generation_moda
+from fast_generation_moda import (ONEDNN_OP_PATHS, OPTLayerPlan, PackedLinears, decoder_pass, decoding_linears,
+                                  fast_path_off_reason, first_max_function, packed_dtypes, packed_modules,
+                                  reset_fast_path, vision_linears)
 from modeling_moda import MODAForConditionalGeneration
 
 PROMPTS = ["What colour is this item?", None, "What kind of product is this?", "Red"]
@@ -37,17 +42,76 @@ def model_and_processor(tiny_model_and_processor):
     return tiny_model_and_processor
 
 
+@pytest.fixture(autouse=True)
+def fresh_fast_path():
+    """Each test starts with the fast path on and its ops not yet looked up (so a test that stands in for
+    torch.ops.mkldnn has its stand-in looked up), and leaves it so: a test that turns it off affects no other."""
+    reset_fast_path()
+    yield
+    reset_fast_path()
+
+
+def plain_generate(model, **inputs):
+    """The tokens of the plain path (GenerationMixin and CLIP's forward)."""
+    model.fast_greedy = False
+    try:
+        return model.generate(**inputs)
+    finally:
+        model.fast_greedy = True
+
+
+def onednn_with(path, replacement):
+    """A stand-in for torch.ops.mkldnn (its entries cannot be monkeypatched one by one) whose op at `path`
+    (e.g. "_linear_pointwise.binary") is `replacement`, or missing where that is None; the other ops are torch's."""
+    namespace = torch.ops.mkldnn
+    name, _, overload = path.partition(".")
+
+    class Packet:  # the op `name`, its overload `overload` replaced
+        def __call__(self, *args):
+            return getattr(namespace, name)(*args)
+
+        def __getattr__(self, attribute):
+            if attribute != overload:
+                return getattr(getattr(namespace, name), attribute)
+            if replacement is None:
+                raise AttributeError(f"'OpOverloadPacket' object has no attribute '{attribute}'")
+            return replacement
+
+    class Replaced:  # `replacement` as the op `name`, its overloads (e.g. .binary) still torch's
+        def __call__(self, *args):
+            return replacement(*args)
+
+        def __getattr__(self, attribute):
+            return getattr(getattr(namespace, name), attribute)
+
+    class Namespace:
+        def __getattr__(self, attribute):
+            if attribute != name:
+                return getattr(namespace, attribute)
+            if overload:
+                return Packet()
+            if replacement is None:
+                raise AttributeError(f"'_OpNamespace' 'mkldnn' object has no attribute '{attribute}'")
+            return Replaced()
+
+    return Namespace()
+
+
+def fast_path_warnings(records) -> list:
+    return [str(record.message) for record in records if "MODA's fast CPU path is off" in str(record.message)]
+
+
 @pytest.fixture
 def spy(monkeypatch):
     """Counts the calls of the fast loop."""
     calls = []
-    original = MODAForConditionalGeneration._greedy_decode
+    original = fast_generation_moda.greedy_decode
 
-    def counting(self, *args, **kwargs):
+    def counting(*args, **kwargs):
         calls.append(kwargs)
-        return original(self, *args, **kwargs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(MODAForConditionalGeneration, "_greedy_decode", counting)
+    monkeypatch.setattr(fast_generation_moda, "greedy_decode", counting)
     return calls
 
 
@@ -99,9 +163,8 @@ def test_fast_greedy_equals_generation_mixin_for_other_opt_layouts(variant, atte
     for parameter in model.parameters():  # well away from zero, so the tokens differ from step to step
         torch.nn.init.normal_(parameter, std=0.5) if parameter.ndim > 1 else None
     calls = []
-    original = MODAForConditionalGeneration._greedy_decode
-    monkeypatch.setattr(MODAForConditionalGeneration, "_greedy_decode",
-                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    original = fast_generation_moda.greedy_decode
+    monkeypatch.setattr(fast_generation_moda, "greedy_decode", lambda *a, **k: calls.append(1) or original(*a, **k))
     embeds = torch.randn(4, 24, generator=torch.Generator().manual_seed(1))
     with sdpa_kernel(SDPBackend.MATH) if attention_kernel == "math" else contextlib.nullcontext():
         # eos suppressed for the first 3 tokens, then free to end a row
@@ -117,7 +180,6 @@ def test_the_fast_decoder_pass_is_opts_own_arithmetic(attention_kernel):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers import OPTConfig
 
-    from modeling_moda import _OPTLayerPlan, _PackedLinears
     from tests.conftest import moda_around_opt
 
     torch.manual_seed(0)
@@ -129,10 +191,10 @@ def test_the_fast_decoder_pass_is_opts_own_arithmetic(attention_kernel):
     kernel = sdpa_kernel(SDPBackend.MATH) if attention_kernel == "math" else contextlib.nullcontext()
     with torch.backends.mkldnn.flags(enabled=False), kernel, torch.no_grad():
         reference = decoder(inputs_embeds=embeds, attention_mask=torch.ones(2, 5, dtype=torch.long)).last_hidden_state
-        linears = _PackedLinears(model._decoding_linears())
+        linears = PackedLinears(decoding_linears(model.language_model))
         assert linears.packed == {}  # both sides on the modules' own kernels
-        plans = [_OPTLayerPlan.of(layer, linears) for layer in decoder.layers]
-        fast = model._decoder_pass(embeds, positions, [None, None], 0, None, 5, plans, (None, None))
+        plans = [OPTLayerPlan.of(layer, linears) for layer in decoder.layers]
+        fast = decoder_pass(decoder, embeds, positions, [None, None], 0, None, 5, plans, (None, None))
     assert torch.equal(fast, reference)
 
 
@@ -158,34 +220,30 @@ def test_fast_greedy_min_new_tokens_suppresses_eos_like_generation_mixin(model_a
     assert fast.shape == (2, 6) and not (fast == eos).any()
 
 
-@pytest.mark.skipif(not __import__("modeling_moda")._packed_dtypes(), reason="oneDNN is not available to pack weights")
+@pytest.mark.skipif(not packed_dtypes(), reason="oneDNN is not available to pack weights")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_power_of_two_output_scale_goes_into_the_pack_with_the_same_values(dtype):
-    from modeling_moda import _packed_dtypes, _PackedLinears
-
-    if dtype not in _packed_dtypes():
+    if dtype not in packed_dtypes():
         pytest.skip(f"oneDNN cannot pack {dtype} on this CPU")
     torch.manual_seed(0)
     q, k, v = (torch.nn.Linear(64, 64).to(dtype) for _ in range(3))
     hidden = torch.randn(3, 5, 64).to(dtype)
     for scale, folded in ((0.125, True), (2.0 ** -0.5, False)):
-        linears = _PackedLinears([(q, k, v)], output_scales={q: scale})
+        linears = PackedLinears([(q, k, v)], output_scales={q: scale})
         assert linears.scaled_outputs == ({q: scale} if folded else {})
         query, key, value = linears.linear((q, k, v))(hidden)
-        unscaled = _PackedLinears([(q, k, v)]).linear((q, k, v))(hidden)
+        unscaled = PackedLinears([(q, k, v)]).linear((q, k, v))(hidden)
         expected = unscaled[0] * scale if folded else unscaled[0]
         assert torch.equal(query, expected) and torch.equal(key, unscaled[1]) and torch.equal(value, unscaled[2])
     # an input in another dtype runs the modules themselves, and still comes out scaled
     other = torch.float32 if dtype == torch.bfloat16 else torch.bfloat16
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        query = _PackedLinears([(q, k, v)], output_scales={q: 0.125}).linear((q, k, v))(hidden.to(other))[0]
+        query = PackedLinears([(q, k, v)], output_scales={q: 0.125}).linear((q, k, v))(hidden.to(other))[0]
         assert torch.equal(query, q(hidden.to(other)) * 0.125)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_first_max_index_is_max_indices_with_ties_and_minus_infinity(dtype):
-    from modeling_moda import _first_max_function
-
     torch.manual_seed(0)
     logits = torch.randn(6, 50272).to(dtype)
     logits[1, [19728, 1700, 1650]] = 9.0  # a tie within a later chunk (1650, 1700) and across chunks (1571 wide)
@@ -196,18 +254,16 @@ def test_first_max_index_is_max_indices_with_ties_and_minus_infinity(dtype):
     logits[5, :1571 * 20] = -float("inf")
     for vocab in (50272, 300, 257):  # chunks of 1571 and of 150; a prime falls back to max
         rows = logits[:, :vocab].contiguous()
-        assert torch.equal(_first_max_function(vocab)(rows), rows.max(-1).indices), vocab
-    assert _first_max_function(50272)(logits)[1] == 1650
-    assert _first_max_function(50272)(logits[:0]).shape == (0,)  # an empty batch, as max gives it
+        assert torch.equal(first_max_function(vocab)(rows), rows.max(-1).indices), vocab
+    assert first_max_function(50272)(logits)[1] == 1650
+    assert first_max_function(50272)(logits[:0]).shape == (0,)  # an empty batch, as max gives it
 
 
 def test_the_tiny_vocabulary_takes_the_chunked_first_max(model_and_processor):
-    from modeling_moda import _first_max_function
-
     model, _ = model_and_processor
     vocab = model.language_model.lm_head.out_features
     # else the tests that compare the fast loop's tokens with GenerationMixin's would not cover the chunked path
-    assert _first_max_function(vocab).__name__ == "chunked", vocab
+    assert first_max_function(vocab).__name__ == "chunked", vocab
 
 
 def test_fast_greedy_in_bfloat16_equals_generation_mixin_in_bfloat16_on_the_test_model(model_and_processor,
@@ -305,9 +361,7 @@ def test_fast_greedy_runs_the_decoder_and_vision_linears_on_packed_weights(model
         def __getattr__(self, name):
             return getattr(namespace, name)
 
-    import modeling_moda
-
-    monkeypatch.setattr(modeling_moda.torch.ops, "mkldnn", Recorder(), raising=False)
+    monkeypatch.setattr(torch.ops, "mkldnn", Recorder(), raising=False)
     model.generate(**processor(images=product_images[0]), max_new_tokens=3)
     monkeypatch.undo()
 
@@ -329,8 +383,6 @@ def test_fast_greedy_runs_the_decoder_and_vision_linears_on_packed_weights(model
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
 def test_unchanged_weights_are_packed_once(model_and_processor, product_images, monkeypatch):
-    import modeling_moda
-
     model, processor = model_and_processor
     model = copy_of(model)
     packed = []
@@ -345,10 +397,10 @@ def test_unchanged_weights_are_packed_once(model_and_processor, product_images, 
             packed.append(tuple(weight.shape))
             return original(weight, *args)
 
-    monkeypatch.setattr(modeling_moda.torch.ops, "mkldnn", Recorder(), raising=False)
+    monkeypatch.setattr(torch.ops, "mkldnn", Recorder(), raising=False)
     inputs = processor(images=product_images[:2])
     first = model.generate(**inputs, max_new_tokens=4)
-    groups = len(model._decoding_linears()) + len(model._vision_linears())
+    groups = len(decoding_linears(model.language_model)) + len(vision_linears(model.vision_tower))
     assert len(packed) == groups  # one pack per group, q/k/v stacked
     second = model.generate(**inputs, max_new_tokens=4)
     assert len(packed) == groups and torch.equal(first, second)  # the second call packs nothing
@@ -430,42 +482,36 @@ def test_inference_image_features_match_the_vision_tower(model_and_processor, pr
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
 def test_a_write_through_data_to_any_one_row_is_packed_again():
-    from modeling_moda import _PackedLinears
-
     torch.manual_seed(0)
     linear = torch.nn.Linear(768, 1024)
     inputs = torch.randn(4, 768)
     for row in range(0, 1024, 7):
-        _PackedLinears([(linear,)])(linear, inputs)  # packed as it is now
+        PackedLinears([(linear,)])(linear, inputs)  # packed as it is now
         linear.weight.data[row] = torch.randn(768)  # .data: no version counter bump
-        packed = _PackedLinears([(linear,)])
+        packed = PackedLinears([(linear,)])
         expected = torch.nn.functional.linear(inputs, linear.weight, linear.bias)
         torch.testing.assert_close(packed(linear, inputs), expected, rtol=1e-4, atol=1e-4)  # a stale row: off by ~1
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
 def test_pack_checks_compare_the_bits_of_the_values():
-    from modeling_moda import _PackedLinears
-
     linear = torch.nn.Linear(64, 32)
     linear.weight.data[0, 0] = float("nan")  # NaN != NaN as values: a value comparison would repack every call
     linear.weight.data[3, 0] = 0.0
-    first = _PackedLinears([(linear,)]).packed[(linear,)][0]
-    assert _PackedLinears([(linear,)]).packed[(linear,)][0] is first
+    first = PackedLinears([(linear,)]).packed[(linear,)][0]
+    assert PackedLinears([(linear,)]).packed[(linear,)][0] is first
     linear.weight.data[3, 0] = -0.0  # equal as values, another weight's sign bit
-    assert _PackedLinears([(linear,)]).packed[(linear,)][0] is not first
+    assert PackedLinears([(linear,)]).packed[(linear,)][0] is not first
 
 
 @pytest.mark.skipif(
-    torch.bfloat16 not in __import__("modeling_moda")._packed_dtypes(), reason="oneDNN cannot pack bf16 on this CPU"
+    torch.bfloat16 not in packed_dtypes(), reason="oneDNN cannot pack bf16 on this CPU"
 )
 def test_bf16_quick_gelu_runs_inside_the_first_product_and_matches_clip(model_and_processor, product_images):
-    from modeling_moda import _PackedLinears
-
     model, processor = model_and_processor
     model = copy_of(model).to(torch.bfloat16)
     layers = model.vision_tower.vision_model.encoder.layers
-    packed = _PackedLinears(model._vision_linears(), [(layer.mlp.fc1, layer.mlp.fc2) for layer in layers])
+    packed = PackedLinears(vision_linears(model.vision_tower), [(layer.mlp.fc1, layer.mlp.fc2) for layer in layers])
     assert packed.swish_inputs == {layer.mlp.fc1 for layer in layers}  # the fused path is the one taken
     pixel_values = processor(images=product_images)["pixel_values"].to(torch.bfloat16)
     with torch.no_grad():
@@ -478,19 +524,14 @@ def test_bf16_quick_gelu_runs_inside_the_first_product_and_matches_clip(model_an
 
 
 def test_training_mode_gives_the_packed_copies_back(model_and_processor, product_images):
-    from modeling_moda import _PackedLinears
-
     model, processor = model_and_processor
     model = copy_of(model)
     inputs = processor(images=product_images[:2])
     first = model.generate(**inputs, max_new_tokens=4)
-
-    def packed_modules():
-        return [module for module in model.modules() if module in _PackedLinears._cache]
-
-    assert len(packed_modules()) == len(model._decoding_linears()) + len(model._vision_linears())
+    groups = len(decoding_linears(model.language_model)) + len(vision_linears(model.vision_tower))
+    assert len(packed_modules(model.modules())) == groups
     model.train()
-    assert packed_modules() == []
+    assert packed_modules(model.modules()) == []
     model.eval()
     assert torch.equal(model.generate(**inputs, max_new_tokens=4), first)  # packed again, same tokens
 
@@ -573,3 +614,113 @@ def test_the_last_position_still_yields_a_token(model_and_processor, product_ima
         input_ids[0, 0] = processor.tokenizer.bos_token_id
         fast, reference = generate_both(model, pixel_values=pixel_values, input_ids=input_ids, max_new_tokens=10)
         assert fast.shape == (1, expected) and torch.equal(fast, reference)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+@pytest.mark.parametrize("path", list(ONEDNN_OP_PATHS.values()))
+def test_a_missing_onednn_op_turns_the_fast_path_off_with_one_warning(model_and_processor, product_images, spy,
+                                                                      monkeypatch, path):
+    # Another torch build, or a later torch, may lack a private op: generate works on, as with fast_greedy = False.
+    model, processor = model_and_processor
+    batch = processor(images=product_images, text=PROMPTS)
+    plain = plain_generate(model, **batch, max_new_tokens=8)
+    monkeypatch.setattr(torch.ops, "mkldnn", onednn_with(path, None), raising=False)
+    with pytest.warns(RuntimeWarning) as records:
+        first = model.generate(**batch, max_new_tokens=8)
+        second = model.generate(**batch, max_new_tokens=8)
+    warned = fast_path_warnings(records)
+    assert len(warned) == 1 and f"torch.ops.mkldnn.{path} is missing" in warned[0], warned
+    assert "plain path" in warned[0]
+    assert torch.equal(first, plain) and torch.equal(second, plain)
+    assert spy == [] and fast_path_off_reason() is not None  # the fast loop never ran
+    assert packed_modules(model.modules()) == []
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+@pytest.mark.parametrize("path, when", [
+    ("_linear_pointwise", "first"),  # in the vision tower
+    ("_linear_pointwise", "middle"),  # while decoding
+    ("_linear_pointwise", "last"),  # the last token's logits
+    ("_linear_pointwise.binary", "middle"),
+    ("_reorder_linear_weight", "middle"),  # while packing
+    ("_is_mkldnn_bf16_supported", "first"),  # when the ops are looked up
+])
+def test_an_onednn_op_that_fails_midway_redoes_the_call_on_the_plain_path(model_and_processor, product_images,
+                                                                          monkeypatch, path, when):
+    # A failure at call time (a kernel this CPU or build refuses) mid-generate: no partial or mixed output, the whole
+    # call again on the plain path, one warning, and the plain path from then on.
+    model, processor = model_and_processor
+    batch = processor(images=product_images, text=PROMPTS)
+    plain = plain_generate(copy_of(model), **batch, max_new_tokens=8)
+    op = functools.reduce(getattr, path.split("."), torch.ops.mkldnn)
+    calls = []
+
+    def counted(*args):
+        calls.append(1)
+        if len(calls) == fail_at:
+            raise RuntimeError("could not create a primitive")
+        return op(*args)
+
+    fail_at = None  # first a call that fails nowhere: how many calls of the op one generate makes (packing included)
+    monkeypatch.setattr(torch.ops, "mkldnn", onednn_with(path, counted), raising=False)
+    assert torch.equal(copy_of(model).generate(**batch, max_new_tokens=8), plain)
+    total, fail_at = len(calls), {"first": 1, "middle": len(calls) // 2 + 1, "last": len(calls)}[when]
+    assert total >= (1 if when == "first" else 3)
+    calls.clear()
+    reset_fast_path()  # as in a fresh process: the ops are looked up again (the bf16 query is called then)
+    model = copy_of(model)
+    with pytest.warns(RuntimeWarning) as records:
+        failed_midway = model.generate(**batch, max_new_tokens=8)
+        after = model.generate(**batch, max_new_tokens=8)
+    warned = fast_path_warnings(records)
+    assert len(warned) == 1 and f"torch.ops.mkldnn.{path} raised RuntimeError" in warned[0], warned
+    assert torch.equal(failed_midway, plain) and torch.equal(after, plain)
+    assert len(calls) == fail_at  # after the failure the op was never called again
+    assert packed_modules(model.modules()) == []  # the packs made before the failure are given back
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+@pytest.mark.parametrize("change", ["half()", "to(bfloat16)", "to('cpu', dtype=float64)"])
+def test_a_dtype_or_device_change_gives_the_packed_copies_back(model_and_processor, product_images, change):
+    model, processor = model_and_processor
+    model = copy_of(model)
+    batch = processor(images=product_images, text=PROMPTS)
+    model.generate(**batch, max_new_tokens=4)  # packs the weights
+    assert len(packed_modules(model.modules())) == len(decoding_linears(model.language_model)) + len(
+        vision_linears(model.vision_tower))
+    dtype = {"half()": torch.float16, "to(bfloat16)": torch.bfloat16, "to('cpu', dtype=float64)": torch.float64}[change]
+    if change == "half()":
+        model.half()
+    elif change == "to(bfloat16)":
+        model.to(torch.bfloat16)
+    else:
+        model.to("cpu", dtype=torch.float64)
+    assert model.dtype == dtype
+    assert packed_modules(model.modules()) == []  # no copy of the former weights is kept
+    fast, reference = generate_both(model, **batch, max_new_tokens=8)
+    assert torch.equal(fast, reference)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_a_submodule_moved_alone_drops_its_packs_at_the_next_call(model_and_processor, product_images):
+    # model.language_model.half() does not go through the model's _apply: the next call drops what it cannot pack.
+    model, processor = model_and_processor
+    model = copy_of(model)
+    batch = processor(images=product_images, text=PROMPTS)
+    model.generate(**batch, max_new_tokens=4)
+    assert packed_modules(model.language_model.modules())
+    model.language_model.half()
+    fast, reference = generate_both(model, **batch, max_new_tokens=8)
+    assert torch.equal(fast, reference)
+    assert packed_modules(model.language_model.modules()) == []
+    assert len(packed_modules(model.vision_tower.modules())) == len(vision_linears(model.vision_tower))
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_a_device_change_gives_the_packed_copies_back(model_and_processor, product_images):
+    model, processor = model_and_processor
+    model = copy_of(model)
+    model.generate(**processor(images=product_images[:2]), max_new_tokens=4)
+    assert packed_modules(model.modules())
+    model.to("meta")  # a device change through the same path as .to("cuda"), on a machine without a GPU
+    assert packed_modules(model.modules()) == []

@@ -413,6 +413,11 @@ def test_push_rejects_folders_that_are_not_moda(tiny_moda_dir, tmp_path, capsys)
     (no_code / "modeling_moda.py").unlink()
     assert push_main([str(no_code), "me/x"]) == 1
     assert "modeling_moda.py" in capsys.readouterr().err
+    # imported by modeling_moda.py, named by no auto_map entry: without it the pushed model would not load
+    no_fast_path = copy_model(tiny_moda_dir, tmp_path / "no-fast-path")
+    (no_fast_path / "fast_generation_moda.py").unlink()
+    assert push_main([str(no_fast_path), "me/x"]) == 1
+    assert "fast_generation_moda.py" in capsys.readouterr().err
     assert push_main([str(tiny_moda_dir), "no-namespace"]) == 1
     assert "namespace/name" in capsys.readouterr().err
 
@@ -480,7 +485,8 @@ def test_push_then_load_by_repo_id_with_pinned_revisions(
     assert store.repos["local-user/moda"]["branches"] == {"main": second_sha, "exp": sha_of["Old on a branch"]}
     pushed = store.files("local-user/moda", first_sha)
     assert {"README.md", "handler.py", "loss_curves.png", "model.safetensors", "modeling_moda.py",
-            "processing_moda.py", "pipeline_moda.py", "configuration_moda.py", "tokenizer.json"} <= set(pushed)
+            "processing_moda.py", "pipeline_moda.py", "configuration_moda.py", "fast_generation_moda.py",
+            "tokenizer.json"} <= set(pushed)
     assert not any(path.startswith("checkpoint-") or path.endswith(".bin") for path in pushed)
     card = store.blob_path(pushed["README.md"]).read_text()
     assert 'AutoModel.from_pretrained("local-user/moda"' in card
@@ -492,6 +498,7 @@ def test_push_then_load_by_repo_id_with_pinned_revisions(
         image_paths.append(tmp_path / f"item{i}.png")
         image.save(image_paths[-1])
     transformers_sha = store.repos["local-user/moda-transformers"]["branches"]["main"]
+    assert "fast_generation_moda.py" in store.files("local-user/moda-transformers", transformers_sha)
     targets = [("local-user/moda-transformers", transformers_sha), ("local-user/moda", first_sha),
                ("local-user/moda", "main"), ("local-user/moda", "exp")]
     load_dir = tmp_path / "elsewhere"

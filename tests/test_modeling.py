@@ -193,7 +193,8 @@ def test_saved_folder_has_safetensors_code_auto_map_and_pipeline(tiny_moda_dir):
 
     files = {p.name for p in tiny_moda_dir.iterdir()}
     assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
-    assert {"configuration_moda.py", "modeling_moda.py", "processing_moda.py", "pipeline_moda.py"} <= files
+    assert {"configuration_moda.py", "modeling_moda.py", "processing_moda.py", "pipeline_moda.py",
+            "fast_generation_moda.py"} <= files
     config = json.loads((tiny_moda_dir / "config.json").read_text())
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForImageTextToText", "AutoProcessor"}
     assert config["custom_pipelines"]["image-to-text"]["impl"] == "pipeline_moda.MODAImageToTextPipeline"

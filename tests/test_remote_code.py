@@ -11,8 +11,9 @@ import pytest
 from tests.conftest import HIDE_REPO, REPO_ROOT
 
 LOAD_SCRIPT = HIDE_REPO + r'''
-import json, sys
+import json, os, sys
 from pathlib import Path
+import torch
 import transformers
 from PIL import Image
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
@@ -33,6 +34,13 @@ processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
 result = {"version": transformers.__version__, "model_class": type(model).__name__,
           "itt_class": type(model_itt).__name__, "processor_class": type(processor).__name__}
 result["generate"] = processor.batch_decode(model.generate(**processor(images=image)))
+# The fast path came from the folder's own fast_generation_moda.py (imported relatively) and ran: it packed weights.
+fast_generation = sys.modules[sys.modules[type(model).__module__].greedy_generate.__module__]
+result["fast_generation_module"] = fast_generation.__name__
+result["fast_generation_file"] = os.path.relpath(fast_generation.__file__, os.environ["HF_MODULES_CACHE"])
+result["onednn"] = torch.backends.mkldnn.is_available()
+result["packed_modules"] = len(fast_generation.packed_modules(model.modules()))
+result["fast_path_off_reason"] = fast_generation.fast_path_off_reason()  # None: its oneDNN ops were found and ran
 result["vision_frozen"] = not any(p.requires_grad for p in model.vision_tower.parameters())
 captioner = pipeline("image-to-text", model=path, trust_remote_code=True)
 result["pipeline_pil"] = captioner(image)
@@ -62,6 +70,7 @@ def run_fresh(python, tiny_moda_dir, tmp_path, image):
     image.save(image_path)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_HUB_OFFLINE"] = "1"
+    env["HF_MODULES_CACHE"] = str(tmp_path / "hf-modules")  # where transformers puts the folder's code to import it
     proc = subprocess.run(
         [python, "-c", LOAD_SCRIPT, str(tiny_moda_dir), str(image_path)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
@@ -73,6 +82,11 @@ def run_fresh(python, tiny_moda_dir, tmp_path, image):
 
 def check(result, expected_caption):
     assert result["model_class"] == result["itt_class"] == "MODAForConditionalGeneration"
+    assert result["fast_generation_module"].startswith("transformers_modules.")
+    assert result["fast_generation_module"].endswith(".fast_generation_moda")
+    assert not result["fast_generation_file"].startswith(".."), result["fast_generation_file"]
+    assert result["packed_modules"] > 0 or not result["onednn"]
+    assert result["fast_path_off_reason"] is None
     assert result["processor_class"] == "MODAProcessor"
     assert result["vision_frozen"]
     assert result["generate"] == [expected_caption]
@@ -93,6 +107,7 @@ def expected_caption(tiny_model_and_processor, red_image):
 
 
 def test_fresh_process_loads_with_current_transformers(tiny_moda_dir, tmp_path, red_image, expected_caption):
+    assert (tiny_moda_dir / "fast_generation_moda.py").is_file()  # save_pretrained copied it: modeling_moda imports it
     result = run_fresh(sys.executable, tiny_moda_dir, tmp_path, red_image)
     assert result["version"].startswith("5.")
     check(result, expected_caption)

@@ -10,7 +10,7 @@ from modeling_moda import MODAForConditionalGeneration
 from tests.conftest import REPO_ROOT
 
 REMOTE_CODE_FILES = ["configuration_moda.py", "modeling_moda.py", "processing_moda.py", "pipeline_moda.py",
-                     "hub_card/handler.py"]
+                     "fast_generation_moda.py", "hub_card/handler.py"]
 FORBIDDEN_MODULES = {"socket", "requests", "urllib", "urllib3", "http", "httpx", "subprocess", "pickle", "dill",
                      "marshal", "shelve", "ftplib", "smtplib", "telnetlib", "ctypes", "importlib"}
 FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__", "system", "popen", "spawnl", "execv"}

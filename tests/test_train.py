@@ -73,7 +73,12 @@ def test_collator_masks_bos_prompt_and_padding(tiny_model_and_processor):
 def test_steplr_decays_every_lr_step_size_optimizer_steps(tmp_path, catalog_dir):
     output, _ = run(tmp_path, catalog_dir, "--lr_step_size", "3", "--lr_gamma", "0.5", "--learning_rate", "0.01",
                     "--num_train_epochs", "1")
-    state = json.loads(sorted(output.glob("checkpoint-*"))[-1].joinpath("trainer_state.json").read_text())
+    checkpoint = sorted(output.glob("checkpoint-*"))[-1]
+    state = json.loads(checkpoint.joinpath("trainer_state.json").read_text())
+    # a checkpoint holds the model code that config.json names and modeling_moda.py imports: it loads on its own
+    code = {"configuration_moda.py", "modeling_moda.py", "processing_moda.py", "pipeline_moda.py",
+            "fast_generation_moda.py"}
+    assert code <= {path.name for path in checkpoint.iterdir()} and code <= {path.name for path in output.iterdir()}
     lrs = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
     # the rate each optimizer step used: steps 1-3 at 0.01, 4-6 at 0.005, 7 at 0.0025 (StepLR stepped per step)
     assert len(lrs) >= 7 and lrs[:7] == pytest.approx([0.01] * 3 + [0.005] * 3 + [0.0025])
