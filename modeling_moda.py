@@ -34,13 +34,17 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import logging
 
 # Importing the processor and pipeline here makes every save_pretrained (Trainer's and push_to_hub's too) copy
-# all four MODA files next to the weights.
+# all the MODA files next to the weights. image_io_moda is the processor's import, named here too: for a local
+# folder, transformers 4.x copies only the loaded file's own relative imports into its module cache, and the
+# processor's import of it would then fail.
 try:
     from .configuration_moda import MODAConfig
+    from .image_io_moda import ImageInputError  # noqa: F401
     from .pipeline_moda import MODAImageToTextPipeline
     from .processing_moda import MODAProcessor
 except ImportError:
     from configuration_moda import MODAConfig
+    from image_io_moda import ImageInputError  # noqa: F401
     from pipeline_moda import MODAImageToTextPipeline
     from processing_moda import MODAProcessor
 

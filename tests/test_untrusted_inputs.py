@@ -1,4 +1,5 @@
-"""An adversarial corpus for image_io_moda's URL and decoding policies.
+"""An adversarial corpus for image_io_moda's URL and decoding policies, through every entry point that reads images:
+the processor and moda.features (moda caption, eval, search, build-dataset, app).
 
 All traffic stays on 127.0.0.1: a loopback HTTP server started here (reachable only through the private-address
 opt-in), and a simulated public host, images.example.com, whose resolver answer and route the `network` fixture
@@ -460,3 +461,60 @@ def test_a_url_image_is_decoded_under_the_same_policy(base, server, monkeypatch)
     monkeypatch.setattr(image_io_moda, "fetch_url", lambda url, **kwargs: png_declaring(13000, 13000))
     with pytest.raises(ImageInputError, match=r"^Could not read image 'http://images\.example\.com.*13000x13000"):
         load_url_image(public(base, "/bomb.png"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The entry points: processor, moda.features (moda caption)
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_the_processor_reads_urls_files_and_base64_under_the_policies(base, tmp_path, bomb, tiny_model_and_processor,
+                                                                      monkeypatch):
+    _, processor = tiny_model_and_processor
+    with pytest.raises(ValueError, match=r"Could not load image 'http://127\.0\.0\.1:\d+/ok\.png': .*loopback"):
+        processor(images=base + "/ok.png")
+    assert processor(images=public(base, "/ok.png"))["pixel_values"].shape == (1, 3, 32, 32)
+    monkeypatch.setenv("MODA_ALLOW_PRIVATE_URLS", "1")  # an intranet catalog's opt-in
+    assert processor(images=base + "/ok.png")["pixel_values"].shape == (1, 3, 32, 32)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb)
+    with pytest.raises(ValueError, match=r"bomb\.png'.*13000x13000 pixels is over the 40 megapixel limit"):
+        processor(images=str(path))
+    with pytest.raises(ValueError, match="13000x13000"):
+        processor(images="data:image/png;base64," + base64.b64encode(bomb).decode())
+    (tmp_path / "image.eps").write_bytes(EPS_BYTES)
+    with pytest.raises(ValueError, match=r"image\.eps'.*none of the formats read"):
+        processor(images=str(tmp_path / "image.eps"))
+
+
+def test_moda_features_names_the_item_for_bombs_and_private_urls(base, tmp_path, bomb):
+    from moda.features import load_image
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb)
+    with pytest.raises(ValueError, match=r"^catalog\.csv row 3: 13000x13000 pixels"):
+        load_image(str(path), "catalog.csv row 3")
+    with pytest.raises(ValueError, match=r"^catalog\.csv row 4: Could not load image .*loopback"):
+        load_image(base + "/ok.png", "catalog.csv row 4")
+    assert load_image(public(base, "/ok.png"), "catalog.csv row 5").size == (24, 16)
+
+
+def test_moda_caption_reports_each_bomb_as_a_bad_item_and_captions_the_others(tiny_moda_dir, tmp_path, bomb,
+                                                                              product_images, capsys):
+    from moda.captioning import main, read_output
+
+    folder = tmp_path / "catalog"
+    folder.mkdir()
+    for i in range(3):
+        product_images[i].save(folder / f"good{i}.png")
+    for i in range(3):  # a batch of bombs would be gigabytes decoded
+        (folder / f"bomb{i}.png").write_bytes(bomb)
+    (folder / "poster.png").write_bytes(EPS_BYTES)  # EPS named .png
+    output = tmp_path / "captions.jsonl"
+    assert main(["--model", str(tiny_moda_dir), "--images", str(folder), "--output", str(output),
+                 "--batch_size", "7", "--max_new_tokens", "4"]) == 0
+    rows = {row["id"]: row for row in read_output(output)}
+    for i in range(3):
+        assert "13000x13000 pixels is over the 40 megapixel limit" in rows[f"bomb{i}.png"]["error"]
+        assert f"bomb{i}.png" in rows[f"bomb{i}.png"]["error"]
+        assert rows[f"good{i}.png"]["description"] and "error" not in rows[f"good{i}.png"]
+    assert "none of the formats read" in rows["poster.png"]["error"]
