@@ -1,5 +1,5 @@
 """An adversarial corpus for image_io_moda's URL and decoding policies, through every entry point that reads images:
-the processor and moda.features (moda caption, eval, search, build-dataset, app).
+the processor, the Inference Endpoints handler, moda.features (moda caption, eval, search, build-dataset, app).
 
 All traffic stays on 127.0.0.1: a loopback HTTP server started here (reachable only through the private-address
 opt-in), and a simulated public host, images.example.com, whose resolver answer and route the `network` fixture
@@ -8,7 +8,10 @@ patches to reach that server. Any connection to another address fails the test.
 
 import base64
 import http.server
+import importlib.util
 import io
+import json
+import shutil
 import socket
 import ssl
 import struct
@@ -22,8 +25,9 @@ import pytest
 from PIL import Image
 
 import image_io_moda
-from image_io_moda import (ImageInputError, PinnedHTTPConnection, decode_image, fetch_url, load_url_image,
-                           read_image_file)
+from hub_card import prepare_model_folder
+from image_io_moda import (MAX_IMAGES_PER_REQUEST, ImageInputError, PinnedHTTPConnection, decode_image, fetch_url,
+                           load_url_image, read_image_file)
 
 PUBLIC_HOST = "images.example.com"
 REBINDING_HOST = "rebind.example.com"
@@ -464,7 +468,7 @@ def test_a_url_image_is_decoded_under_the_same_policy(base, server, monkeypatch)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The entry points: processor, moda.features (moda caption)
+# The entry points: processor, moda.features (moda caption), the Inference Endpoints handler
 # ---------------------------------------------------------------------------------------------------------------
 
 def test_the_processor_reads_urls_files_and_base64_under_the_policies(base, tmp_path, bomb, tiny_model_and_processor,
@@ -518,3 +522,40 @@ def test_moda_caption_reports_each_bomb_as_a_bad_item_and_captions_the_others(ti
         assert f"bomb{i}.png" in rows[f"bomb{i}.png"]["error"]
         assert rows[f"good{i}.png"]["description"] and "error" not in rows[f"good{i}.png"]
     assert "none of the formats read" in rows["poster.png"]["error"]
+
+
+@pytest.fixture(scope="module")
+def handler(tiny_moda_dir, tmp_path_factory):
+    """EndpointHandler imported from the handler.py inside a model folder, as Inference Endpoints does."""
+    folder = shutil.copytree(tiny_moda_dir, tmp_path_factory.mktemp("endpoint") / "model")
+    prepare_model_folder(folder)
+    spec = importlib.util.spec_from_file_location("untrusted_inputs_handler", folder / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EndpointHandler(str(folder))
+
+
+def test_the_handler_refuses_a_request_with_too_many_images(handler, network):
+    too_many = [RED_PNG] * (MAX_IMAGES_PER_REQUEST + 1)
+    with pytest.raises(ValueError, match=rf'"inputs" holds {MAX_IMAGES_PER_REQUEST + 1} images, more than the '
+                                         rf'{MAX_IMAGES_PER_REQUEST} one request may hold'):
+        handler({"inputs": too_many})
+    assert len(handler({"inputs": [RED_PNG] * 2})) == 2
+
+
+def test_the_handler_refuses_private_urls_bombs_and_eps(handler, base, bomb, network):
+    for url in (base + "/ok.png", "http://169.254.169.254/latest/meta-data/iam/", "http://[::ffff:10.0.0.1]/x"):
+        with pytest.raises(ValueError, match="loopback|link-local|private") as info:
+            handler({"inputs": url})
+        assert url[:30] in str(info.value)
+    assert network["connections"] == []
+    with pytest.raises(ValueError, match=r"Could not read the image bytes \(\d+ bytes\): 13000x13000 pixels"):
+        handler({"inputs": bomb})
+    with pytest.raises(ValueError, match=r"Could not read the base64 input .*13000x13000"):
+        handler({"inputs": base64.b64encode(bomb).decode()})
+    with pytest.raises(ValueError, match="none of the formats read"):
+        handler({"inputs": EPS_BYTES})
+    described = handler({"inputs": public(base, "/ok.png")})
+    assert isinstance(described[0]["generated_text"], str)
+    assert network["connections"] == [PUBLIC_ADDRESS]
+    assert json.dumps(described)  # an endpoint's answer
