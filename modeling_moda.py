@@ -31,17 +31,21 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import logging
 
 # Importing the processor, the pipeline and the fast path here makes every save_pretrained (Trainer's and
-# push_to_hub's too) copy all five MODA files next to the weights.
+# push_to_hub's too) copy all the MODA files next to the weights. image_io_moda is the processor's import, named here
+# too: for a local folder, transformers 4.x copies only the loaded file's own relative imports into its module cache,
+# and the processor's import of it would then fail.
 try:
     from .configuration_moda import MODAConfig
     from .fast_generation_moda import (fast_image_features, greedy_generate, redo_on_the_plain_path,
                                        release_packed_weights)
+    from .image_io_moda import ImageInputError  # noqa: F401
     from .pipeline_moda import MODAImageToTextPipeline
     from .processing_moda import MODAProcessor
 except ImportError:
     from configuration_moda import MODAConfig
     from fast_generation_moda import (fast_image_features, greedy_generate, redo_on_the_plain_path,
                                       release_packed_weights)
+    from image_io_moda import ImageInputError  # noqa: F401
     from pipeline_moda import MODAImageToTextPipeline
     from processing_moda import MODAProcessor
 

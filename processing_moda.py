@@ -2,7 +2,9 @@
 
 It turns images into `pixel_values` and prompts into `[BOS] + prompt` token ids (what `generate` continues from),
 and, for training, `[BOS] + prompt + description + [EOS]` with `labels` that are -100 everywhere but the
-description and its EOS. This file travels to the Hub with the weights: it imports only transformers.
+description and its EOS. Images are read (URLs fetched, bytes decoded) only through image_io_moda.py, which holds
+MODA's URL and decoding policies. This file travels to the Hub with the weights: it imports only transformers, numpy
+and its sibling image_io_moda.py (which the relative import makes save_pretrained copy along).
 """
 
 import os
@@ -10,23 +12,29 @@ import os
 import numpy as np
 import transformers
 from transformers import AutoImageProcessor, AutoTokenizer, PretrainedConfig
-from transformers.image_utils import load_image
 from transformers.processing_utils import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
+
+try:
+    from .image_io_moda import (FETCH_DEADLINE_S, ImageInputError, base64_image_bytes, decode_image, describe_input,
+                                is_url, load_image_file, load_url_image, to_rgb)
+except ImportError:
+    from image_io_moda import (FETCH_DEADLINE_S, ImageInputError, base64_image_bytes, decode_image, describe_input,
+                               is_url, load_image_file, load_url_image, to_rgb)
 
 IGNORE_INDEX = -100
 
 
 def _as_rgb_image(image, timeout=None):
-    """A PIL image, path, http(s) URL or array -> an RGB PIL image (EXIF orientation applied, first frame)."""
+    """A PIL image, path, http(s) URL, base64 string or array -> an RGB PIL image (EXIF orientation applied, first
+    frame). `timeout`: the seconds a URL's whole fetch may take (default image_io_moda.FETCH_DEADLINE_S)."""
     from PIL import Image
 
     if isinstance(image, os.PathLike):
         image = os.fspath(image)
     if isinstance(image, str):
-        name = image if len(image) < 200 else image[:60] + "..."
-        image = _open_image_source(image, timeout)
-    elif isinstance(image, np.ndarray):
+        return _open_image_source(image, timeout)
+    if isinstance(image, np.ndarray):
         name = f"array of shape {image.shape}"
         image = _array_to_image(image)
     elif isinstance(image, Image.Image):
@@ -36,29 +44,23 @@ def _as_rgb_image(image, timeout=None):
             f"Expected a PIL image, a path, an http(s) URL or a numpy array; got {type(image).__name__}."
         )
     try:
-        return _to_rgb(image)
+        return to_rgb(image)
     except Exception as err:  # truncated or corrupt data surfaces only when the pixels are decoded
         raise ValueError(f"Could not read image {name!r}: {type(err).__name__}: {err}") from err
 
 
 def _open_image_source(source: str, timeout=None):
-    from PIL import Image
-
-    is_url = source.startswith(("http://", "https://"))
-    looks_like_base64 = source.startswith("data:image/") or (len(source) > 256 and os.sep not in source)
-    if not (is_url or looks_like_base64):
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"Image file not found: {source!r}")
-        if os.path.getsize(source) == 0:
-            raise ValueError(f"Image file is empty (0 bytes): {source!r}")
+    """A URL, base64 text (optionally a data: URL) or a local path -> an RGB PIL image, under image_io_moda's
+    policies."""
+    if is_url(source):
+        return load_url_image(source.strip(), deadline=timeout or FETCH_DEADLINE_S)
+    if source.startswith("data:image/") or (len(source) > 256 and os.sep not in source):
         try:
-            return Image.open(source)
-        except Exception as err:  # not an image, or over Pillow's decompression-bomb limit
-            raise ValueError(f"Could not read image {source!r}: {type(err).__name__}: {err}") from err
-    try:
-        return load_image(source, timeout=timeout)  # transformers' own loader for URLs and base64
-    except Exception as err:  # it raises several types; name the input either way
-        raise ValueError(f"Could not load image {source[:200]!r}: {err}") from err
+            data = base64_image_bytes(source)
+        except ImageInputError as err:
+            raise ImageInputError(f"Could not load image {describe_input(source)}: {err}") from err
+        return decode_image(data, f"Could not read image {describe_input(source, 60)}")
+    return load_image_file(source)
 
 
 def _array_to_image(array):
@@ -84,24 +86,6 @@ def _array_to_image(array):
             )
         array = (array * 255).round().astype(np.uint8)
     return Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array)
-
-
-def _to_rgb(image):
-    from PIL import Image, ImageOps
-
-    if getattr(image, "is_animated", False):
-        image.seek(0)  # the first frame of an animation
-    image.load()
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent product shots: composite on white, as catalogs show them.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    elif image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray((array / max(array.max(), 1.0) * 255).round().astype(np.uint8))
-    return image.convert("RGB")
 
 
 class MODAProcessor(ProcessorMixin):

@@ -33,6 +33,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["moda", "moda.*", "hub_card", "hub_card.*"]),
     py_modules=["configuration_moda", "modeling_moda", "processing_moda", "pipeline_moda", "fast_generation_moda",
+                "image_io_moda",
                 "train_hf"],
     include_package_data=True,
     package_data={"hub_card": ["*.md", "*.jinja"], "moda": ["metrics/*/*.py"]},

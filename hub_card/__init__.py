@@ -1,7 +1,7 @@
 """Model card, Inference Endpoints handler and Hub upload for MODA model folders.
 
     from hub_card import prepare_model_folder, push_model_folder
-    prepare_model_folder("moda-demo")                         # README.md (card) + handler.py
+    prepare_model_folder("moda-demo")                         # README.md (card) + handler.py (+ image_io_moda.py)
     push_model_folder("moda-demo", "user/moda")               # -> commit hash to pin with revision=
 """
 

@@ -23,12 +23,17 @@ import re
 import shutil
 from pathlib import Path
 
+import image_io_moda
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 HANDLER_SOURCE = Path(__file__).with_name("handler.py")
+# The handler reads every image through image_io_moda.py from its own folder (save_pretrained also copies it there,
+# with processing_moda.py, but a folder saved by an older MODA may lack it).
+IMAGE_IO_SOURCE = Path(image_io_moda.__file__)
 CARD_NAME = "README.md"
 HANDLER_NAME = "handler.py"
+IMAGE_IO_NAME = "image_io_moda.py"
 TRAINING_INFO_NAME = "moda_training.json"
 EVAL_REPORT_PATH = Path("eval") / "report.json"
 # The score groups of a `moda eval` report (moda/evaluation.py build_report); its other fields describe the run.
@@ -78,9 +83,18 @@ def prepare_model_folder(model_dir, training_info=None, eval_report=None, repo_i
 
 
 def write_handler(model_dir) -> Path:
-    """Copies the Inference Endpoints handler (hub_card/handler.py) into the folder."""
+    """Copies the Inference Endpoints handler (hub_card/handler.py) into the folder, with the image_io_moda.py it
+    imports."""
     target = Path(model_dir) / HANDLER_NAME
     shutil.copyfile(HANDLER_SOURCE, target)
+    write_image_io(model_dir)
+    return target
+
+
+def write_image_io(model_dir) -> Path:
+    """Copies image_io_moda.py (MODA's URL and image-decoding policies, which the handler imports) into the folder."""
+    target = Path(model_dir) / IMAGE_IO_NAME
+    shutil.copyfile(IMAGE_IO_SOURCE, target)
     return target
 
 

@@ -16,18 +16,32 @@ in `generation_parameters` (the Inference API image-to-text task's). Anything el
 trust_remote_code, streamer, logits_processor) is refused with a ValueError: a request must never choose code to
 run. Base64 may be line-wrapped (as `base64 shirt.jpg` writes it) or URL-safe.
 
-This file travels in the model folder. It imports only torch, transformers, PIL and the standard library's base64
-and io: URLs are fetched by transformers' own `load_image`, and a string is never read as a local path (an
-endpoint must not open files named by its callers).
+A request holds at most MAX_IMAGES_PER_REQUEST images. Images are read through image_io_moda.py, next to this file
+in the model folder (save_pretrained copies it with processing_moda.py): URLs are fetched only from public addresses,
+redirects checked hop by hop, with a byte cap and a deadline; bytes are decoded only as JPEG, PNG, WEBP, GIF, BMP or
+TIFF, their pixel count checked before decoding. A string is never read as a local path (an endpoint must not open
+files named by its callers).
+
+This file travels in the model folder. It imports only torch, transformers, PIL, image_io_moda and the standard
+library's os and sys.
 """
 
-import base64
-import io
+import os
+import sys
 
 import torch
 from PIL import Image
 from transformers import pipeline
-from transformers.image_utils import load_image
+
+# Inference Endpoints imports this file by its path, so its folder (the model's, which holds image_io_moda.py) is on
+# sys.path only for this import; taken off again, it leaves the process's imports as they were.
+HANDLER_FOLDER = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HANDLER_FOLDER)
+try:
+    from image_io_moda import (MAX_IMAGES_PER_REQUEST, ImageInputError, base64_image_bytes, decode_image, is_url,
+                               load_url_image, to_rgb)
+finally:
+    sys.path.remove(HANDLER_FOLDER)
 
 # What "parameters" may hold: an allow-list, because the pipeline passes generation options on to `model.generate`,
 # where transformers 5 runs code a caller names (custom_generate with trust_remote_code) and takes objects no request
@@ -57,7 +71,6 @@ GENERATION_OPTIONS = {
     "repetition_penalty": (float, 1.0, 2.0, False),
     "no_repeat_ngram_size": (int, 0, 10, False),
 }
-URL_TIMEOUT_S = 20  # a URL that never answers must not hold an endpoint worker forever
 
 
 class EndpointHandler:
@@ -78,6 +91,9 @@ class EndpointHandler:
         if isinstance(inputs, list):
             if not inputs:
                 raise ValueError('"inputs" is an empty list: give at least one image.')
+            if len(inputs) > MAX_IMAGES_PER_REQUEST:  # each is fetched or decoded before the model runs
+                raise ValueError(f'"inputs" holds {len(inputs)} images, more than the {MAX_IMAGES_PER_REQUEST} one '
+                                 f'request may hold: send them in several requests.')
             images = []
             for index, item in enumerate(inputs):
                 try:
@@ -166,27 +182,19 @@ def _allowed(place: str, name: str) -> bool:
 def to_image(item) -> Image.Image:
     """Raw bytes, a base64 string (optionally a data: URL), an http(s) URL or a PIL image -> an RGB PIL image."""
     if isinstance(item, Image.Image):
-        return item.convert("RGB")
+        return to_rgb(item)
     if isinstance(item, (bytes, bytearray)):
         return _decode_image_bytes(bytes(item), "the image bytes")
     if isinstance(item, str):
         text = item.strip()
-        if text.startswith(("http://", "https://")):
-            try:
-                return load_image(text, timeout=URL_TIMEOUT_S).convert("RGB")
-            except Exception as err:  # load_image raises several types; name the URL either way
-                raise ValueError(f"Could not load the image at {text[:200]!r}: {err}") from err
-        if text.startswith("data:"):
-            text = text.partition(",")[2]
-        text = "".join(text.split())  # line-wrapped base64 (76 characters a line, as MIME and `base64` write it)
-        if "-" in text or "_" in text:  # the URL-safe alphabet, whose padding is often left out
-            text = text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4)
+        if is_url(text):
+            return load_url_image(text)  # public addresses only, a byte cap and a deadline; errors name the URL
         try:
-            raw = base64.b64decode(text, validate=True)
-        except ValueError as err:  # binascii.Error is a ValueError
+            raw = base64_image_bytes(text)
+        except ImageInputError as err:
             raise ValueError(
-                f"A string input must be an http(s) URL or base64-encoded image bytes; {text[:40]!r}... is neither "
-                f"({err})."
+                f"A string input must be an http(s) URL or base64-encoded image bytes; {text[:40]!r}... cannot be "
+                f"used: {err}."
             ) from err
         return _decode_image_bytes(raw, "the base64 input")
     raise ValueError(f"An input must be image bytes, a base64 string or an http(s) URL; got {_describe(item)}.")
@@ -195,12 +203,7 @@ def to_image(item) -> Image.Image:
 def _decode_image_bytes(raw: bytes, name: str) -> Image.Image:
     if not raw:
         raise ValueError(f"{name} is empty (0 bytes).")
-    try:
-        image = Image.open(io.BytesIO(raw))
-        image.load()  # truncated or corrupt data surfaces only when the pixels are decoded
-    except Exception as err:
-        raise ValueError(f"Could not read {name} ({len(raw)} bytes) as an image: {type(err).__name__}: {err}") from err
-    return image.convert("RGB")
+    return decode_image(raw, f"Could not read {name} ({len(raw)} bytes)")
 
 
 def _describe(value) -> str:

@@ -17,8 +17,8 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from transformers.dynamic_module_utils import get_relative_imports
 
-from hub_card.card import (CARD_NAME, HANDLER_NAME, PLACEHOLDER_REPO_ID, read_moda_config, write_handler,
-                            write_model_card)
+from hub_card.card import (CARD_NAME, HANDLER_NAME, IMAGE_IO_NAME, PLACEHOLDER_REPO_ID, read_moda_config,
+                           write_handler, write_image_io, write_model_card)
 from moda.cli import run_command
 
 # Never uploaded: Trainer checkpoints and logs inside an output folder, and pickles (a MODA folder's weights
@@ -91,6 +91,8 @@ def push_model_folder(folder, repo_id: str, revision: str = None, private: bool 
         card.write_text(card.read_text(encoding="utf-8").replace(PLACEHOLDER_REPO_ID, repo_id), encoding="utf-8")
     if not (folder / HANDLER_NAME).is_file():
         write_handler(folder)
+    elif not (folder / IMAGE_IO_NAME).is_file():  # a handler kept from a folder saved without it: it imports it
+        write_image_io(folder)
 
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)

@@ -6,7 +6,6 @@ the preprocessed pixel_values are cached instead, which still saves decoding and
 """
 
 import hashlib
-import io
 import json
 import os
 from pathlib import Path
@@ -15,15 +14,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from image_io_moda import ImageInputError, decode_image, load_url_image, read_image_file, to_rgb
 from moda.catalog import is_url
-from processing_moda import _as_rgb_image
 
 
 def image_bytes(image) -> bytes:
-    """The raw bytes of an image reference (a path or bytes)."""
+    """The raw bytes of an image reference (a path or bytes); a file's size is checked before it is read
+    (image_io_moda.MAX_IMAGE_BYTES), and a missing, empty or oversized file is an ImageInputError (a ValueError)."""
     if isinstance(image, (bytes, bytearray)):
         return bytes(image)
-    return Path(image).read_bytes()
+    return read_image_file(image)
 
 
 def content_key(data: bytes) -> str:
@@ -31,38 +31,31 @@ def content_key(data: bytes) -> str:
 
 
 def open_image(data: bytes, where: str):
-    """Decodes image bytes to RGB; raises ValueError naming the item when they are not a readable image."""
-    from PIL import Image
-
-    if not data:
-        raise ValueError(f"{where}: the image file is empty (0 bytes)")
-    buffer = io.BytesIO(data)
-    try:
-        image = Image.open(buffer)
-        image.load()
-    except Exception as err:
-        reason = str(err).replace(repr(buffer), "the data")  # PIL names the buffer: an address, other every run
-        raise ValueError(f"{where}: not a readable image ({type(err).__name__}: {reason})") from err
-    return _as_rgb_image(image)
+    """Decodes image bytes to RGB under image_io_moda's decoding policy (formats, size and pixel limits, checked
+    before decoding); raises ValueError starting with `where` when they are not a readable image."""
+    return decode_image(data, where)
 
 
 def load_image(image, where: str):
-    """A PIL image, a path, an http(s) URL or raw bytes -> an RGB PIL image; ValueError naming `where` when it cannot
-    be read (a missing or unreadable file or URL, no image, empty or undecodable bytes)."""
+    """A PIL image, a path, an http(s) URL or raw bytes -> an RGB PIL image; ValueError starting with `where` when it
+    cannot be read (a missing, unreadable or oversized file, a URL refused or failing, no image, bytes that are empty,
+    not an allowed format or too many pixels). URLs are fetched under image_io_moda's URL policy."""
     from PIL import Image
 
     if isinstance(image, Image.Image):
-        return _as_rgb_image(image)
+        try:
+            return to_rgb(image)
+        except Exception as err:  # a lazily opened image whose data is truncated
+            raise ValueError(f"{where}: not a readable image ({type(err).__name__}: {err})") from err
     if image is None:
         raise ValueError(f"{where}: no image")
-    if is_url(image):
-        try:
-            return _as_rgb_image(image)  # transformers' own loader for URLs
-        except Exception as err:
-            raise ValueError(f"{where}: cannot read image {image[:200]!r} ({type(err).__name__}: {err})") from err
     try:
+        if is_url(image):
+            return load_url_image(image)
         data = image_bytes(image)
-    except OSError as err:
+    except ImageInputError as err:
+        raise ImageInputError(f"{where}: {err}") from err
+    except OSError as err:  # e.g. a directory's permissions
         raise ValueError(f"{where}: cannot read image {str(image)[:200]!r} ({err})") from err
     return open_image(data, where)
 
@@ -122,8 +115,8 @@ def compute_features(examples, encode_batch, cache: FeatureCache, bad_rows, batc
         where = example["row"].get("_where", "row")
         try:
             data = image_bytes(example["image"])
-        except OSError as err:
-            bad_rows.report(where, f"cannot read image {example['image']!r}: {err}")
+        except (OSError, ValueError) as err:
+            bad_rows.report(where, f"cannot read the image: {err}")
             continue
         key = content_key(data)
         keys[id(example)] = key

@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
@@ -193,6 +194,34 @@ def test_card_reads_eval_report_json_in_folder(tiny_moda_dir, tmp_path):
     assert card.data.to_dict()["metrics"] == ["meteor", "rouge_l"]
 
 
+def test_the_handler_always_gets_the_image_io_module_it_imports(tiny_moda_dir, tmp_path, monkeypatch):
+    """handler.py imports image_io_moda.py from its folder: a folder saved by a MODA without it gets it too."""
+    import hub_card.push
+
+    folder = copy_model(tiny_moda_dir, tmp_path / "model")
+    (folder / "image_io_moda.py").unlink()
+    prepare_model_folder(folder)
+    assert (folder / "image_io_moda.py").read_bytes() == (REPO_ROOT / "image_io_moda.py").read_bytes()
+
+    (folder / "image_io_moda.py").unlink()  # a handler.py kept (perhaps edited), its module missing
+    uploaded = {}
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, *args, **kwargs):
+            pass
+
+        def upload_folder(self, folder_path, **kwargs):
+            uploaded.update(files=sorted(path.name for path in Path(folder_path).iterdir()))
+            return type("Commit", (), {"oid": "0" * 40})()
+
+    monkeypatch.setattr(hub_card.push, "HfApi", RecordingApi)
+    hub_card.push.push_model_folder(folder, "me/model")
+    assert "image_io_moda.py" in uploaded["files"] and "handler.py" in uploaded["files"]
+
+
 def test_prepare_model_folder_is_idempotent(tiny_moda_dir, tmp_path):
     folder = copy_model(tiny_moda_dir, tmp_path / "model")
     prepare_model_folder(folder, TRAINING_INFO, EVAL_REPORT)
@@ -310,7 +339,9 @@ def test_handler_imports_only_what_endpoints_allow(handler_folder):
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported <= {"torch", "transformers", "PIL", "base64", "io"}, imported
+    # image_io_moda: the URL and decoding policies, which prepare_model_folder copies next to the handler
+    assert imported <= {"torch", "transformers", "PIL", "os", "sys", "image_io_moda"}, imported
+    assert (handler_folder / "image_io_moda.py").read_bytes() == (REPO_ROOT / "image_io_moda.py").read_bytes()
     called = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
     assert not called & {"eval", "exec", "open", "compile", "__import__"}
 
@@ -346,21 +377,6 @@ def test_handler_takes_wrapped_and_url_safe_base64_and_the_inference_api_paramet
                                                         "generate_kwargs": {"max_new_tokens": 2}}})
     with pytest.raises(ValueError, match='"generation_parameters"\\] must be a dict'):
         endpoint_handler({"inputs": raw, "parameters": {"generation_parameters": 3}})
-
-
-def test_handler_fetches_urls_with_a_timeout(endpoint_handler, monkeypatch):
-    """A URL that never answers must not hold an endpoint worker forever."""
-    handler_globals = type(endpoint_handler).__call__.__globals__  # the module loaded from the folder's handler.py
-    asked = {}
-
-    def fetch(url, timeout=None):
-        asked.update(url=url, timeout=timeout)
-        raise TimeoutError("no answer")
-
-    monkeypatch.setitem(handler_globals, "load_image", fetch)
-    with pytest.raises(ValueError, match="Could not load the image at 'https://example.com/slow.jpg'"):
-        endpoint_handler({"inputs": "https://example.com/slow.jpg"})
-    assert asked["url"] == "https://example.com/slow.jpg" and 0 < asked["timeout"] <= 60
 
 
 def test_handler_bad_inputs_are_named(endpoint_handler):
@@ -486,6 +502,7 @@ def test_push_then_load_by_repo_id_with_pinned_revisions(
     pushed = store.files("local-user/moda", first_sha)
     assert {"README.md", "handler.py", "loss_curves.png", "model.safetensors", "modeling_moda.py",
             "processing_moda.py", "pipeline_moda.py", "configuration_moda.py", "fast_generation_moda.py",
+            "image_io_moda.py",
             "tokenizer.json"} <= set(pushed)
     assert not any(path.startswith("checkpoint-") or path.endswith(".bin") for path in pushed)
     card = store.blob_path(pushed["README.md"]).read_text()

@@ -2,12 +2,14 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from hub_card import prepare_model_folder
 from tests.conftest import HIDE_REPO, REPO_ROOT
 
 LOAD_SCRIPT = HIDE_REPO + r'''
@@ -18,7 +20,7 @@ import transformers
 from PIL import Image
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
 
-for name in ("modeling_moda", "moda"):
+for name in ("modeling_moda", "moda", "image_io_moda"):
     try:
         __import__(name)
     except ImportError:
@@ -55,6 +57,25 @@ except ValueError as err:
     result["pipeline_empty"] = str(err)
 itt = pipeline("image-text-to-text", model=path, trust_remote_code=True)
 result["itt"] = itt(images=image, text="What colour is this item?", max_new_tokens=8)
+# The folder's image_io_moda.py, which save_pretrained copied with processing_moda.py, reads the processor's images.
+processing_module = sys.modules[type(processor).__module__]
+result["processor_image_io"] = sys.modules[processing_module.load_image_file.__module__].__file__
+try:
+    processor(images="http://127.0.0.1:9/item.png")
+except ValueError as err:
+    result["processor_private_url"] = str(err)
+# The Inference Endpoints handler, imported by its path as Endpoints does, reads images through the same file.
+import importlib.util
+spec = importlib.util.spec_from_file_location("handler", Path(path) / "handler.py")
+handler_module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(handler_module)
+result["handler_image_io"] = sys.modules[handler_module.load_url_image.__module__].__file__
+handler = handler_module.EndpointHandler(path)
+result["handler_bytes"] = handler({"inputs": Path(image_path).read_bytes()})
+try:
+    handler({"inputs": "http://169.254.169.254/latest/meta-data/"})
+except ValueError as err:
+    result["handler_private_url"] = str(err)
 print("RESULT" + json.dumps(result))
 '''
 
@@ -68,11 +89,14 @@ def tf457_python():
 def run_fresh(python, tiny_moda_dir, tmp_path, image):
     image_path = tmp_path / "item.png"
     image.save(image_path)
+    folder = shutil.copytree(tiny_moda_dir, tmp_path / "model")
+    prepare_model_folder(folder)  # the card and handler.py, as moda push uploads them
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["HF_HUB_OFFLINE"] = "1"
     env["HF_MODULES_CACHE"] = str(tmp_path / "hf-modules")  # where transformers puts the folder's code to import it
+    env.pop("MODA_ALLOW_PRIVATE_URLS", None)
     proc = subprocess.run(
-        [python, "-c", LOAD_SCRIPT, str(tiny_moda_dir), str(image_path)],
+        [python, "-c", LOAD_SCRIPT, str(folder), str(image_path)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -80,7 +104,7 @@ def run_fresh(python, tiny_moda_dir, tmp_path, image):
     return {**json.loads(line[len("RESULT"):]), "stderr": proc.stderr}
 
 
-def check(result, expected_caption):
+def check(result, expected_caption, folder):
     assert result["model_class"] == result["itt_class"] == "MODAForConditionalGeneration"
     assert result["fast_generation_module"].startswith("transformers_modules.")
     assert result["fast_generation_module"].endswith(".fast_generation_moda")
@@ -98,6 +122,13 @@ def check(result, expected_caption):
     assert result["pipeline_tuple"] == [[{"generated_text": expected_caption}]] * 2
     assert "empty list" in result.get("pipeline_empty", "")
     assert result["itt"][0]["generated_text"].startswith("What colour is this item?")
+    # image_io_moda.py travels with the weights, and both the processor (as remote code) and the handler use it
+    assert (folder / "image_io_moda.py").read_bytes() == (REPO_ROOT / "image_io_moda.py").read_bytes()
+    assert Path(result["handler_image_io"]) == folder / "image_io_moda.py"
+    assert Path(result["processor_image_io"]).name == "image_io_moda.py"
+    assert "loopback address" in result["processor_private_url"]
+    assert result["handler_bytes"] == [{"generated_text": expected_caption}]
+    assert "169.254.169.254 is a link-local address" in result["handler_private_url"]
 
 
 @pytest.fixture
@@ -110,7 +141,7 @@ def test_fresh_process_loads_with_current_transformers(tiny_moda_dir, tmp_path, 
     assert (tiny_moda_dir / "fast_generation_moda.py").is_file()  # save_pretrained copied it: modeling_moda imports it
     result = run_fresh(sys.executable, tiny_moda_dir, tmp_path, red_image)
     assert result["version"].startswith("5.")
-    check(result, expected_caption)
+    check(result, expected_caption, tmp_path / "model")
     # 5.x warns at every load of a processor that names its sub-processor classes (4.x needs the names)
     assert "which is deprecated" not in result["stderr"], result["stderr"]
 
@@ -121,4 +152,4 @@ def test_fresh_process_loads_with_transformers_4_57(tiny_moda_dir, tmp_path, red
         pytest.skip("no transformers 4.57 environment: .ci/run creates .venv-tf457 (or set MODA_TF457_PYTHON)")
     result = run_fresh(python, tiny_moda_dir, tmp_path, red_image)
     assert result["version"].startswith("4.57.")
-    check(result, expected_caption)
+    check(result, expected_caption, tmp_path / "model")
