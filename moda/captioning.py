@@ -29,6 +29,7 @@ from moda.catalog import is_url, read_splits
 from moda.cli import run_command
 from moda.evaluation import describe_images
 from moda.features import load_image
+from moda.paths import write_atomically
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 ID_COLUMNS = ("id", "ProductId")
@@ -166,22 +167,6 @@ def catalog_vocabulary(source: str, image_column: str = "image"):
 # ---------------------------------------------------------------------------------------------------------------
 # Output: part files, reading back, the atomic merge
 # ---------------------------------------------------------------------------------------------------------------
-
-def write_atomically(path: Path, write) -> None:
-    """Calls write(handle) on a temp file next to `path`, fsyncs it and renames it over `path`."""
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash
-    finally:
-        os.close(directory)
-
 
 def check_or_save_settings(settings_file: Path, settings: dict, mismatch) -> None:
     """

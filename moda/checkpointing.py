@@ -11,15 +11,9 @@ from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from moda.paths import fsync_directory
+
 STAGING_DIR = ".staging"
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class AtomicCheckpointTrainer(Trainer):
@@ -49,7 +43,7 @@ class AtomicCheckpointTrainer(Trainer):
             if os.path.isdir(final):  # saving the same step again (e.g. after a resume): replace it whole
                 os.replace(final, staged + ".old")
             os.replace(staged, final)
-            _fsync_dir(run_dir)
+            fsync_directory(run_dir)
             self._rotate_published_checkpoints(run_dir)
         self.accelerator.wait_for_everyone()
 

@@ -8,7 +8,6 @@ the preprocessed pixel_values are cached instead, which still saves decoding and
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from moda.catalog import is_url
+from moda.paths import write_atomically
 from processing_moda import _as_rgb_image
 
 
@@ -102,12 +102,8 @@ class FeatureCache:
     def put(self, key: str, value: torch.Tensor) -> None:
         path = self.path(key)
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "wb") as handle:
-            np.save(handle, value.detach().cpu().numpy())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        array = value.detach().cpu().numpy()
+        write_atomically(path, lambda handle: np.save(handle, array))
 
 
 @torch.no_grad()

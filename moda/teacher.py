@@ -36,9 +36,10 @@ from pathlib import Path
 
 from moda.attributes import MYNTRA_COLUMNS, SMALL_COLUMNS, SYNONYMS, AttributeVocabulary, columns_for, \
     extract_attributes, is_missing, words
-from moda.captioning import check_or_save_settings, image_files, write_atomically
+from moda.captioning import check_or_save_settings, image_files
 from moda.cli import run_command
 from moda.features import load_image
+from moda.paths import replacing_atomically, write_atomically
 from moda.catalog import (BadRowError, BadRows, _load_imagefolder, _read_table, _rows_with_image_paths, columns_of,
                           without_location)
 
@@ -455,13 +456,11 @@ def place_image(source: str, output_dir: Path, target: str) -> None:
     """The image at output_dir/target: a hard link where the file system allows one, else a copy (atomic)."""
     destination = output_dir / target
     destination.parent.mkdir(parents=True, exist_ok=True)
-    temp = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
-    temp.unlink(missing_ok=True)
-    try:
-        os.link(source, temp)
-    except OSError:
-        shutil.copyfile(source, temp)
-    os.replace(temp, destination)
+    with replacing_atomically(destination) as temp:
+        try:
+            os.link(source, temp)
+        except OSError:
+            shutil.copyfile(source, temp)
 
 
 def read_progress(path: Path) -> dict:
