@@ -1,10 +1,14 @@
 """Writers stay inside their folders, replace files whole, and leave no temp files when a write fails."""
 
+import csv
+import json
+import os
+
 import pytest
 import torch
 
 from moda import features, teacher
-from moda.paths import replacing_atomically, write_atomically
+from moda.paths import confined_path, replacing_atomically, write_atomically
 
 
 class WriteFailed(Exception):
@@ -75,7 +79,7 @@ def test_build_dataset_leaves_no_temp_image_when_a_copy_fails(tmp_path, monkeypa
     monkeypatch.setattr(teacher.os, "link", no_links)
     monkeypatch.setattr(teacher.shutil, "copyfile", copy_cut_short)
     with pytest.raises(WriteFailed):
-        teacher.place_image(str(source), output_dir, "images/photo.jpg")
+        teacher.place_image(str(source), output_dir / "images" / "photo.jpg")
     assert list((output_dir / "images").iterdir()) == []
 
 
@@ -92,3 +96,83 @@ def test_the_feature_cache_leaves_no_temp_file_when_a_write_fails(tmp_path, monk
         cache.put("ab12", torch.zeros(3))
     assert torch.equal(cache.get("ab12"), torch.ones(3))
     assert [p.name for p in cache.path("ab12").parent.iterdir()] == ["ab12.npy"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Names from data stay inside their folder
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, inside", [
+    ("a.jpg", "a.jpg"), ("sub/a.jpg", "sub/a.jpg"), ("./a.jpg", "a.jpg"), ("sub/../a.jpg", "a.jpg"),
+    ("..a.jpg", "..a.jpg"),
+])
+def test_a_name_inside_the_folder_is_its_resolved_path(tmp_path, name, inside):
+    assert confined_path(tmp_path / "root", name, "file_name") == (tmp_path / "root" / inside).resolve()
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("../escape.jpg", "leads out of"),
+    ("a/../../x.jpg", "leads out of"),
+    ("..", "leads out of"),
+    ("/abs/path.jpg", "is an absolute path"),
+    ("a\0b.jpg", "holds a NUL character"),
+    ("", "names the folder"),
+    (".", "names the folder"),
+    ("link/x.jpg", "through a symbolic link"),
+    ("link", "through a symbolic link"),
+])
+def test_a_name_leading_out_of_the_folder_is_refused_by_name(tmp_path, name, problem):
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "outside").mkdir()
+    (root / "link").symlink_to(tmp_path / "outside")
+    with pytest.raises(ValueError, match="file_name") as raised:
+        confined_path(root, name, "file_name")
+    assert problem in str(raised.value) and repr(name) in str(raised.value)
+
+
+def tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_build_dataset_writes_no_image_outside_its_images_folder(tmp_path, product_images):
+    """Metadata file names leading out of the output (.., absolute, a NUL, a symlinked folder) are bad rows, each
+    named; nothing is read through them or written anywhere but the output, and the other rows are built."""
+    catalog, outside, output = tmp_path / "catalog", tmp_path / "outside", tmp_path / "out"
+    for folder in (catalog / "images", catalog / "a", catalog / "sub", tmp_path / "abs", outside, output / "images"):
+        folder.mkdir(parents=True)
+    # Every name the metadata gives is a real picture: only the name decides where its copy would go.
+    product_images[0].save(catalog / "images" / "0.jpg")
+    product_images[1].save(catalog / "images" / "1.jpg")
+    product_images[2].save(tmp_path / "escape.jpg")  # catalog/../escape.jpg, catalog/a/../../escape.jpg
+    product_images[3].save(tmp_path / "abs" / "path.jpg")
+    product_images[0].save(catalog / "sub" / "s.jpg")
+    # An output folder from before, whose images/sub leads elsewhere.
+    (output / "images" / "sub").symlink_to(outside, target_is_directory=True)
+    metadata = {"Colour": "Red", "Gender": "Men", "ProductType": "Shirts", "Usage": "Casual"}
+    names = ["images/0.jpg", "../escape.jpg", "a/../../escape.jpg", str(tmp_path / "abs" / "path.jpg"),
+             "sub/s.jpg", "images/\0.jpg", "images/1.jpg"]
+    with open(tmp_path / "items.jsonl", "w") as handle:
+        for name in names:
+            handle.write(json.dumps({"file_name": name, **metadata}) + "\n")
+    before = tree(tmp_path)
+
+    assert teacher.main(["--images", str(catalog), "--metadata", str(tmp_path / "items.jsonl"),
+                         "--output_dir", str(output)]) == 0
+
+    assert list(outside.iterdir()) == []
+    written = [row["file_name"] for row in csv.DictReader(open(output / "metadata.csv"))]
+    assert written == ["images/0.jpg", "images/1.jpg"]
+    new_files = sorted(set(tree(tmp_path)) - set(before))
+    assert new_files == ["out/bad_rows.csv", "out/build_settings.json", "out/images/0.jpg", "out/images/1.jpg",
+                         "out/metadata.csv", "out/progress.jsonl"]
+    bad = list(csv.DictReader(open(output / "bad_rows.csv")))
+    assert [row["where"] for row in bad] == [f"{tmp_path / 'items.jsonl'} row {i + 1} ({names[i]})"
+                                             for i in (1, 2, 3, 4, 5)]
+    reasons = [row["reason"] for row in bad]
+    assert "'../escape.jpg' leads out of" in reasons[0] and "'..' climbs above it" in reasons[0]
+    assert "'a/../../escape.jpg' leads out of" in reasons[1]
+    assert "is an absolute path" in reasons[2] and str(tmp_path / "abs" / "path.jpg") in reasons[2]
+    assert "'sub/s.jpg' leads out of" in reasons[3] and "through a symbolic link" in reasons[3]
+    assert "holds a NUL character" in reasons[4]
+    assert all(reason.startswith("file_name ") for reason in reasons)
