@@ -22,7 +22,8 @@ Resuming: every finished item is appended to `progress.jsonl` (flushed and fsync
 it holds; `metadata.csv` is written at the end through a temp file and `os.replace`. Items that cannot be used (no
 image file, unreadable image, nothing to describe, a file_name that leads out of the output's images/ folder: absolute,
 with ".." or through a symbolic link) are skipped and listed in `bad_rows.csv` (`--on_bad_row skip`),
-or stop the run (`--on_bad_row fail`); they are tried again on the next run.
+or stop the run (`--on_bad_row fail`); they are tried again on the next run. One run at a time on an output folder:
+a run holds an exclusive lock on `<output_dir>.lock` (moda.locks), and a second one is refused at once.
 """
 
 import argparse
@@ -41,6 +42,7 @@ from moda.attributes import MYNTRA_COLUMNS, SMALL_COLUMNS, SYNONYMS, AttributeVo
 from moda.captioning import check_or_save_settings, image_files
 from moda.cli import run_command
 from moda.features import load_image
+from moda.locks import exclusive_lock
 from moda.paths import confined_path, replacing_atomically, write_atomically
 from moda.catalog import (BadRowError, BadRows, _load_imagefolder, _read_table, _rows_with_image_paths, columns_of,
                           without_location)
@@ -674,6 +676,13 @@ def build_dataset(args) -> int:
                 "metadata": str(Path(args.metadata).resolve()) if args.metadata else None,
                 "teacher_model": args.teacher_model, "refiner_model": args.refiner_model,
                 "max_new_tokens": args.max_new_tokens if args.teacher_model else None}
+    output_dir.absolute().parent.mkdir(parents=True, exist_ok=True)  # where the lock file goes
+    with exclusive_lock(output_dir, f"--output_dir {output_dir}"):  # a second run would spoil the progress file
+        return build_locked(args, output_dir, rows, columns, settings)
+
+
+def build_locked(args, output_dir: Path, rows: list, columns: list, settings: dict) -> int:
+    """build_dataset's work on the output folder, while this run holds its lock."""
     prepare_output_dir(output_dir, settings, args.overwrite)
     done = read_progress(output_dir / PROGRESS_FILE)
     pending = [row for row in rows if str(row["file_name"]) not in done]

@@ -3,12 +3,17 @@
 import csv
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from moda import features, teacher
+from moda import captioning, features, teacher
+from moda.locks import OutputLockedError, exclusive_lock, lock_file_for
 from moda.paths import confined_path, replacing_atomically, write_atomically
+from tests.conftest import REPO_ROOT
 
 
 class WriteFailed(Exception):
@@ -176,3 +181,99 @@ def test_build_dataset_writes_no_image_outside_its_images_folder(tmp_path, produ
     assert "'sub/s.jpg' leads out of" in reasons[3] and "through a symbolic link" in reasons[3]
     assert "holds a NUL character" in reasons[4]
     assert all(reason.startswith("file_name ") for reason in reasons)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One run at a time on an output
+# ---------------------------------------------------------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys, time
+from moda.locks import exclusive_lock
+with exclusive_lock(sys.argv[1], "a test's other run"):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.fixture
+def lock_holder():
+    """Starts another process that holds the lock of a path (as another run would) until it is killed."""
+    started = []
+
+    def hold(path):
+        process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(path)], cwd=REPO_ROOT, text=True,
+                                   env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), stdout=subprocess.PIPE)
+        started.append(process)
+        assert process.stdout.readline().strip() == "locked"
+        return process
+
+    yield hold
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+def test_a_second_caption_run_is_refused_naming_the_pid_that_holds_the_output(tmp_path, tiny_moda_dir, red_image,
+                                                                                lock_holder, capsys):
+    (tmp_path / "photos").mkdir()
+    red_image.save(tmp_path / "photos" / "red.png")
+    output = tmp_path / "captions.jsonl"
+    holder = lock_holder(output)
+    argv = ["--model", str(tiny_moda_dir), "--images", str(tmp_path / "photos"), "--output", str(output),
+            "--max_new_tokens", "2"]
+
+    assert captioning.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("moda caption: error: ") == 1 and "Traceback" not in err
+    assert f"--output {output} is being written by another run" in err
+    assert f"{lock_file_for(output)} is held by PID {holder.pid}" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["captions.jsonl.lock", "photos"]  # nothing written
+
+    holder.kill()
+    holder.wait()
+    assert captioning.main(argv) == 0  # the killed run's lock does not block the next one
+    assert [row["id"] for row in captioning.read_output(output)] == ["red.png"]
+    assert not lock_file_for(output).exists()
+
+
+def test_a_second_build_dataset_run_is_refused_naming_the_pid(tmp_path, product_images, lock_holder, capsys):
+    catalog = tmp_path / "catalog"
+    (catalog / "images").mkdir(parents=True)
+    product_images[0].save(catalog / "images" / "0.jpg")
+    with open(catalog / "metadata.csv", "w") as handle:
+        handle.write("file_name,Colour,ProductType\nimages/0.jpg,Red,Shirts\n")
+    output = tmp_path / "out"
+    holder = lock_holder(output)
+
+    assert teacher.main(["--images", str(catalog), "--output_dir", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("moda build-dataset: error: ") == 1
+    assert f"--output_dir {output} is being written by another run" in err and f"PID {holder.pid}" in err
+    assert not output.exists()
+
+
+def test_a_killed_holder_does_not_block_the_next_run(tmp_path, lock_holder):
+    output = tmp_path / "captions.jsonl"
+    holder = lock_holder(output)
+    with pytest.raises(OutputLockedError, match=f"held by PID {holder.pid}"):
+        with exclusive_lock(output, "--output captions.jsonl"):
+            pass
+    holder.send_signal(signal.SIGKILL)  # no clean-up: the lock file stays, with the dead run's PID in it
+    holder.wait()
+    assert lock_file_for(output).read_text().strip() == str(holder.pid)
+    with exclusive_lock(output, "--output captions.jsonl") as lock_file:
+        assert lock_file.read_text().strip() == str(os.getpid())
+    assert not lock_file.exists()
+
+
+def test_the_ranks_of_one_caption_run_share_the_output_and_each_shard_has_one_writer(tmp_path):
+    output = tmp_path / "captions.jsonl"
+    with captioning.output_lock(output, 0), captioning.output_lock(output, 1), captioning.output_lock(output, 2):
+        with pytest.raises(OutputLockedError, match="--output"):
+            with captioning.output_lock(output, 0):
+                pass
+        with pytest.raises(OutputLockedError, match="rank 1's shard"):
+            with captioning.output_lock(output, 1):
+                pass
+    assert sorted(tmp_path.iterdir()) == []
