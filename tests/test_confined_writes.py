@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from moda import captioning, features, teacher
+from moda import captioning, checkpointing, features, teacher
 from moda.locks import OutputLockedError, exclusive_lock, lock_file_for
 from moda.paths import confined_path, replacing_atomically, write_atomically
 from tests.conftest import REPO_ROOT
@@ -101,6 +101,35 @@ def test_the_feature_cache_leaves_no_temp_file_when_a_write_fails(tmp_path, monk
         cache.put("ab12", torch.zeros(3))
     assert torch.equal(cache.get("ab12"), torch.ones(3))
     assert [p.name for p in cache.path("ab12").parent.iterdir()] == ["ab12.npy"]
+
+
+def test_a_staged_final_model_is_moved_in_weights_last_and_folders_whole_and_stale_weights_go(tmp_path, monkeypatch):
+    output = tmp_path / "out"
+    (output / "adapter").mkdir(parents=True)
+    (output / "adapter" / "from_the_old_run.json").write_text("{}")
+    (output / "model.safetensors").write_bytes(b"old weights")
+    (output / "checkpoint-5").mkdir()
+    staging = output / checkpointing.FINAL_STAGING_DIR
+    (staging / "adapter").mkdir(parents=True)
+    (staging / "adapter" / "adapter_model.safetensors").write_bytes(b"new adapter")
+    for name, data in [("model-00002-of-00002.safetensors", b"b"), ("model.safetensors.index.json", b"{}"),
+                       ("model-00001-of-00002.safetensors", b"a"), ("config.json", b"{}")]:
+        (staging / name).write_bytes(data)
+    moved, replace = [], os.replace
+
+    def recording_replace(source, target):
+        moved.append(os.path.basename(target))
+        replace(source, target)
+
+    monkeypatch.setattr(checkpointing.os, "replace", recording_replace)
+    checkpointing.publish_staged_folder(staging, output)
+    assert moved == [".replaced-adapter", "adapter", "config.json", "model-00001-of-00002.safetensors",
+                     "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
+    assert [p.name for p in (output / "adapter").iterdir()] == ["adapter_model.safetensors"]
+    # The old single weights file would be loaded before the new index: it goes.
+    assert sorted(p.name for p in output.iterdir()) == [
+        "adapter", "checkpoint-5", "config.json", "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors", "model.safetensors.index.json"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
