@@ -37,6 +37,7 @@ from moda.collate import ExampleDataset, MODACollator
 from moda.description_scores import attribute_scores
 from moda.evaluation import AttributeMetricsCallback, pyplot
 from moda.features import FeatureCache, compute_features, image_embedding_encoder, model_fingerprint, pixel_values_encoder
+from moda.paths import write_atomically
 from moda.tokenizer import train_caption_tokenizer
 
 logger = logging.getLogger("train_hf")
@@ -474,7 +475,7 @@ def save_loss_curves(log_history, path):
     ax.set_title("MODA training")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -586,7 +587,8 @@ def main(argv=None):
         "bad_rows": [{"where": where, "reason": reason} for where, reason in bad_rows.rows],
         "model_args": asdict(model_args),
     }
-    (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomically(output_dir / "training_summary.json",
+                     lambda handle: handle.write(json.dumps(summary, indent=2).encode("utf-8")))
     # The model card (README.md) and the Inference Endpoints handler; then one push of the finished folder.
     hub_id = training_args.hub_model_id if push_to_hub else None
     if model_args.architecture == "moda":  # the BLIP baseline is a plain transformers model: no MODA card

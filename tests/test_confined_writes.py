@@ -3,13 +3,16 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import train_hf
 from moda import captioning, checkpointing, features, teacher
 from moda.locks import OutputLockedError, exclusive_lock, lock_file_for
 from moda.paths import confined_path, replacing_atomically, write_atomically
@@ -101,6 +104,45 @@ def test_the_feature_cache_leaves_no_temp_file_when_a_write_fails(tmp_path, monk
         cache.put("ab12", torch.zeros(3))
     assert torch.equal(cache.get("ab12"), torch.ones(3))
     assert [p.name for p in cache.path("ab12").parent.iterdir()] == ["ab12.npy"]
+
+
+def test_a_model_card_whose_writing_fails_leaves_the_earlier_card(tmp_path, tiny_moda_dir, monkeypatch):
+    from huggingface_hub import ModelCard
+
+    from hub_card.card import write_model_card
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_moda_dir, folder)
+    card = write_model_card(folder)
+    earlier = card.read_bytes()
+
+    def rendering_fails(self):
+        raise WriteFailed("the card could not be rendered")
+
+    monkeypatch.setattr(ModelCard, "__str__", rendering_fails)
+    with pytest.raises(WriteFailed):
+        write_model_card(folder, training_info={"dataset": "another catalog"})
+    assert card.read_bytes() == earlier
+    assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name]
+
+
+def test_loss_curves_whose_writing_fails_leave_the_earlier_picture(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    path = tmp_path / "loss_curves.png"
+    path.write_bytes(b"the earlier picture")
+
+    def savefig_cut_short(self, target, **kwargs):
+        if hasattr(target, "write"):
+            target.write(b"\x89PNG")
+        else:
+            Path(target).write_bytes(b"\x89PNG")
+        raise WriteFailed("the disk filled up")
+
+    monkeypatch.setattr(Figure, "savefig", savefig_cut_short)
+    with pytest.raises(WriteFailed):
+        train_hf.save_loss_curves([{"step": 1, "loss": 2.0}, {"step": 1, "eval_loss": 2.5}], path)
+    assert path.read_bytes() == b"the earlier picture" and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_a_staged_final_model_is_moved_in_weights_last_and_folders_whole_and_stale_weights_go(tmp_path, monkeypatch):
