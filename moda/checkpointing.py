@@ -8,6 +8,7 @@ The final model goes to the top of the output folder, next to the checkpoints, s
 it is written into FINAL_STAGING_DIR and its files are moved in one by one (publish_staged_folder), each whole.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -68,6 +69,12 @@ class AtomicCheckpointTrainer(Trainer):
         self._get_output_dir = lambda trial: staging_root  # the Trainer writes checkpoint-N under .staging/
         try:
             super()._save_checkpoint(model, trial)
+        except BaseException:
+            if self.args.should_save:  # (a full disk): the half-written checkpoint is not left behind
+                shutil.rmtree(os.path.join(staging_root, name), ignore_errors=True)
+                with contextlib.suppress(OSError):  # (not empty: another checkpoint's, removed at the next one)
+                    os.rmdir(staging_root)
+            raise
         finally:
             self._get_output_dir = get_output_dir
         self.accelerator.wait_for_everyone()  # every rank's RNG state is in the staging folder

@@ -274,6 +274,22 @@ def test_a_final_save_failing_half_way_leaves_the_earlier_model_whole(tmp_path, 
     MODAForConditionalGeneration.from_pretrained(output)
 
 
+def test_a_checkpoint_save_failing_half_way_leaves_no_staged_checkpoint(tmp_path, catalog_dir, tiny_moda_dir,
+                                                                        monkeypatch):
+    import transformers.modeling_utils
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"half a tensor")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        run(tmp_path, catalog_dir, "--model_name_or_path", str(tiny_moda_dir), "--max_steps", "1",
+            "--eval_strategy", "no", "--save_steps", "1")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_projector_only_stage_leaves_the_decoder_unchanged(tmp_path, catalog_dir, tiny_moda_dir):
     output, _ = run(tmp_path, catalog_dir, "--model_name_or_path", str(tiny_moda_dir), "--train_projector_only", "true")
     before, after = weights(tiny_moda_dir), weights(output)
