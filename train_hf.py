@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 import types
@@ -30,12 +31,13 @@ from moda.blip_baseline import BlipCollator, load_blip
 from moda.build import build_from_backbones, build_from_scratch
 from moda.catalog import (MODA_CAPTION_TEMPLATE, QUESTIONS, BadRows, columns_of, examples_from_rows, load_catalog,
                           require_caption_columns, sample_rows)
-from moda.checkpointing import AtomicCheckpointTrainer
+from moda.checkpointing import FINAL_STAGING_DIR, AtomicCheckpointTrainer, publish_staged_folder
 from moda.cli import run_command
 from moda.collate import ExampleDataset, MODACollator
 from moda.description_scores import attribute_scores
 from moda.evaluation import MODA_MODEL_TYPE, AttributeMetricsCallback, pyplot, read_model_config
 from moda.features import FeatureCache, compute_features, image_embedding_encoder, model_fingerprint, pixel_values_encoder
+from moda.paths import write_atomically
 from moda.tokenizer import train_caption_tokenizer
 
 logger = logging.getLogger("train_hf")
@@ -481,7 +483,7 @@ def save_loss_curves(log_history, path):
     ax.set_title("MODA training")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -593,7 +595,8 @@ def main(argv=None):
         "bad_rows": [{"where": where, "reason": reason} for where, reason in bad_rows.rows],
         "model_args": asdict(model_args),
     }
-    (output_dir / "training_summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomically(output_dir / "training_summary.json",
+                     lambda handle: handle.write(json.dumps(summary, indent=2).encode("utf-8")))
     # The model card (README.md) and the Inference Endpoints handler; then one push of the finished folder.
     hub_id = training_args.hub_model_id if push_to_hub else None
     if model_args.architecture == "moda":  # the BLIP baseline is a plain transformers model: no MODA card
@@ -609,7 +612,32 @@ def main(argv=None):
 
 
 def save_final_model(trainer, model, processor, output_dir):
-    """Saves the trained model; a LoRA run saves its adapter in adapter/ and the merged full model at the top."""
+    """
+    Saves the trained model into output_dir (write_final_model), through a staging folder whose files are then moved
+    in one by one, weights last (moda.checkpointing.publish_staged_folder): a save that fails or is killed half-way
+    leaves the earlier model in output_dir whole, never a torn model.safetensors. A failed save removes its staging
+    folder; one that a killed save left is removed by the next save.
+    """
+    main_process = trainer.is_world_process_zero()
+    staging = output_dir / FINAL_STAGING_DIR
+    if main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    trainer.accelerator.wait_for_everyone()  # (DeepSpeed and FSDP write from every rank)
+    try:
+        model = write_final_model(trainer, model, processor, staging)
+        trainer.accelerator.wait_for_everyone()
+        if main_process:
+            publish_staged_folder(staging, output_dir)
+    except BaseException:
+        if main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return model
+
+
+def write_final_model(trainer, model, processor, output_dir):
+    """Writes the trained model; a LoRA run saves its adapter in adapter/ and the merged full model at the top."""
     if hasattr(model, "merge_and_unload"):
         if trainer.is_world_process_zero():
             model.save_pretrained(output_dir / "adapter")

@@ -20,11 +20,12 @@ What the card reads, first found wins:
 import json
 import math
 import re
-import shutil
 from pathlib import Path
 
 import image_io_moda
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from moda.paths import write_atomically
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 HANDLER_SOURCE = Path(__file__).with_name("handler.py")
@@ -83,26 +84,30 @@ def prepare_model_folder(model_dir, training_info=None, eval_report=None, repo_i
 
 
 def write_handler(model_dir) -> Path:
-    """Copies the Inference Endpoints handler (hub_card/handler.py) into the folder, with the image_io_moda.py it
-    imports."""
+    """Copies the Inference Endpoints handler (hub_card/handler.py) into the folder (replaced whole, or not at all),
+    with the image_io_moda.py it imports."""
     target = Path(model_dir) / HANDLER_NAME
-    shutil.copyfile(HANDLER_SOURCE, target)
+    source = HANDLER_SOURCE.read_bytes()
+    write_atomically(target, lambda handle: handle.write(source))
     write_image_io(model_dir)
     return target
 
 
 def write_image_io(model_dir) -> Path:
-    """Copies image_io_moda.py (MODA's URL and image-decoding policies, which the handler imports) into the folder."""
+    """Copies image_io_moda.py (MODA's URL and image-decoding policies, which the handler imports) into the folder
+    (replaced whole, or not at all)."""
     target = Path(model_dir) / IMAGE_IO_NAME
-    shutil.copyfile(IMAGE_IO_SOURCE, target)
+    source = IMAGE_IO_SOURCE.read_bytes()
+    write_atomically(target, lambda handle: handle.write(source))
     return target
 
 
 def write_model_card(model_dir, training_info=None, eval_report=None, repo_id=None) -> Path:
-    """Fills hub_card/template.md from the folder (see the module docstring) and writes it as README.md."""
+    """Fills hub_card/template.md from the folder (see the module docstring) and writes it as README.md (replaced
+    whole, or not at all: an earlier card is never left half-written)."""
     card = build_model_card(model_dir, training_info, eval_report, repo_id=repo_id)
     path = Path(model_dir) / CARD_NAME
-    card.save(path)
+    write_atomically(path, lambda handle: handle.write(str(card).encode("utf-8")))
     return path
 
 

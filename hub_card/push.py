@@ -20,6 +20,7 @@ from transformers.dynamic_module_utils import get_relative_imports
 from hub_card.card import (CARD_NAME, HANDLER_NAME, IMAGE_IO_NAME, PLACEHOLDER_REPO_ID, read_moda_config,
                            write_handler, write_image_io, write_model_card)
 from moda.cli import run_command
+from moda.paths import write_atomically
 
 # Never uploaded: Trainer checkpoints and logs inside an output folder, and pickles (a MODA folder's weights
 # are safetensors; a pickle runs code when loaded).
@@ -88,7 +89,8 @@ def push_model_folder(folder, repo_id: str, revision: str = None, private: bool 
                          f"have been edited by hand): delete it to write a new card with them, or write one with "
                          f"hub_card.prepare_model_folder.")
     elif PLACEHOLDER_REPO_ID in card.read_text(encoding="utf-8"):
-        card.write_text(card.read_text(encoding="utf-8").replace(PLACEHOLDER_REPO_ID, repo_id), encoding="utf-8")
+        text = card.read_text(encoding="utf-8").replace(PLACEHOLDER_REPO_ID, repo_id)
+        write_atomically(card, lambda handle: handle.write(text.encode("utf-8")))
     if not (folder / HANDLER_NAME).is_file():
         write_handler(folder)
     elif not (folder / IMAGE_IO_NAME).is_file():  # a handler kept from a folder saved without it: it imports it

@@ -11,6 +11,9 @@ How a run survives being killed: every finished batch is written to its own part
 rank 0 merges the parts (and the rows of an earlier finished output) into the output through a temp file and
 `os.replace`, then removes the parts. Under torchrun / accelerate launch (RANK, WORLD_SIZE set), rank r captions
 items[r::world_size]; the ranks meet at a gloo barrier before the merge.
+
+One run at a time on an output: rank 0 holds an exclusive lock on `<output>.lock` (moda.locks) for the whole run, and
+a second run on the same output is refused at once, naming the PID that holds it; rank r > 0 holds its shard's lock.
 """
 
 import argparse
@@ -29,6 +32,8 @@ from moda.catalog import is_url, read_splits
 from moda.cli import add_trust_remote_code_argument, run_command
 from moda.evaluation import check_model_code, describe_images
 from moda.features import load_image
+from moda.locks import exclusive_lock
+from moda.paths import write_atomically
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 ID_COLUMNS = ("id", "ProductId")
@@ -166,22 +171,6 @@ def catalog_vocabulary(source: str, image_column: str = "image"):
 # ---------------------------------------------------------------------------------------------------------------
 # Output: part files, reading back, the atomic merge
 # ---------------------------------------------------------------------------------------------------------------
-
-def write_atomically(path: Path, write) -> None:
-    """Calls write(handle) on a temp file next to `path`, fsyncs it and renames it over `path`."""
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash
-    finally:
-        os.close(directory)
-
 
 def check_or_save_settings(settings_file: Path, settings: dict, mismatch) -> None:
     """
@@ -327,7 +316,7 @@ def prepare_parts_dir(output: Path, parts_dir: Path, settings: dict, overwrite: 
         f"settings to resume it, or pass --overwrite to start again."
     ))
     for temp in parts_dir.glob(".*.tmp-*"):
-        temp.unlink()  # a batch whose write was killed: its items are captioned again
+        temp.unlink()  # a batch whose write was killed (this run holds the output's lock): captioned again
 
 
 def earlier_output_rows(output: Path, settings: dict) -> list:
@@ -424,6 +413,18 @@ def main(argv=None) -> int:
     return run_command("moda caption", caption_catalog, args)
 
 
+def output_lock(output: Path, rank: int):
+    """
+    The lock a rank holds for the whole run: rank 0 the output's (a second run on the output is refused at once),
+    rank r > 0 its shard's, `<output>.rank-r` (the ranks of one run share the output; a rank r left running by a
+    killed run still keeps the next run's rank r from writing its parts).
+    """
+    if rank == 0:
+        return exclusive_lock(output, f"--output {output}")
+    shard = output.with_name(f"{output.name}.rank-{rank:05d}")
+    return exclusive_lock(shard, f"rank {rank}'s shard of --output {output}")
+
+
 def caption_catalog(args) -> int:
     """moda caption's work: every item of the catalog that the output lacks, in parts, then one atomic merge."""
     # Before anything is written (or a process group joined): a model that needs its own code is refused without
@@ -432,6 +433,15 @@ def caption_catalog(args) -> int:
     rank, world_size = distributed_setup()
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(output, rank):  # before anything is read: another run may be merging the output
+        caption_locked(args, output, rank, world_size)
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+def caption_locked(args, output: Path, rank: int, world_size: int) -> None:
+    """caption_catalog's work, while this rank holds its lock."""
     parts_dir = parts_dir_for(output)
     items = list_catalog_items(args.images, args.image_column)
     settings = run_settings(args)
@@ -474,6 +484,3 @@ def caption_catalog(args) -> int:
         for row in errors[:10]:
             print(f"  unreadable {row['id']}: {row['error']}")
     barrier(world_size)
-    if world_size > 1:
-        torch.distributed.destroy_process_group()
-    return 0

@@ -7,7 +7,6 @@ the preprocessed pixel_values are cached instead, which still saves decoding and
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from tqdm.auto import tqdm
 
 from image_io_moda import ImageInputError, decode_image, load_url_image, read_image_file, to_rgb
 from moda.catalog import is_url
+from moda.paths import write_atomically
 
 
 def image_bytes(image) -> bytes:
@@ -95,12 +95,8 @@ class FeatureCache:
     def put(self, key: str, value: torch.Tensor) -> None:
         path = self.path(key)
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "wb") as handle:
-            np.save(handle, value.detach().cpu().numpy())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        array = value.detach().cpu().numpy()
+        write_atomically(path, lambda handle: np.save(handle, array))
 
 
 @torch.no_grad()

@@ -189,7 +189,8 @@ class CatalogIndex:
         """Writes the index folder; each file is replaced atomically and meta.json, written last, ties them."""
         import faiss
 
-        from moda.captioning import jsonl_bytes, write_atomically
+        from moda.captioning import jsonl_bytes
+        from moda.paths import write_atomically
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)

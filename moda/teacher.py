@@ -20,8 +20,10 @@ names the teacher that was asked, refiner_model the refiner when it was asked; e
 
 Resuming: every finished item is appended to `progress.jsonl` (flushed and fsynced), and a restart skips the items
 it holds; `metadata.csv` is written at the end through a temp file and `os.replace`. Items that cannot be used (no
-image file, unreadable image, nothing to describe) are skipped and listed in `bad_rows.csv` (`--on_bad_row skip`),
-or stop the run (`--on_bad_row fail`); they are tried again on the next run.
+image file, unreadable image, nothing to describe, a file_name that leads out of the output's images/ folder: absolute,
+with ".." or through a symbolic link) are skipped and listed in `bad_rows.csv` (`--on_bad_row skip`),
+or stop the run (`--on_bad_row fail`); they are tried again on the next run. One run at a time on an output folder:
+a run holds an exclusive lock on `<output_dir>.lock` (moda.locks), and a second one is refused at once.
 """
 
 import argparse
@@ -29,16 +31,19 @@ import csv
 import io
 import json
 import os
+import posixpath
 import re
 import shutil
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from moda.attributes import MYNTRA_COLUMNS, SMALL_COLUMNS, SYNONYMS, AttributeVocabulary, columns_for, \
     extract_attributes, is_missing, words
-from moda.captioning import check_or_save_settings, image_files, write_atomically
+from moda.captioning import check_or_save_settings, image_files
 from moda.cli import run_command
 from moda.features import load_image
+from moda.locks import exclusive_lock
+from moda.paths import confined_path, replacing_atomically, write_atomically
 from moda.catalog import (BadRowError, BadRows, _load_imagefolder, _read_table, _rows_with_image_paths, columns_of,
                           without_location)
 
@@ -423,13 +428,30 @@ def read_input_rows(images: str, metadata: str = None) -> list:
     return [{"file_name": p.relative_to(root).as_posix(), "image": str(p), "_where": str(p)} for p in files]
 
 
-def output_file_name(file_name: str) -> str:
-    """Where an item's image goes in the output: images/<its path, without a leading images/ folder>."""
-    parts = Path(file_name).parts
-    parts = parts[-1:] if Path(file_name).is_absolute() else parts
+def name_in_images(file_name: str) -> PurePosixPath:
+    """An item's file_name as a name inside the output's images/ folder: without a leading images/ folder."""
+    parts = PurePosixPath(file_name).parts
     if len(parts) > 1 and parts[0] == "images":
         parts = parts[1:]
-    return "/".join(("images",) + tuple(parts))
+    return PurePosixPath(*parts)
+
+
+def output_file_name(file_name: str) -> str:
+    """
+    Where an item's image goes in the output, as metadata.csv names it: images/<its path, without a leading images/
+    folder>, normalised ("a/./b.jpg" -> "images/a/b.jpg"). A name that leads out of images/ (absolute, "..") does not
+    start with "images/": output_image_path refuses it.
+    """
+    return posixpath.normpath(posixpath.join("images", name_in_images(file_name)))
+
+
+def output_image_path(output_dir: Path, file_name: str) -> Path:
+    """
+    The path an item's image is written to: output_dir/images/<name_in_images>. ValueError, naming the name, when it
+    would be written outside images/ (an absolute name, a ".." that climbs out, a NUL, a symbolic link in the output
+    that leads out): the file name comes from the metadata, which must not choose where files are written.
+    """
+    return confined_path(Path(output_dir) / "images", name_in_images(file_name), "file_name")
 
 
 def check_rows(rows: list) -> list:
@@ -445,23 +467,22 @@ def check_rows(rows: list) -> list:
             raise ValueError(f"file_name {name!r} is listed twice ({seen[name]} and {where})")
         seen[name] = where
         target = output_file_name(str(name))
+        if not target.startswith("images/"):
+            continue  # a name leading out of images/: a bad row (output_image_path), written nowhere
         if target in targets:
             raise ValueError(f"{targets[target]!r} and {name!r} would both be written to {target!r}")
         targets[target] = name
     return columns
 
 
-def place_image(source: str, output_dir: Path, target: str) -> None:
-    """The image at output_dir/target: a hard link where the file system allows one, else a copy (atomic)."""
-    destination = output_dir / target
+def place_image(source: str, destination: Path) -> None:
+    """The image at `destination`: a hard link where the file system allows one, else a copy (atomic)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    temp = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
-    temp.unlink(missing_ok=True)
-    try:
-        os.link(source, temp)
-    except OSError:
-        shutil.copyfile(source, temp)
-    os.replace(temp, destination)
+    with replacing_atomically(destination) as temp:
+        try:
+            os.link(source, temp)
+        except OSError:
+            shutil.copyfile(source, temp)
 
 
 def read_progress(path: Path) -> dict:
@@ -517,21 +538,31 @@ def prepare_output_dir(output_dir: Path, settings: dict, overwrite: bool) -> Non
 # The run
 # ---------------------------------------------------------------------------------------------------------------
 
-def load_batch(rows: list, bad_rows: BadRows) -> tuple:
-    """The rows whose images open (and their images); the others are reported as bad rows."""
-    usable, images = [], []
+def load_batch(rows: list, output_dir: Path, bad_rows: BadRows) -> tuple:
+    """
+    The rows whose file name stays inside the output's images/ folder and whose images open, their images and the
+    paths their images go to; the others are reported as bad rows (a name leading out is read nowhere either).
+    """
+    usable, images, destinations = [], [], []
     for row in rows:
         where = f"{row.get('_where', 'row')} ({row.get('file_name')})"
         if not row.get("image"):
             bad_rows.report(where, "no file_name")
             continue
         try:
-            images.append(load_image(row["image"], where))
+            destination = output_image_path(output_dir, str(row["file_name"]))
+        except ValueError as err:
+            bad_rows.report(where, str(err))
+            continue
+        try:
+            image = load_image(row["image"], where)
         except (OSError, ValueError) as err:
             bad_rows.report(where, f"image cannot be used: {without_location(str(err), where)}")
             continue
         usable.append(row)
-    return usable, images
+        images.append(image)
+        destinations.append(destination)
+    return usable, images, destinations
 
 
 def describe_batch(rows: list, images: list, args, teacher, refiner) -> list:
@@ -555,17 +586,19 @@ def build_rows(pending: list, args, teacher, refiner, output_dir: Path, columns:
             tqdm(total=len(pending), unit="item", desc="describing", dynamic_ncols=True) as progress:
         for start in range(0, len(pending), args.batch_size):
             batch = pending[start:start + args.batch_size]
-            rows, images = load_batch(batch, bad_rows)
+            rows, images, destinations = load_batch(batch, output_dir, bad_rows)
             results = []
-            for row, result in zip(rows, _describe_or_report(rows, images, args, teacher, refiner, bad_rows)):
+            described = _describe_or_report(rows, images, args, teacher, refiner, bad_rows)
+            for row, destination, result in zip(rows, destinations, described):
                 if result is not None:
-                    results.append((row, result))
-            for row, result in results:
-                target = output_file_name(str(row["file_name"]))
-                place_image(row["image"], output_dir, target)
+                    results.append((row, destination, result))
+            images_dir = (output_dir / "images").resolve()
+            for row, destination, result in results:
+                place_image(row["image"], destination)
                 out = {column: row.get(column, "") for column in columns}
-                out.update(file_name=target, description=result["description"],
-                           description_source=result["description_source"], teacher_model=args.teacher_model or "",
+                out.update(file_name=f"images/{destination.relative_to(images_dir).as_posix()}",
+                           description=result["description"], description_source=result["description_source"],
+                           teacher_model=args.teacher_model or "",
                            refiner_model=args.refiner_model if result.get("refined") else "", error=result["error"])
                 answers = {k: result[k] for k in ("teacher_answer", "refiner_answer") if k in result}
                 append_progress(progress_file, str(row["file_name"]), out, answers)
@@ -643,6 +676,13 @@ def build_dataset(args) -> int:
                 "metadata": str(Path(args.metadata).resolve()) if args.metadata else None,
                 "teacher_model": args.teacher_model, "refiner_model": args.refiner_model,
                 "max_new_tokens": args.max_new_tokens if args.teacher_model else None}
+    output_dir.absolute().parent.mkdir(parents=True, exist_ok=True)  # where the lock file goes
+    with exclusive_lock(output_dir, f"--output_dir {output_dir}"):  # a second run would spoil the progress file
+        return build_locked(args, output_dir, rows, columns, settings)
+
+
+def build_locked(args, output_dir: Path, rows: list, columns: list, settings: dict) -> int:
+    """build_dataset's work on the output folder, while this run holds its lock."""
     prepare_output_dir(output_dir, settings, args.overwrite)
     done = read_progress(output_dir / PROGRESS_FILE)
     pending = [row for row in rows if str(row["file_name"]) not in done]

@@ -236,6 +236,65 @@ def test_killed_run_resumed_from_its_checkpoint_ends_with_the_same_weights(tmp_p
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
 
 
+# What train_hf.py leaves in its output folder at the end of a run (without checkpoints).
+FINAL_FOLDER_FILES = ["README.md", "config.json", "configuration_moda.py", "generation_config.json", "handler.py",
+                      "loss_curves.png", "model.safetensors", "modeling_moda.py", "pipeline_moda.py",
+                      "processing_moda.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+                      "training_args.json", "training_summary.json"]
+
+
+def test_a_final_save_failing_half_way_leaves_the_earlier_model_whole(tmp_path, catalog_dir, tiny_moda_dir,
+                                                                      monkeypatch):
+    """A final save that dies while writing model.safetensors (the disk fills half-way through it) leaves the model
+    already in the output folder whole and no staging folder; the next save replaces it, with every file."""
+    import transformers.modeling_utils
+    from safetensors.torch import save_file
+
+    from moda.checkpointing import FINAL_STAGING_DIR
+
+    common = ("--model_name_or_path", str(tiny_moda_dir), "--max_steps", "1", "--eval_strategy", "no",
+              "--save_strategy", "no", "--learning_rate", "0.01")
+    output, _ = run(tmp_path, catalog_dir, *common)
+    earlier = {path.name: path.read_bytes() for path in output.iterdir()}
+    assert sorted(earlier) == FINAL_FOLDER_FILES
+
+    def disk_fills_half_way(tensors, filename, metadata=None):
+        save_file(tensors, filename, metadata=metadata)
+        with open(filename, "r+b") as handle:
+            handle.truncate(os.path.getsize(filename) // 2)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_fills_half_way)
+    with pytest.raises(OSError, match="No space left on device"):
+        run(tmp_path, catalog_dir, *common, "--seed", "7")
+    assert {path.name: path.read_bytes() for path in output.iterdir()} == earlier
+    monkeypatch.undo()
+
+    # A save killed half-way (SIGKILL: nothing cleans up) leaves its staging folder: the next save starts afresh.
+    (output / FINAL_STAGING_DIR).mkdir()
+    (output / FINAL_STAGING_DIR / "model.safetensors").write_bytes(b"half a tensor")
+    run(tmp_path, catalog_dir, *common, "--seed", "7")
+    assert sorted(path.name for path in output.iterdir()) == FINAL_FOLDER_FILES
+    assert (output / "model.safetensors").read_bytes() != earlier["model.safetensors"]
+    MODAForConditionalGeneration.from_pretrained(output)
+
+
+def test_a_checkpoint_save_failing_half_way_leaves_no_staged_checkpoint(tmp_path, catalog_dir, tiny_moda_dir,
+                                                                        monkeypatch):
+    import transformers.modeling_utils
+
+    def disk_full(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"half a tensor")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        run(tmp_path, catalog_dir, "--model_name_or_path", str(tiny_moda_dir), "--max_steps", "1",
+            "--eval_strategy", "no", "--save_steps", "1")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_projector_only_stage_leaves_the_decoder_unchanged(tmp_path, catalog_dir, tiny_moda_dir):
     output, _ = run(tmp_path, catalog_dir, "--model_name_or_path", str(tiny_moda_dir), "--train_projector_only", "true")
     before, after = weights(tiny_moda_dir), weights(output)
