@@ -237,7 +237,8 @@ def test_killed_run_resumed_from_its_checkpoint_ends_with_the_same_weights(tmp_p
 
 
 # What train_hf.py leaves in its output folder at the end of a run (without checkpoints).
-FINAL_FOLDER_FILES = ["README.md", "config.json", "configuration_moda.py", "generation_config.json", "handler.py",
+FINAL_FOLDER_FILES = ["README.md", "config.json", "configuration_moda.py", "fast_generation_moda.py",
+                      "generation_config.json", "handler.py", "image_io_moda.py",
                       "loss_curves.png", "model.safetensors", "modeling_moda.py", "pipeline_moda.py",
                       "processing_moda.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
                       "training_args.json", "training_summary.json"]
