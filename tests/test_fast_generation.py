@@ -339,6 +339,23 @@ def test_fast_greedy_can_be_switched_off(model, tester, spy):
     assert len(spy) == 1
 
 
+def test_after_training_with_gradient_checkpointing_generate_takes_the_fast_loop_again(model, tester, spy):
+    # transformers 5 hooks the input embeddings while checkpointing is on: the fast loop steps aside for hooks, and
+    # comes back once checkpointing is disabled (MODA removes those hooks then).
+    model = copy_of(model)
+    _, batch = tester.prepare_config_and_inputs()
+    inputs = tester.prepare_generation_inputs(PROMPT_LENGTHS)
+    model.gradient_checkpointing_enable()
+    model.train()
+    model(**batch).loss.backward()
+    model.eval()
+    while_checkpointing = model.generate(**inputs, max_new_tokens=6)
+    model.gradient_checkpointing_disable()
+    calls = len(spy)
+    fast, reference = generate_both(model, **inputs, max_new_tokens=6)
+    assert len(spy) == calls + 1 and torch.equal(fast, reference) and torch.equal(fast, while_checkpointing)
+
+
 def test_greedy_with_a_generation_config_object_uses_the_fast_loop(model, tester, spy):
     from transformers import GenerationConfig
 

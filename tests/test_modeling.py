@@ -272,6 +272,44 @@ def test_gradient_checkpointing_gives_the_same_gradients(tester):
     torch.testing.assert_close(model.projector.linear_1.weight.grad, plain)
 
 
+def forward_hooked_modules(model):
+    return [name for name, module in model.named_modules() if module._forward_hooks or module._forward_pre_hooks]
+
+
+@pytest.mark.parametrize("disable", ["gradient_checkpointing_disable", "activation_checkpointing_disable"])
+def test_disabling_gradient_checkpointing_leaves_no_hooks_behind(tester, disable):
+    # transformers 5 hooks the input embeddings when checkpointing is enabled and, without PEFT, keeps the hooks when
+    # it is disabled: MODA removes them, else its fast path would step aside for good (test_fast_generation.py).
+    model = tester.create_model()
+    if not hasattr(model, disable):
+        pytest.skip(f"this transformers has no {disable}")
+    _, batch = tester.prepare_config_and_inputs()
+    enable = disable.replace("_disable", "_enable")
+    getattr(model, enable)()
+    model.train()
+    model(**batch).loss.backward()  # training still works with checkpointing (and the hooks, where added)
+    getattr(model, disable)()
+    assert not model.language_model.model.decoder.gradient_checkpointing
+    assert forward_hooked_modules(model) == []
+    getattr(model, disable)()  # disabling again is harmless
+    getattr(model, enable)()  # and enabling again works
+    assert model.language_model.model.decoder.gradient_checkpointing
+    model.zero_grad()
+    model(**batch).loss.backward()
+    assert model.projector.linear_1.weight.grad is not None
+
+
+def test_disabling_gradient_checkpointing_keeps_the_models_other_hooks(tester):
+    model = tester.create_model()
+    handle = model.language_model.lm_head.register_forward_hook(lambda *_: None)
+    try:
+        model.gradient_checkpointing_enable()
+        model.gradient_checkpointing_disable()
+        assert forward_hooked_modules(model) == ["language_model.lm_head"]
+    finally:
+        handle.remove()
+
+
 @pytest.fixture(scope="module")
 def tiny_backbone_dirs(tmp_path_factory, tester):
     """Tiny CLIP (full CLIPModel and vision-with-projection) and OPT checkpoints saved as on the Hub (no tokenizer)."""
