@@ -389,6 +389,14 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         release_packed_weights(self.modules())
         return super()._apply(fn, *args, **kwargs)
 
+    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs):
+        # transformers 5 enabling checkpointing also hooks every input embedding (enable_input_require_grads), and
+        # disabling it leaves the hooks unless PEFT is loaded. A hook makes the fast path step aside, so a model
+        # that trained with checkpointing would generate on the plain path for good: disabling removes them.
+        super()._set_gradient_checkpointing(enable, *args, **kwargs)
+        if not enable and (getattr(self, "_require_grads_hooks", None) or getattr(self, "_require_grads_hook", None)):
+            self.disable_input_require_grads()
+
     # --- construction and saving ----------------------------------------------------------------------------------
 
     @classmethod

@@ -1,4 +1,10 @@
-"""MODA's fast greedy loop gives GenerationMixin's tokens, and every other option still goes to GenerationMixin."""
+"""MODA's fast greedy loop gives GenerationMixin's tokens, and every other option still goes to GenerationMixin.
+
+Every test here needs only the root model files, transformers and torch: the tiny model and its inputs (random
+images and prompt token ids, left-padded as MODAProcessor pads them) come from `MODAModelTester`
+(tests/model_tester.py), with no tokenizer, no workshop (`moda`) import and no files. The model is this module's
+own: no test elsewhere can leave hooks or settings on it.
+"""
 
 import contextlib
 import copy
@@ -7,15 +13,16 @@ from collections import Counter
 
 import pytest
 import torch
-from transformers import TextStreamer
+from transformers.generation.streamers import BaseStreamer
 
 import fast_generation_moda
 from fast_generation_moda import (ONEDNN_OP_PATHS, OPTLayerPlan, PackedLinears, decoder_pass, decoding_linears,
                                   fast_path_off_reason, first_max_function, packed_dtypes, packed_modules,
                                   reset_fast_path, vision_linears)
 from modeling_moda import MODAForConditionalGeneration
+from tests.model_tester import MODAModelTester, moda_around_opt
 
-PROMPTS = ["What colour is this item?", None, "What kind of product is this?", "Red"]
+PROMPT_LENGTHS = (6, 0, 7, 1)  # four images, prompts of different lengths (none in the second row)
 
 
 def generate_both(model, **inputs):
@@ -37,9 +44,15 @@ def copy_of(model):
     return copied
 
 
-@pytest.fixture
-def model_and_processor(tiny_model_and_processor):
-    return tiny_model_and_processor
+@pytest.fixture(scope="module")
+def tester():
+    return MODAModelTester()
+
+
+@pytest.fixture(scope="module")
+def model(tester):
+    """The module's tiny model (eval mode, randomized weights); tests that change its weights or dtype copy it."""
+    return tester.create_model()
 
 
 @pytest.fixture(autouse=True)
@@ -115,24 +128,23 @@ def spy(monkeypatch):
     return calls
 
 
-def test_fast_greedy_equals_generation_mixin_with_prompts_of_different_lengths(model_and_processor, product_images, spy):
-    model, processor = model_and_processor
-    batch = processor(images=product_images, text=PROMPTS)
+def test_fast_greedy_equals_generation_mixin_with_prompts_of_different_lengths(model, tester, spy):
+    batch = tester.prepare_generation_inputs(PROMPT_LENGTHS)
     assert (batch["attention_mask"] == 0).any()  # the prompts really are padded
     fast, reference = generate_both(model, **batch, max_new_tokens=10)
     assert len(spy) == 1
     assert torch.equal(fast, reference)
 
 
-@pytest.mark.parametrize("prompt", [None, "What colour is this item?"])
-def test_fast_greedy_equals_generation_mixin_one_image(model_and_processor, product_images, prompt):
-    model, processor = model_and_processor
-    fast, reference = generate_both(model, **processor(images=product_images[1], text=prompt), max_new_tokens=12)
+@pytest.mark.parametrize("prompt_length", [0, 6], ids=["no prompt", "a prompt"])
+def test_fast_greedy_equals_generation_mixin_one_image(model, tester, prompt_length):
+    fast, reference = generate_both(model, **tester.prepare_generation_inputs((prompt_length,), seed=1),
+                                    max_new_tokens=12)
     assert torch.equal(fast, reference)
 
 
-def test_fast_greedy_equals_generation_mixin_from_image_embeds(model_and_processor):
-    model = model_and_processor[0]
+def test_fast_greedy_equals_generation_mixin_from_image_embeds(model):
+    model = model
     embeds = torch.randn(3, model.config.image_embed_dim, generator=torch.Generator().manual_seed(4))
     fast, reference = generate_both(model, image_embeds=embeds, max_new_tokens=9)
     assert torch.equal(fast, reference)
@@ -153,8 +165,6 @@ def test_fast_greedy_equals_generation_mixin_from_image_embeds(model_and_process
 def test_fast_greedy_equals_generation_mixin_for_other_opt_layouts(variant, attention_kernel, monkeypatch):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers import OPTConfig
-
-    from tests.conftest import moda_around_opt
 
     torch.manual_seed(0)
     text = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, ffn_dim=64,
@@ -180,8 +190,6 @@ def test_the_fast_decoder_pass_is_opts_own_arithmetic(attention_kernel):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from transformers import OPTConfig
 
-    from tests.conftest import moda_around_opt
-
     torch.manual_seed(0)
     model = moda_around_opt(OPTConfig(vocab_size=96, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                                       ffn_dim=64, word_embed_proj_dim=128, max_position_embeddings=64))  # head_dim 64
@@ -198,9 +206,8 @@ def test_the_fast_decoder_pass_is_opts_own_arithmetic(attention_kernel):
     assert torch.equal(fast, reference)
 
 
-def test_fast_greedy_stops_at_eos_and_pads_like_generation_mixin(model_and_processor, product_images, spy):
-    model, processor = model_and_processor
-    batch = processor(images=product_images, text=PROMPTS)
+def test_fast_greedy_stops_at_eos_and_pads_like_generation_mixin(model, tester, spy):
+    batch = tester.prepare_generation_inputs(PROMPT_LENGTHS)
     free = model.generate(**batch, max_new_tokens=10)
     # Make the token row 0 writes third its end of sequence: row 0 stops there, the others later (or never).
     eos = int(free[0, 2])
@@ -211,9 +218,8 @@ def test_fast_greedy_stops_at_eos_and_pads_like_generation_mixin(model_and_proce
     assert fast[0, first] == eos and (fast[0, first + 1:] == 1).all()
 
 
-def test_fast_greedy_min_new_tokens_suppresses_eos_like_generation_mixin(model_and_processor, product_images):
-    model, processor = model_and_processor
-    batch = processor(images=product_images[:2])
+def test_fast_greedy_min_new_tokens_suppresses_eos_like_generation_mixin(model, tester):
+    batch = tester.prepare_generation_inputs((0, 0))
     eos = int(model.generate(**batch, max_new_tokens=4)[0, 0])  # row 0 would stop at once
     fast, reference = generate_both(model, **batch, max_new_tokens=6, min_new_tokens=6, eos_token_id=eos)
     assert torch.equal(fast, reference)
@@ -259,31 +265,27 @@ def test_first_max_index_is_max_indices_with_ties_and_minus_infinity(dtype):
     assert first_max_function(50272)(logits[:0]).shape == (0,)  # an empty batch, as max gives it
 
 
-def test_the_tiny_vocabulary_takes_the_chunked_first_max(model_and_processor):
-    model, _ = model_and_processor
+def test_the_tiny_vocabulary_takes_the_chunked_first_max(model):
     vocab = model.language_model.lm_head.out_features
     # else the tests that compare the fast loop's tokens with GenerationMixin's would not cover the chunked path
     assert first_max_function(vocab).__name__ == "chunked", vocab
 
 
-def test_fast_greedy_in_bfloat16_equals_generation_mixin_in_bfloat16_on_the_test_model(model_and_processor,
-                                                                                       product_images):
+def test_fast_greedy_in_bfloat16_equals_generation_mixin_in_bfloat16_on_the_test_model(model, tester):
     # Not so on every model: in bf16 the packed products (their residual adds inside) and the fp32 attention of one
     # new token round differently from GenerationMixin's ops, so a near-tie can go the other way
     # (benchmarks/precision_agreement.py measures a trained model). On this one every token agrees: a gross error shows.
-    model, processor = model_and_processor
     bf16 = copy_of(model).to(torch.bfloat16)
-    fast, reference = generate_both(bf16, **processor(images=product_images, text=PROMPTS), max_new_tokens=8)
+    fast, reference = generate_both(bf16, **tester.prepare_generation_inputs(PROMPT_LENGTHS), max_new_tokens=8)
     assert torch.equal(fast, reference)
 
 
-def test_fast_greedy_runs_int8_dynamic_quantized_linears(model_and_processor, product_images):
-    model, processor = model_and_processor
+def test_fast_greedy_runs_int8_dynamic_quantized_linears(model, tester):
     quantized = copy_of(model)
     quantized.language_model = torch.ao.quantization.quantize_dynamic(
         quantized.language_model, {torch.nn.Linear}, dtype=torch.qint8
     )
-    fast, reference = generate_both(quantized, **processor(images=product_images), max_new_tokens=8)
+    fast, reference = generate_both(quantized, **tester.prepare_generation_inputs((0, 0, 0, 0)), max_new_tokens=8)
     assert torch.equal(fast, reference)
 
 
@@ -301,47 +303,71 @@ def test_fast_greedy_runs_int8_dynamic_quantized_linears(model_and_processor, pr
     ],
     ids=lambda options: ",".join(options),
 )
-def test_other_options_go_to_generation_mixin(model_and_processor, product_images, spy, options):
-    model, processor = model_and_processor
+def test_other_options_go_to_generation_mixin(model, tester, spy, options):
     torch.manual_seed(0)
-    out = model.generate(**processor(images=product_images[:2]), max_new_tokens=5, **options)
+    out = model.generate(**tester.prepare_generation_inputs((0, 0)), max_new_tokens=5, **options)
     assert spy == []
     if options.get("return_dict_in_generate"):
         assert out.scores is not None
 
 
-def test_a_streamer_goes_to_generation_mixin(model_and_processor, product_images, spy, capsys):
-    model, processor = model_and_processor
-    model.generate(**processor(images=product_images[0]), max_new_tokens=4, streamer=TextStreamer(processor.tokenizer))
+def test_a_streamer_goes_to_generation_mixin(model, tester, spy):
+    class Recorder(BaseStreamer):  # as TextStreamer is, without a tokenizer to decode with
+        def __init__(self):
+            self.tokens, self.ended = [], False
+
+        def put(self, value):
+            self.tokens.extend(value.reshape(-1).tolist())
+
+        def end(self):
+            self.ended = True
+
+    streamer = Recorder()
+    out = model.generate(**tester.prepare_generation_inputs((0,)), max_new_tokens=4, streamer=streamer)
     assert spy == []
+    assert streamer.ended and streamer.tokens[-out.shape[1]:] == out[0].tolist()  # the prompt, then each new token
 
 
-def test_fast_greedy_can_be_switched_off(model_and_processor, product_images, spy):
-    model, processor = model_and_processor
+def test_fast_greedy_can_be_switched_off(model, tester, spy):
     model.fast_greedy = False
     try:
-        model.generate(**processor(images=product_images[0]), max_new_tokens=4)
+        model.generate(**tester.prepare_generation_inputs((0,)), max_new_tokens=4)
     finally:
         model.fast_greedy = True
     assert spy == []
-    model.generate(**processor(images=product_images[0]), max_new_tokens=4)
+    model.generate(**tester.prepare_generation_inputs((0,)), max_new_tokens=4)
     assert len(spy) == 1
 
 
-def test_greedy_with_a_generation_config_object_uses_the_fast_loop(model_and_processor, product_images, spy):
+def test_after_training_with_gradient_checkpointing_generate_takes_the_fast_loop_again(model, tester, spy):
+    # transformers 5 hooks the input embeddings while checkpointing is on: the fast loop steps aside for hooks, and
+    # comes back once checkpointing is disabled (MODA removes those hooks then).
+    model = copy_of(model)
+    _, batch = tester.prepare_config_and_inputs()
+    inputs = tester.prepare_generation_inputs(PROMPT_LENGTHS)
+    model.gradient_checkpointing_enable()
+    model.train()
+    model(**batch).loss.backward()
+    model.eval()
+    while_checkpointing = model.generate(**inputs, max_new_tokens=6)
+    model.gradient_checkpointing_disable()
+    calls = len(spy)
+    fast, reference = generate_both(model, **inputs, max_new_tokens=6)
+    assert len(spy) == calls + 1 and torch.equal(fast, reference) and torch.equal(fast, while_checkpointing)
+
+
+def test_greedy_with_a_generation_config_object_uses_the_fast_loop(model, tester, spy):
     from transformers import GenerationConfig
 
-    model, processor = model_and_processor
     config = GenerationConfig(max_new_tokens=5, eos_token_id=model.generation_config.eos_token_id, pad_token_id=1)
-    fast, reference = generate_both(model, **processor(images=product_images[:2]), generation_config=config)
+    fast, reference = generate_both(model, **tester.prepare_generation_inputs((0, 0)), generation_config=config)
     assert len(spy) == 1 and torch.equal(fast, reference) and fast.shape[1] <= 5
 
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
-def test_fast_greedy_runs_the_decoder_and_vision_linears_on_packed_weights(model_and_processor, product_images,
+def test_fast_greedy_runs_the_decoder_and_vision_linears_on_packed_weights(model, tester,
                                                                           monkeypatch):
-    model, processor = model_and_processor
     calls = []
     namespace = torch.ops.mkldnn
     original = namespace._linear_pointwise
@@ -362,7 +388,7 @@ def test_fast_greedy_runs_the_decoder_and_vision_linears_on_packed_weights(model
             return getattr(namespace, name)
 
     monkeypatch.setattr(torch.ops, "mkldnn", Recorder(), raising=False)
-    model.generate(**processor(images=product_images[0]), max_new_tokens=3)
+    model.generate(**tester.prepare_generation_inputs((0,)), max_new_tokens=3)
     monkeypatch.undo()
 
     def shapes(*layers):  # the packed weights' shapes: (out_features, in_features), q/k/v stacked
@@ -382,8 +408,7 @@ def test_fast_greedy_runs_the_decoder_and_vision_linears_on_packed_weights(model
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
-def test_unchanged_weights_are_packed_once(model_and_processor, product_images, monkeypatch):
-    model, processor = model_and_processor
+def test_unchanged_weights_are_packed_once(model, tester, monkeypatch):
     model = copy_of(model)
     packed = []
     original = torch.ops.mkldnn._reorder_linear_weight
@@ -398,7 +423,7 @@ def test_unchanged_weights_are_packed_once(model_and_processor, product_images, 
             return original(weight, *args)
 
     monkeypatch.setattr(torch.ops, "mkldnn", Recorder(), raising=False)
-    inputs = processor(images=product_images[:2])
+    inputs = tester.prepare_generation_inputs((0, 0))
     first = model.generate(**inputs, max_new_tokens=4)
     groups = len(decoding_linears(model.language_model)) + len(vision_linears(model.vision_tower))
     assert len(packed) == groups  # one pack per group, q/k/v stacked
@@ -409,10 +434,9 @@ def test_unchanged_weights_are_packed_once(model_and_processor, product_images, 
 @pytest.mark.parametrize(
     "how", ["optimizer step", "load_state_dict", "write through .data", "to bfloat16 and back", "biases only"]
 )
-def test_packed_weights_follow_changed_weights(model_and_processor, product_images, how):
-    model, processor = model_and_processor
+def test_packed_weights_follow_changed_weights(model, tester, how):
     model = copy_of(model)
-    inputs = processor(images=product_images, text=PROMPTS)
+    inputs = tester.prepare_generation_inputs(PROMPT_LENGTHS)
     before = model.generate(**inputs, max_new_tokens=8)  # packs the weights
     decoder = model.language_model.model.decoder
     torch.manual_seed(1)
@@ -436,7 +460,7 @@ def test_packed_weights_follow_changed_weights(model_and_processor, product_imag
                 p.data.add_(new_weights[name])
     else:
         model.to(torch.bfloat16)
-        model.generate(**processor(images=product_images), max_new_tokens=2)
+        model.generate(**tester.prepare_generation_inputs((0, 0, 0, 0)), max_new_tokens=2)
         model.to(torch.float32)
         with torch.no_grad():
             for name, p in decoder.named_parameters():
@@ -447,11 +471,10 @@ def test_packed_weights_follow_changed_weights(model_and_processor, product_imag
     assert not torch.equal(fast, before)  # the change shows in the captions
 
 
-def test_after_a_write_through_data_the_sample_misses_train_eval_packs_anew(model_and_processor, product_images):
+def test_after_a_write_through_data_the_sample_misses_train_eval_packs_anew(model, tester):
     # The documented way out for writes through .data that the value sample misses (it reads a few elements a row).
-    model, processor = model_and_processor
     model = copy_of(model)
-    inputs = processor(images=product_images, text=PROMPTS)
+    inputs = tester.prepare_generation_inputs(PROMPT_LENGTHS)
     before = model.generate(**inputs, max_new_tokens=8)  # packs the weights
     for layer in model.language_model.model.decoder.layers:  # all but the first column: the sample reads only that
         layer.fc2.weight.data[:, 1:] *= -3.0
@@ -460,9 +483,8 @@ def test_after_a_write_through_data_the_sample_misses_train_eval_packs_anew(mode
     assert torch.equal(fast, reference) and not torch.equal(fast, before)
 
 
-def test_inference_image_features_match_the_vision_tower(model_and_processor, product_images):
-    model, processor = model_and_processor
-    pixel_values = processor(images=product_images)["pixel_values"]
+def test_inference_image_features_match_the_vision_tower(model, tester):
+    pixel_values = tester.pixel_values(4)
     with torch.no_grad():
         lean = model.get_image_features(pixel_values)  # the last layer runs the class token alone
         reference = model.vision_tower(pixel_values=pixel_values).image_embeds
@@ -507,13 +529,12 @@ def test_pack_checks_compare_the_bits_of_the_values():
 @pytest.mark.skipif(
     torch.bfloat16 not in packed_dtypes(), reason="oneDNN cannot pack bf16 on this CPU"
 )
-def test_bf16_quick_gelu_runs_inside_the_first_product_and_matches_clip(model_and_processor, product_images):
-    model, processor = model_and_processor
+def test_bf16_quick_gelu_runs_inside_the_first_product_and_matches_clip(model, tester):
     model = copy_of(model).to(torch.bfloat16)
     layers = model.vision_tower.vision_model.encoder.layers
     packed = PackedLinears(vision_linears(model.vision_tower), [(layer.mlp.fc1, layer.mlp.fc2) for layer in layers])
     assert packed.swish_inputs == {layer.mlp.fc1 for layer in layers}  # the fused path is the one taken
-    pixel_values = processor(images=product_images)["pixel_values"].to(torch.bfloat16)
+    pixel_values = tester.pixel_values(4).to(torch.bfloat16)
     with torch.no_grad():
         fused = model.get_image_features(pixel_values).float()
         reference = model.vision_tower(pixel_values=pixel_values).image_embeds.float()
@@ -523,10 +544,9 @@ def test_bf16_quick_gelu_runs_inside_the_first_product_and_matches_clip(model_an
     assert torch.nn.functional.cosine_similarity(fused, reference).min() > 0.99
 
 
-def test_training_mode_gives_the_packed_copies_back(model_and_processor, product_images):
-    model, processor = model_and_processor
+def test_training_mode_gives_the_packed_copies_back(model, tester):
     model = copy_of(model)
-    inputs = processor(images=product_images[:2])
+    inputs = tester.prepare_generation_inputs((0, 0))
     first = model.generate(**inputs, max_new_tokens=4)
     groups = len(decoding_linears(model.language_model)) + len(vision_linears(model.vision_tower))
     assert len(packed_modules(model.modules())) == groups
@@ -536,10 +556,9 @@ def test_training_mode_gives_the_packed_copies_back(model_and_processor, product
     assert torch.equal(model.generate(**inputs, max_new_tokens=4), first)  # packed again, same tokens
 
 
-def test_under_autocast_the_fast_paths_step_aside(model_and_processor, product_images, spy):
+def test_under_autocast_the_fast_paths_step_aside(model, tester, spy):
     # The packed products would not follow autocast's casts: CLIP's forward and GenerationMixin run instead.
-    model, processor = model_and_processor
-    batch = processor(images=product_images, text=PROMPTS)
+    batch = tester.prepare_generation_inputs(PROMPT_LENGTHS)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         features = model.get_image_features(batch["pixel_values"])
         reference = model.vision_tower(pixel_values=batch["pixel_values"]).image_embeds
@@ -548,10 +567,9 @@ def test_under_autocast_the_fast_paths_step_aside(model_and_processor, product_i
     assert spy == [] and torch.equal(fast, generation_mixin)
 
 
-def test_forward_hooks_are_called_and_heard(model_and_processor, product_images, spy):
+def test_forward_hooks_are_called_and_heard(model, tester, spy):
     # The fast paths call few modules, so with a hook anywhere in the towers they step aside.
-    model, processor = model_and_processor
-    batch = processor(images=product_images[:2])
+    batch = tester.prepare_generation_inputs((0, 0))
     plain = model.generate(**batch, max_new_tokens=4)
     calls = Counter()
     handles = [
@@ -576,12 +594,11 @@ def test_forward_hooks_are_called_and_heard(model_and_processor, product_images,
     assert torch.equal(model.generate(**batch, max_new_tokens=4), plain) and len(spy) == 2
 
 
-def test_a_generation_config_object_takes_the_models_settings_it_leaves_unset(model_and_processor, product_images,
+def test_a_generation_config_object_takes_the_models_settings_it_leaves_unset(model, tester,
                                                                                spy):
     from transformers import GenerationConfig
 
-    model, processor = model_and_processor
-    batch = processor(images=product_images, text=PROMPTS)
+    batch = tester.prepare_generation_inputs(PROMPT_LENGTHS)
     free = model.generate(**batch, max_new_tokens=10)
     model = copy_of(model)
     model.generation_config = copy.deepcopy(model.generation_config)
@@ -593,9 +610,8 @@ def test_a_generation_config_object_takes_the_models_settings_it_leaves_unset(mo
     assert fast[0, first] == eos and (fast[0, first + 1:] == 1).all()
 
 
-def test_max_length_counts_the_image_prefix_and_prompt_and_yields_to_max_new_tokens(model_and_processor, product_images):
-    model, processor = model_and_processor
-    batch = processor(images=product_images[:2], text="Red")
+def test_max_length_counts_the_image_prefix_and_prompt_and_yields_to_max_new_tokens(model, tester):
+    batch = tester.prepare_generation_inputs((1, 1))
     input_length = model.config.num_image_tokens + batch["input_ids"].shape[1]
     assert model.generate(**batch, max_length=input_length + 3).shape == (2, 3)
     assert model.generate(**batch, max_length=input_length + 3, max_new_tokens=5).shape == (2, 5)
@@ -603,26 +619,24 @@ def test_max_length_counts_the_image_prefix_and_prompt_and_yields_to_max_new_tok
         model.generate(**batch, max_length=input_length)
 
 
-def test_the_last_position_still_yields_a_token(model_and_processor, product_images):
+def test_the_last_position_still_yields_a_token(model, tester):
     # The last new token is never fed back: a prompt that fills every position leaves room for exactly one.
-    model, processor = model_and_processor
     positions = model.config.text_config.max_position_embeddings
     prompt_length = positions - model.config.num_image_tokens
-    pixel_values = processor(images=product_images[:1])["pixel_values"]
+    pixel_values = tester.pixel_values(1)
     for free_positions, expected in ((0, 1), (1, 2)):
         input_ids = torch.full((1, prompt_length - free_positions), 5)
-        input_ids[0, 0] = processor.tokenizer.bos_token_id
+        input_ids[0, 0] = tester.bos_token_id
         fast, reference = generate_both(model, pixel_values=pixel_values, input_ids=input_ids, max_new_tokens=10)
         assert fast.shape == (1, expected) and torch.equal(fast, reference)
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
 @pytest.mark.parametrize("path", list(ONEDNN_OP_PATHS.values()))
-def test_a_missing_onednn_op_turns_the_fast_path_off_with_one_warning(model_and_processor, product_images, spy,
+def test_a_missing_onednn_op_turns_the_fast_path_off_with_one_warning(model, tester, spy,
                                                                       monkeypatch, path):
     # Another torch build, or a later torch, may lack a private op: generate works on, as with fast_greedy = False.
-    model, processor = model_and_processor
-    batch = processor(images=product_images, text=PROMPTS)
+    batch = tester.prepare_generation_inputs(PROMPT_LENGTHS)
     plain = plain_generate(model, **batch, max_new_tokens=8)
     monkeypatch.setattr(torch.ops, "mkldnn", onednn_with(path, None), raising=False)
     with pytest.warns(RuntimeWarning) as records:
@@ -645,12 +659,11 @@ def test_a_missing_onednn_op_turns_the_fast_path_off_with_one_warning(model_and_
     ("_reorder_linear_weight", "middle"),  # while packing
     ("_is_mkldnn_bf16_supported", "first"),  # when the ops are looked up
 ])
-def test_an_onednn_op_that_fails_midway_redoes_the_call_on_the_plain_path(model_and_processor, product_images,
+def test_an_onednn_op_that_fails_midway_redoes_the_call_on_the_plain_path(model, tester,
                                                                           monkeypatch, path, when):
     # A failure at call time (a kernel this CPU or build refuses) mid-generate: no partial or mixed output, the whole
     # call again on the plain path, one warning, and the plain path from then on.
-    model, processor = model_and_processor
-    batch = processor(images=product_images, text=PROMPTS)
+    batch = tester.prepare_generation_inputs(PROMPT_LENGTHS)
     plain = plain_generate(copy_of(model), **batch, max_new_tokens=8)
     op = functools.reduce(getattr, path.split("."), torch.ops.mkldnn)
     calls = []
@@ -681,10 +694,9 @@ def test_an_onednn_op_that_fails_midway_redoes_the_call_on_the_plain_path(model_
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
 @pytest.mark.parametrize("change", ["half()", "to(bfloat16)", "to('cpu', dtype=float64)"])
-def test_a_dtype_or_device_change_gives_the_packed_copies_back(model_and_processor, product_images, change):
-    model, processor = model_and_processor
+def test_a_dtype_or_device_change_gives_the_packed_copies_back(model, tester, change):
     model = copy_of(model)
-    batch = processor(images=product_images, text=PROMPTS)
+    batch = tester.prepare_generation_inputs(PROMPT_LENGTHS)
     model.generate(**batch, max_new_tokens=4)  # packs the weights
     assert len(packed_modules(model.modules())) == len(decoding_linears(model.language_model)) + len(
         vision_linears(model.vision_tower))
@@ -702,11 +714,10 @@ def test_a_dtype_or_device_change_gives_the_packed_copies_back(model_and_process
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
-def test_a_submodule_moved_alone_drops_its_packs_at_the_next_call(model_and_processor, product_images):
+def test_a_submodule_moved_alone_drops_its_packs_at_the_next_call(model, tester):
     # model.language_model.half() does not go through the model's _apply: the next call drops what it cannot pack.
-    model, processor = model_and_processor
     model = copy_of(model)
-    batch = processor(images=product_images, text=PROMPTS)
+    batch = tester.prepare_generation_inputs(PROMPT_LENGTHS)
     model.generate(**batch, max_new_tokens=4)
     assert packed_modules(model.language_model.modules())
     model.language_model.half()
@@ -717,10 +728,9 @@ def test_a_submodule_moved_alone_drops_its_packs_at_the_next_call(model_and_proc
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
-def test_a_device_change_gives_the_packed_copies_back(model_and_processor, product_images):
-    model, processor = model_and_processor
+def test_a_device_change_gives_the_packed_copies_back(model, tester):
     model = copy_of(model)
-    model.generate(**processor(images=product_images[:2]), max_new_tokens=4)
+    model.generate(**tester.prepare_generation_inputs((0, 0)), max_new_tokens=4)
     assert packed_modules(model.modules())
     model.to("meta")  # a device change through the same path as .to("cuda"), on a machine without a GPU
     assert packed_modules(model.modules()) == []
