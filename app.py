@@ -43,7 +43,7 @@ def gallery_items(index, query: str, k: int = GALLERY_SIZE) -> list:
     """(image, caption) pairs of the query's top hits; an image that cannot be read shows as a grey tile."""
     from PIL import Image
 
-    from moda.features import load_image
+    from moda.io.images import load_image
 
     if not query or not query.strip():
         return []

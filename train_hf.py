@@ -32,12 +32,13 @@ from moda.build import build_from_backbones, build_from_scratch
 from moda.catalog import (MODA_CAPTION_TEMPLATE, QUESTIONS, BadRows, columns_of, examples_from_rows, load_catalog,
                           require_caption_columns, sample_rows)
 from moda.checkpointing import FINAL_STAGING_DIR, AtomicCheckpointTrainer, publish_staged_folder
-from moda.cli import run_command
 from moda.collate import ExampleDataset, MODACollator
 from moda.description_scores import attribute_scores
 from moda.evaluation import MODA_MODEL_TYPE, AttributeMetricsCallback, pyplot, read_model_config
-from moda.features import FeatureCache, compute_features, image_embedding_encoder, model_fingerprint, pixel_values_encoder
-from moda.paths import write_atomically
+from moda.features import (FeatureCache, compute_features, image_embedding_encoder, model_fingerprint,
+                           pixel_values_encoder)
+from moda.io.errors import run_command
+from moda.io.paths import write_atomically
 from moda.tokenizer import train_caption_tokenizer
 
 logger = logging.getLogger("train_hf")

@@ -25,7 +25,7 @@ from pathlib import Path
 import image_io_moda
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from moda.paths import write_atomically
+from moda.io.paths import write_atomically
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 HANDLER_SOURCE = Path(__file__).with_name("handler.py")

@@ -19,8 +19,8 @@ from transformers.dynamic_module_utils import get_relative_imports
 
 from hub_card.card import (CARD_NAME, HANDLER_NAME, IMAGE_IO_NAME, PLACEHOLDER_REPO_ID, read_moda_config,
                            write_handler, write_image_io, write_model_card)
-from moda.cli import run_command
-from moda.paths import write_atomically
+from moda.io.errors import run_command
+from moda.io.paths import write_atomically
 
 # Never uploaded: Trainer checkpoints and logs inside an output folder, and pickles (a MODA folder's weights
 # are safetensors; a pickle runs code when loaded).

@@ -28,14 +28,15 @@ from pathlib import Path
 
 import torch
 
-from moda.catalog import is_url, read_splits
-from moda.cli import add_trust_remote_code_argument, run_command
+from moda.catalog import read_splits
+from moda.cli import add_trust_remote_code_argument
 from moda.evaluation import check_model_code, describe_images
-from moda.features import load_image
-from moda.locks import exclusive_lock
-from moda.paths import write_atomically
+from moda.io.errors import run_command
+from moda.io.images import IMAGE_EXTENSIONS, image_files, load_image
+from moda.io.locks import exclusive_lock
+from moda.io.paths import is_url, write_atomically
+from moda.io.records import check_or_save_settings, jsonl_bytes, read_jsonl
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 ID_COLUMNS = ("id", "ProductId")
 OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
 # Columns of the output that hold structures; CSV and Parquet store them as JSON text.
@@ -66,11 +67,6 @@ def list_catalog_items(source: str, image_column: str = "image") -> list:
         raise ValueError(f"{source!r} lists no items: its catalog table has no rows.")
     base = path if path.is_dir() else path.parent if path.is_file() else None
     return _items_from_rows(rows, base, source)
-
-
-def image_files(root: Path) -> list:
-    """The image files below `root` (searched recursively), in a fixed order."""
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _image_files_as_rows(root: Path) -> list:
@@ -171,28 +167,6 @@ def catalog_vocabulary(source: str, image_column: str = "image"):
 # ---------------------------------------------------------------------------------------------------------------
 # Output: part files, reading back, the atomic merge
 # ---------------------------------------------------------------------------------------------------------------
-
-def check_or_save_settings(settings_file: Path, settings: dict, mismatch) -> None:
-    """
-    A run resumes only with the settings it started with: `settings` against those saved in `settings_file`
-    (ValueError with the message `mismatch(earlier_settings)` when they differ), or saved there for a run that starts.
-    """
-    if settings_file.exists():
-        earlier = json.loads(settings_file.read_text())
-        if {**dict.fromkeys(settings), **earlier} != settings:  # a setting newer than the file's run: None there
-            raise ValueError(mismatch(earlier))
-    else:
-        write_atomically(settings_file, lambda handle: handle.write(json.dumps(settings, indent=1).encode("utf-8")))
-
-
-def jsonl_bytes(rows: list) -> bytes:
-    return b"".join(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n" for row in rows)
-
-
-def read_jsonl(path: Path) -> list:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
-
 
 def parts_dir_for(output: Path) -> Path:
     return output.with_name(output.name + ".parts")

@@ -7,13 +7,13 @@ Rows that cannot be used are reported with their reason; `on_bad_row` decides wh
 
 import csv
 import json
-import os
 import random
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from moda.attributes import columns_for
+from moda.io.paths import is_url, looks_like_a_path
 
 MODA_CAPTION_TEMPLATE = "{Colour} {Usage} {ProductType} for {Gender} - {Category} {SubCategory}"
 SPLIT_NAMES = ("train", "validation", "test")
@@ -51,11 +51,6 @@ def without_location(message: str, where: str) -> str:
     """An error raised while reading a row (load_image's) starts with the row's location, which the bad-rows list
     gives already: keep it once."""
     return message.removeprefix(f"{where}: ")
-
-
-def is_url(value) -> bool:
-    """An http(s) URL: an image read as it is (moda.features.load_image), never as a path."""
-    return isinstance(value, str) and value.startswith(("http://", "https://"))
 
 
 def template_columns(template: str) -> list:
@@ -197,16 +192,6 @@ def read_catalog_splits(source: str, image_column: str = "image") -> dict:
     if not splits:
         raise ValueError(f"{source!r} holds no metadata.csv (imagefolder layout: <split>/metadata.csv + images).")
     return splits
-
-
-# File suffixes that say "a local table", not a Hub id (Hub ids may hold dots too: "owner/moda-v1.0", "opt-1.3b").
-TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
-
-
-def looks_like_a_path(source: str) -> bool:
-    """A trailing or leading separator, a leading "." or "~", or a table's suffix (.csv): a local path, not a Hub id."""
-    return (source.endswith(("/", os.sep)) or source.startswith((".", "/", "~", os.sep))
-            or Path(source).suffix.lower() in TABLE_SUFFIXES)
 
 
 def require_hub_id(source: str) -> None:

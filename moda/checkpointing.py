@@ -18,7 +18,7 @@ from transformers import Trainer
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from moda.paths import fsync_directory
+from moda.io.paths import fsync_directory
 
 STAGING_DIR = ".staging"
 # Where train_hf.py writes the final model before moving it to the top of the output folder.

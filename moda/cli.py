@@ -16,20 +16,6 @@ COMMANDS = {
 }
 
 
-# The errors MODA's commands raise on purpose, each with a message that names the input and its problem (BadRowError
-# is a ValueError). Any other exception is a bug and keeps its traceback.
-INPUT_ERRORS = (ValueError, FileNotFoundError)
-
-
-def run_command(name: str, work, args) -> int:
-    """Runs `work(args)` and returns its exit status; an input error prints "<name>: error: <message>" and returns 1."""
-    try:
-        return work(args)
-    except INPUT_ERRORS as err:
-        print(f"{name}: error: {err}", file=sys.stderr)
-        return 1
-
-
 def add_trust_remote_code_argument(parser) -> None:
     """--trust_remote_code (or --trust-remote-code), off by default, for a command that loads a user-given model."""
     parser.add_argument(

@@ -9,7 +9,8 @@ import sys
 
 from transformers import pipeline
 
-from moda.cli import INPUT_ERRORS, add_trust_remote_code_argument, run_command
+from moda.cli import add_trust_remote_code_argument
+from moda.io.errors import INPUT_ERRORS, run_command
 from pipeline_moda import MODAImageToTextPipeline
 
 

@@ -22,11 +22,12 @@ import torch
 from transformers import PretrainedConfig, TrainerCallback
 
 from moda.attributes import AttributeVocabulary
-from moda.catalog import (MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, looks_like_a_path,
-                          read_catalog_splits, require_caption_columns, sample_rows)
-from moda.cli import run_command
+from moda.catalog import (MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, read_catalog_splits,
+                          require_caption_columns, sample_rows)
 from moda.description_scores import SCORE_NAMES, flat_metrics, majority_baseline, score_descriptions
-from moda.features import load_image
+from moda.io.errors import run_command
+from moda.io.images import load_image
+from moda.io.paths import looks_like_a_path
 
 CONFUSION_ATTRIBUTES = ("colour", "product_type")
 DEFAULT_SPLIT = "test"

@@ -14,7 +14,8 @@ import re
 
 from moda.attributes import columns_for, is_missing
 from moda.description_scores import SCORE_NAMES
-from moda.teacher import generated_text, json_objects, load_text_generator
+from moda.io.records import json_objects
+from moda.teacher import generated_text, load_text_generator
 
 JUDGE_KEYS = SCORE_NAMES + ("Overall",)
 ATTRIBUTE_LABELS = {"colour": "Colour", "gender": "Gender", "product_type": "Product type", "category": "Category",

@@ -189,8 +189,8 @@ class CatalogIndex:
         """Writes the index folder; each file is replaced atomically and meta.json, written last, ties them."""
         import faiss
 
-        from moda.captioning import jsonl_bytes
-        from moda.paths import write_atomically
+        from moda.io.paths import write_atomically
+        from moda.io.records import jsonl_bytes
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -212,7 +212,7 @@ class CatalogIndex:
     def load(cls, directory, embedder=None) -> "CatalogIndex":
         import faiss
 
-        from moda.captioning import read_jsonl
+        from moda.io.records import read_jsonl
 
         directory = Path(directory)
         if not (directory / "meta.json").exists():
@@ -255,7 +255,8 @@ def image_embeddings_for(images: list, model_name: str, names: list = None, batc
     import torch
 
     from moda.describe import load_captioner
-    from moda.features import image_embedding_encoder, load_image
+    from moda.features import image_embedding_encoder
+    from moda.io.images import load_image
 
     names = names or [image if isinstance(image, str) else f"image {i}" for i, image in enumerate(images)]
     captioner = load_captioner(model_name, trust_remote_code=trust_remote_code)

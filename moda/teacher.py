@@ -27,8 +27,6 @@ a run holds an exclusive lock on `<output_dir>.lock` (moda.locks), and a second 
 """
 
 import argparse
-import csv
-import io
 import json
 import os
 import posixpath
@@ -37,15 +35,15 @@ import shutil
 import sys
 from pathlib import Path, PurePosixPath
 
-from moda.attributes import MYNTRA_COLUMNS, SMALL_COLUMNS, SYNONYMS, AttributeVocabulary, columns_for, \
-    extract_attributes, is_missing, words
-from moda.captioning import check_or_save_settings, image_files
-from moda.cli import run_command
-from moda.features import load_image
-from moda.locks import exclusive_lock
-from moda.paths import confined_path, replacing_atomically, write_atomically
+from moda.attributes import (MYNTRA_COLUMNS, SMALL_COLUMNS, SYNONYMS, AttributeVocabulary, columns_for,
+                             extract_attributes, is_missing, words)
 from moda.catalog import (BadRowError, BadRows, _load_imagefolder, _read_table, _rows_with_image_paths, columns_of,
                           without_location)
+from moda.io.errors import run_command
+from moda.io.images import image_files, load_image
+from moda.io.locks import exclusive_lock
+from moda.io.paths import confined_path, replacing_atomically, write_atomically
+from moda.io.records import check_or_save_settings, csv_bytes, json_objects
 
 # The write-up's teacher prompt: the item only, not the person or any text on it, as JSON.
 TEACHER_PROMPT = (
@@ -144,19 +142,6 @@ def template_description(attributes: dict) -> str:
 # ---------------------------------------------------------------------------------------------------------------
 # Reading model answers
 # ---------------------------------------------------------------------------------------------------------------
-
-def json_objects(text: str):
-    """The JSON objects (dicts) written in a model's answer, in order; text around and between them is skipped."""
-    decoder = json.JSONDecoder()
-    text = text if isinstance(text, str) else ""
-    for match in re.finditer(r"\{", text):
-        try:
-            found, _ = decoder.raw_decode(text, match.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(found, dict):
-            yield found
-
 
 def parse_teacher_answer(text: str) -> dict:
     """
@@ -511,14 +496,6 @@ def append_progress(handle, key: str, row: dict, answers: dict) -> None:
     handle.write(json.dumps({"key": key, "row": row, **answers}, ensure_ascii=False) + "\n")
     handle.flush()
     os.fsync(handle.fileno())
-
-
-def csv_bytes(rows: list, columns: list) -> bytes:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue().encode("utf-8")
 
 
 def prepare_output_dir(output_dir: Path, settings: dict, overwrite: bool) -> None:

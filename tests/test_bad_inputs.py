@@ -224,7 +224,7 @@ def test_training_data_loading_skips_or_fails_on_bad_rows(corpus, tiny_model_and
 
 
 def test_catalog_captioning_reads_every_input_or_names_it(corpus):
-    from moda.features import load_image
+    from moda.io.images import load_image
 
     for name, (path, expectation) in corpus.items():
         if name == "failing-url":

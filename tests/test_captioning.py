@@ -238,7 +238,7 @@ def test_two_processes_split_the_catalog_and_merge_it_complete(tiny_moda_dir, ca
 
 
 def test_a_run_saved_before_a_setting_existed_resumes_when_the_setting_is_unused(tmp_path):
-    from moda.captioning import check_or_save_settings
+    from moda.io.records import check_or_save_settings
 
     settings_file = tmp_path / "run.json"
     settings_file.write_text(json.dumps({"model": "m", "prompts": [""]}))  # written before "vocabulary" was kept

@@ -12,7 +12,7 @@ import train_hf
 from moda import teacher
 from moda.captioning import list_catalog_items
 from moda.catalog import BadRowError, BadRows, read_splits
-from moda.features import load_image
+from moda.io.images import load_image
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -14,8 +14,8 @@ import torch
 
 import train_hf
 from moda import captioning, checkpointing, features, teacher
-from moda.locks import OutputLockedError, exclusive_lock, lock_file_for
-from moda.paths import confined_path, replacing_atomically, write_atomically
+from moda.io.locks import OutputLockedError, exclusive_lock, lock_file_for
+from moda.io.paths import confined_path, replacing_atomically, write_atomically
 from tests.conftest import REPO_ROOT
 
 
@@ -260,7 +260,7 @@ def test_build_dataset_writes_no_image_outside_its_images_folder(tmp_path, produ
 
 HOLD_LOCK = """
 import sys, time
-from moda.locks import exclusive_lock
+from moda.io.locks import exclusive_lock
 with exclusive_lock(sys.argv[1], "a test's other run"):
     print("locked", flush=True)
     time.sleep(600)

@@ -491,7 +491,7 @@ def test_the_processor_reads_urls_files_and_base64_under_the_policies(base, tmp_
 
 
 def test_moda_features_names_the_item_for_bombs_and_private_urls(base, tmp_path, bomb):
-    from moda.features import load_image
+    from moda.io.images import load_image
 
     path = tmp_path / "bomb.png"
     path.write_bytes(bomb)

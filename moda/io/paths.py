@@ -3,6 +3,9 @@
     confined_path(output_dir / "images", name, "file_name")        # the path inside, or ValueError naming the name
     write_atomically(path, lambda handle: handle.write(data))       # temp file, fsync, rename; no litter
     with replacing_atomically(path) as temp: os.link(source, temp)  # the same, for a file made another way
+
+And what a name from the user or from data is: an http(s) URL (is_url), or a local path rather than a Hub id
+(looks_like_a_path).
 """
 
 import os
@@ -70,3 +73,18 @@ def write_atomically(path, write) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def is_url(value) -> bool:
+    """An http(s) URL: an image read as it is (moda.io.images.load_image), never as a path."""
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+# File suffixes that say "a local table", not a Hub id (Hub ids may hold dots too: "owner/moda-v1.0", "opt-1.3b").
+TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+
+
+def looks_like_a_path(source: str) -> bool:
+    """A trailing or leading separator, a leading "." or "~", or a table's suffix (.csv): a local path, not a Hub id."""
+    return (source.endswith(("/", os.sep)) or source.startswith((".", "/", "~", os.sep))
+            or Path(source).suffix.lower() in TABLE_SUFFIXES)
