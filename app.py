@@ -3,7 +3,7 @@
     python app.py --model ./moda-demo --index index/      # a model folder or Hub id, an index from `moda index`
     python app.py                                         # the offline demo: ./moda-demo + a small synthetic catalog
 
-With no --index, a small synthetic catalog (moda/synthetic.py) is captioned with the model and indexed once, under
+With no --index, a small synthetic catalog (moda/data/synthetic.py) is captioned with the model and indexed once, under
 .cache/. Nothing here reaches the network: no analytics, no share link, system fonts.
 """
 
@@ -33,7 +33,7 @@ def describe(captioner, image, vocabulary=None) -> tuple:
     description = describe_images(captioner.model, captioner.processor, [image.convert("RGB")], max_new_tokens=None)[0]
     if vocabulary is None:
         return description, {}
-    from moda.attributes import extract_attributes
+    from moda.data.attributes import extract_attributes
 
     found = extract_attributes(description, vocabulary)
     return description, {attribute: values for attribute, values in found.items() if values}
@@ -101,9 +101,9 @@ def build_demo_index(model: str, cache: Path = DEMO_CACHE, trust_remote_code: bo
     from moda.search import index_main
 
     try:
-        from moda.synthetic import make_catalog
+        from moda.data.synthetic import make_catalog
     except ImportError:
-        sys.exit("app.py: moda/synthetic.py is missing, so there is no demo catalog: give --index (from moda index).")
+        sys.exit("app.py: moda/data/synthetic.py is missing, so there is no demo catalog: give --index (from moda index).")
     catalog = Path(make_catalog(str(cache / "catalog"), num_items=DEMO_CATALOG_ITEMS, image_size=64, seed=0))
     described = cache / model_key(model)  # each model's captions and index apart: never another model's captions
     captions = described / "captions.jsonl"

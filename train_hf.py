@@ -25,18 +25,18 @@ import torch
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, set_seed
 
 from hub_card import describe_hardware, prepare_model_folder, push_model_folder
-from moda.attributes import KNOWN_COLUMNS, AttributeVocabulary
 from moda.auto_classes import MODAForConditionalGeneration, MODAProcessor
 from moda.blip_baseline import BlipCollator, load_blip
 from moda.build import build_from_backbones, build_from_scratch
-from moda.catalog import (MODA_CAPTION_TEMPLATE, QUESTIONS, BadRows, columns_of, examples_from_rows, load_catalog,
-                          require_caption_columns, sample_rows)
 from moda.checkpointing import FINAL_STAGING_DIR, AtomicCheckpointTrainer, publish_staged_folder
 from moda.collate import ExampleDataset, MODACollator
+from moda.data.attributes import KNOWN_COLUMNS, AttributeVocabulary
+from moda.data.catalog import (MODA_CAPTION_TEMPLATE, QUESTIONS, BadRows, columns_of, examples_from_rows, load_catalog,
+                               require_caption_columns, sample_rows)
+from moda.data.features import (FeatureCache, compute_features, image_embedding_encoder, model_fingerprint,
+                                pixel_values_encoder)
 from moda.description_scores import attribute_scores
 from moda.evaluation import MODA_MODEL_TYPE, AttributeMetricsCallback, pyplot, read_model_config
-from moda.features import (FeatureCache, compute_features, image_embedding_encoder, model_fingerprint,
-                           pixel_values_encoder)
 from moda.io.errors import run_command
 from moda.io.paths import write_atomically
 from moda.tokenizer import train_caption_tokenizer
@@ -222,7 +222,7 @@ def resolve_demo_defaults(model_args, data_args, training_args, given):
             raise ValueError("--output_dir is required with --dataset.")
         return
     from moda.build import SIZES
-    from moda.synthetic import make_catalog
+    from moda.data.synthetic import make_catalog
 
     if model_args.model_name_or_path is None:
         model_args.model_size = model_args.model_size or "tiny"
@@ -348,7 +348,7 @@ def require_training_examples(examples, dataset, bad_rows):
 
 
 def require_questions(examples, dataset, rows):
-    """--qa_from_metadata asks about the attributes of moda.catalog.QUESTIONS: a catalog without their columns gets none."""
+    """--qa_from_metadata asks about the attributes of moda.data.catalog.QUESTIONS: a catalog without their columns gets none."""
     if any(example["prompt"] for example in examples):
         return
     asked = " or ".join(", ".join(repr(layout[attribute]) for attribute in QUESTIONS) for layout in KNOWN_COLUMNS.values())

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from moda.catalog import load_catalog  # noqa: E402
+from moda.data.catalog import load_catalog  # noqa: E402
 from moda.description_scores import majority_baseline  # noqa: E402
 from benchmarks.results import print_and_save  # noqa: E402
 

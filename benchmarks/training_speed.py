@@ -4,7 +4,7 @@
 
 "Notebook way": every step decodes the JPEGs, runs the CLIP vision tower (frozen, no gradients), then the projector
 and OPT forward and backward, with torch's default AdamW and the model's default (SDPA) attention. "Cached": what
-train_hf.py does: the image embeddings are computed once with moda/features.py (FeatureCache + compute_features),
+train_hf.py does: the image embeddings are computed once with moda/data/features.py (FeatureCache + compute_features),
 every step runs only the projector and OPT, with train_hf's optimizer (fused AdamW) and CPU attention (eager).
 "Cached, bf16 autocast": the same with the forward under `torch.autocast("cpu", torch.bfloat16)` (weights, gradients
 and AdamW stay fp32), what `train_hf.py --bf16 true --use_cpu true` does through the Trainer. All use the same model,
@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configuration_moda import MODAConfig  # noqa: E402
 from modeling_moda import MODAForConditionalGeneration  # noqa: E402
 from moda.build import image_processor_for  # noqa: E402
-from moda.catalog import BadRows, examples_from_rows, load_catalog  # noqa: E402
 from moda.collate import MODACollator  # noqa: E402
-from moda.features import FeatureCache, compute_features, image_embedding_encoder  # noqa: E402
+from moda.data.catalog import BadRows, examples_from_rows, load_catalog  # noqa: E402
+from moda.data.features import FeatureCache, compute_features, image_embedding_encoder  # noqa: E402
 from moda.io.images import load_image  # noqa: E402
 from moda.tokenizer import train_caption_tokenizer  # noqa: E402
 from processing_moda import MODAProcessor  # noqa: E402

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from moda.catalog import read_splits
 from moda.cli import add_trust_remote_code_argument
+from moda.data.catalog import read_splits
 from moda.evaluation import check_model_code, describe_images
 from moda.io.errors import run_command
 from moda.io.images import IMAGE_EXTENSIONS, image_files, load_image
@@ -46,7 +46,7 @@ KILL_AFTER_PARTS_ENV = "MODA_CAPTION_KILL_AFTER_PARTS"
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The catalog: which images to describe (to merge with moda/catalog.py's loaders, whose readers it reuses).
+# The catalog: which images to describe (to merge with moda/data/catalog.py's loaders, whose readers it reuses).
 # ---------------------------------------------------------------------------------------------------------------
 
 def list_catalog_items(source: str, image_column: str = "image") -> list:
@@ -138,7 +138,7 @@ def caption_batch(captioner, items: list, prompts: list, vocabulary=None, max_ne
             row["descriptions"] = {prompt: texts[i] for prompt, texts in per_prompt.items()}
             row["description"] = merge_descriptions(row["descriptions"])
             if vocabulary is not None:
-                from moda.attributes import extract_attributes
+                from moda.data.attributes import extract_attributes
 
                 row["attributes"] = extract_attributes(row["description"], vocabulary)
     return rows
@@ -146,7 +146,7 @@ def caption_batch(captioner, items: list, prompts: list, vocabulary=None, max_ne
 
 def attribute_vocabulary(rows: list, source: str):
     """The attribute vocabulary of catalog rows, or None (with a note) when they have no attribute columns."""
-    from moda.attributes import AttributeVocabulary
+    from moda.data.attributes import AttributeVocabulary
 
     try:
         return AttributeVocabulary.from_rows(rows)

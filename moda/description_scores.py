@@ -22,7 +22,7 @@ scorer, corpus-level: it needs two or more items, since its IDF comes from the r
 import re
 from collections import Counter
 
-from moda.attributes import AttributeVocabulary, columns_for, extract_attributes, find_mentions, is_missing
+from moda.data.attributes import AttributeVocabulary, columns_for, extract_attributes, find_mentions, is_missing
 
 SCORE_NAMES = ("Color Accuracy", "Style Recognition", "Category Accuracy", "Gender Accuracy", "Factual Consistency")
 CATEGORY_LEVELS = ("product_type", "subcategory", "category")  # most specific first

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from transformers import PretrainedConfig, TrainerCallback
 
-from moda.attributes import AttributeVocabulary
-from moda.catalog import (MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, read_catalog_splits,
-                          require_caption_columns, sample_rows)
+from moda.data.attributes import AttributeVocabulary
+from moda.data.catalog import (MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, read_catalog_splits,
+                               require_caption_columns, sample_rows)
 from moda.description_scores import SCORE_NAMES, flat_metrics, majority_baseline, score_descriptions
 from moda.io.errors import run_command
 from moda.io.images import load_image

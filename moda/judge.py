@@ -12,7 +12,7 @@ other way of scoring.
 
 import re
 
-from moda.attributes import columns_for, is_missing
+from moda.data.attributes import columns_for, is_missing
 from moda.description_scores import SCORE_NAMES
 from moda.io.records import json_objects
 from moda.teacher import generated_text, load_text_generator

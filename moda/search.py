@@ -254,8 +254,8 @@ def image_embeddings_for(images: list, model_name: str, names: list = None, batc
     default: the path) are what an error about an image calls it. `trust_remote_code`: as for load_captioner."""
     import torch
 
+    from moda.data.features import image_embedding_encoder
     from moda.describe import load_captioner
-    from moda.features import image_embedding_encoder
     from moda.io.images import load_image
 
     names = names or [image if isinstance(image, str) else f"image {i}" for i, image in enumerate(images)]

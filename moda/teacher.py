@@ -35,10 +35,10 @@ import shutil
 import sys
 from pathlib import Path, PurePosixPath
 
-from moda.attributes import (MYNTRA_COLUMNS, SMALL_COLUMNS, SYNONYMS, AttributeVocabulary, columns_for,
-                             extract_attributes, is_missing, words)
-from moda.catalog import (BadRowError, BadRows, _load_imagefolder, _read_table, _rows_with_image_paths, columns_of,
-                          without_location)
+from moda.data.attributes import (MYNTRA_COLUMNS, SMALL_COLUMNS, SYNONYMS, AttributeVocabulary, columns_for,
+                                  extract_attributes, is_missing, words)
+from moda.data.catalog import (BadRowError, BadRows, columns_of, load_imagefolder, read_table, rows_with_image_paths,
+                               without_location)
 from moda.io.errors import run_command
 from moda.io.images import image_files, load_image
 from moda.io.locks import exclusive_lock
@@ -69,7 +69,7 @@ EXIT_AFTER_ITEMS_ENV = "MODA_TEACHER_EXIT_AFTER_ITEMS"
 # Raw model text kept in an error message, at most.
 RAW_TEXT_CHARS = 200
 
-# attribute -> column in the two catalog layouts (moda.attributes) and the teacher's JSON keys.
+# attribute -> column in the two catalog layouts (moda.data.attributes) and the teacher's JSON keys.
 TEACHER_COLUMNS = {"gender": "gender", "product_type": "category", "colour": "colour", "usage": "usage"}
 TITLE_COLUMNS = ("ProductTitle", "productDisplayName")
 BRAND_COLUMNS = ("brand", "Brand", "brandName", "brand_name")
@@ -90,7 +90,7 @@ BASIC_COLOURS = {
 
 def item_attributes(row: dict) -> dict:
     """
-    The row's attribute values {attribute: value} (moda.attributes names: colour, usage, product_type, gender,
+    The row's attribute values {attribute: value} (moda.data.attributes names: colour, usage, product_type, gender,
     category, subcategory), read from the Myntra columns (Colour, Usage, ProductType, Gender, Category, SubCategory)
     or the small set's (baseColour, usage, articleType, gender, masterCategory, subCategory); empty cells left out.
     """
@@ -386,7 +386,7 @@ def describe_with_models(teacher_answers: list, rows: list, refine=None) -> list
 
 def read_input_rows(images: str, metadata: str = None) -> list:
     """
-    The input items as catalog rows (moda.catalog's readers): `metadata` (a CSV with a file_name column, names
+    The input items as catalog rows (moda.data.catalog's readers): `metadata` (a CSV with a file_name column, names
     relative to `images`), else `images`' own metadata.csv (an imagefolder split folder), else the image files
     in `images` (no metadata: a teacher is then needed).
     """
@@ -397,13 +397,13 @@ def read_input_rows(images: str, metadata: str = None) -> list:
         table = Path(metadata)
         if not table.is_file():
             raise FileNotFoundError(f"--metadata {metadata!r} does not exist")
-        rows = _read_table(table)
+        rows = read_table(table)
         if rows and "file_name" not in rows[0]:
             raise ValueError(f"--metadata {metadata!r} has no file_name column (its columns: {list(rows[0])})")
-        return _rows_with_image_paths(rows, root, "file_name", str(table))
+        return rows_with_image_paths(rows, root, "file_name", str(table))
     if (root / "metadata.csv").is_file():
-        return _load_imagefolder(root)["train"]
-    splits = _load_imagefolder(root)
+        return load_imagefolder(root)["train"]
+    splits = load_imagefolder(root)
     if splits:
         raise ValueError(f"--images {images!r} holds split folders {sorted(splits)}: pass one of them "
                          f"(e.g. --images {root / sorted(splits)[0]}) and an --output_dir for it")

@@ -53,7 +53,7 @@ def captioner(tiny_moda_dir):
 
 @pytest.fixture(scope="module")
 def vocabulary():
-    from moda.attributes import AttributeVocabulary
+    from moda.data.attributes import AttributeVocabulary
 
     return AttributeVocabulary.from_values({"colour": ["Red", "Black"], "gender": ["Men", "Women"]})
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from moda.catalog import BadRowError, BadRows, examples_from_rows
-from moda.features import FeatureCache, compute_features, pixel_values_encoder
+from moda.data.catalog import BadRowError, BadRows, examples_from_rows
+from moda.data.features import FeatureCache, compute_features, pixel_values_encoder
 from pipeline_moda import MODAImageToTextPipeline
 
 

@@ -11,7 +11,7 @@ import pytest
 import train_hf
 from moda import teacher
 from moda.captioning import list_catalog_items
-from moda.catalog import BadRowError, BadRows, read_splits
+from moda.data.catalog import BadRowError, BadRows, read_splits
 from moda.io.images import load_image
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -177,7 +177,7 @@ def test_image_urls_in_a_table_stay_urls(tmp_path):
      ["Navy Blue", "Shirts", "Men", "Formal"]),
 ])
 def test_qa_from_metadata_asks_about_each_catalogs_own_columns(row, template, answers):
-    from moda.catalog import MODA_CAPTION_TEMPLATE, QUESTIONS, examples_from_rows
+    from moda.data.catalog import MODA_CAPTION_TEMPLATE, QUESTIONS, examples_from_rows
 
     examples = examples_from_rows([{"image": "a.png", **row}], BadRows(), caption_template=template or MODA_CAPTION_TEMPLATE,
                                   qa_from_metadata=True)

@@ -11,8 +11,8 @@ from huggingface_hub import ModelCard
 from transformers import AutoTokenizer, TrainerControl, TrainerState, TrainingArguments
 
 from hub_card import prepare_model_folder, write_model_card
-from moda.attributes import AttributeVocabulary
-from moda.catalog import load_catalog
+from moda.data.attributes import AttributeVocabulary
+from moda.data.catalog import load_catalog
 from moda.description_scores import majority_baseline, score_descriptions
 from moda.evaluation import AttributeMetricsCallback, describe_images, main
 from moda.judge import JudgeOutputError, build_judge_prompt, judge_descriptions, parse_judge_output

@@ -293,7 +293,7 @@ def test_card_says_how_much_of_the_split_was_scored(tiny_moda_dir, tmp_path):
 
 
 def test_card_does_not_say_a_synthetic_catalog_is_myntra(tiny_moda_dir, tmp_path):
-    # train_hf.py's offline demo trains on moda/synthetic.py's drawings, not on Myntra's photos.
+    # train_hf.py's offline demo trains on moda/data/synthetic.py's drawings, not on Myntra's photos.
     folder = copy_model(tiny_moda_dir, tmp_path / "model")
     card = ModelCard.load(write_model_card(folder, training_info={"dataset": ".cache/moda-synthetic"}))
     assert "The training catalog comes from one Indian e-commerce site" not in card.text

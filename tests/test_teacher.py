@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from moda.catalog import BadRowError, BadRows, examples_from_rows, load_catalog
+from moda.data.catalog import BadRowError, BadRows, examples_from_rows, load_catalog
 from moda.teacher import (EXIT_AFTER_ITEMS_ENV, PROGRESS_FILE, brand_names, describe_with_models, item_attributes,
                           kept_words, load_models, main, parse_teacher_answer, read_progress, remove_printed_text,
                           template_description)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 @pytest.fixture(scope="module")
 def catalog_dir(tmp_path_factory):
-    from moda.synthetic import make_catalog
+    from moda.data.synthetic import make_catalog
 
     return make_catalog(tmp_path_factory.mktemp("catalog") / "data", num_items=80, image_size=32, seed=0)
 
@@ -537,7 +537,7 @@ def test_qa_from_metadata_needs_columns_to_ask_about(tmp_path, catalog_dir):
 
 
 def test_a_description_longer_than_the_decoder_is_a_bad_row_named_before_training(tmp_path, catalog_dir):
-    from moda.catalog import BadRowError
+    from moda.data.catalog import BadRowError
 
     long = " ".join(["with a long tail of words"] * 20)
     path = captions_csv(tmp_path, catalog_dir, lambda i, row: row["caption"] + (long if i == 3 else ""))
@@ -601,8 +601,8 @@ def test_compute_features_reads_each_cached_image_once_and_gives_what_was_cached
     """Examples sharing an image (question/answer examples share their row's) share one cache read."""
     import numpy as np
 
-    from moda.catalog import BadRows
-    from moda.features import FeatureCache, compute_features
+    from moda.data.catalog import BadRows
+    from moda.data.features import FeatureCache, compute_features
 
     paths = []
     for i, image in enumerate(product_images[:2]):

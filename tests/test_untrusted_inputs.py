@@ -1,5 +1,5 @@
 """An adversarial corpus for image_io_moda's URL and decoding policies, through every entry point that reads images:
-the processor, the Inference Endpoints handler, moda.features (moda caption, eval, search, build-dataset, app).
+the processor, the Inference Endpoints handler, moda.io.images (moda caption, eval, search, build-dataset, app).
 
 All traffic stays on 127.0.0.1: a loopback HTTP server started here (reachable only through the private-address
 opt-in), and a simulated public host, images.example.com, whose resolver answer and route the `network` fixture
@@ -468,7 +468,7 @@ def test_a_url_image_is_decoded_under_the_same_policy(base, server, monkeypatch)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The entry points: processor, moda.features (moda caption), the Inference Endpoints handler
+# The entry points: processor, moda.io.images (moda caption), the Inference Endpoints handler
 # ---------------------------------------------------------------------------------------------------------------
 
 def test_the_processor_reads_urls_files_and_base64_under_the_policies(base, tmp_path, bomb, tiny_model_and_processor,

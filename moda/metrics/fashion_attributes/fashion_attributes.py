@@ -12,7 +12,7 @@ import json
 import datasets
 import evaluate
 
-from moda.attributes import AttributeVocabulary
+from moda.data.attributes import AttributeVocabulary
 from moda.description_scores import SCORE_NAMES, score_descriptions
 
 _DESCRIPTION = """

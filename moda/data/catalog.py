@@ -12,7 +12,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from moda.attributes import columns_for
+from moda.data.attributes import columns_for
 from moda.io.paths import is_url, looks_like_a_path
 
 MODA_CAPTION_TEMPLATE = "{Colour} {Usage} {ProductType} for {Gender} - {Category} {SubCategory}"
@@ -104,7 +104,7 @@ def caption_for(row: dict, caption_column: str = None, caption_template: str = M
     return " ".join(caption_template.format(**values).split())
 
 
-def _read_table(path: Path) -> list:
+def read_table(path: Path) -> list:
     if path.suffix.lower() == ".csv":
         with open(path, newline="", encoding="utf-8") as handle:
             return list(csv.DictReader(handle))
@@ -116,7 +116,7 @@ def _read_table(path: Path) -> list:
     raise ValueError(f"Unsupported catalog file {str(path)!r}: use .csv, .jsonl or .json.")
 
 
-def _rows_with_image_paths(rows: list, base: Path, image_column: str, source: str) -> list:
+def rows_with_image_paths(rows: list, base: Path, image_column: str, source: str) -> list:
     """Resolves each row's image column against `base`; rows keep all their metadata."""
     if rows:
         require_column(image_column, columns_of(rows), source, "image column")
@@ -136,14 +136,14 @@ def _rows_with_image_paths(rows: list, base: Path, image_column: str, source: st
     return resolved
 
 
-def _load_imagefolder(root: Path) -> dict:
+def load_imagefolder(root: Path) -> dict:
     splits = {}
     for split_dir in sorted(p for p in root.iterdir() if p.is_dir() and (p / "metadata.csv").exists()):
         table = split_dir / "metadata.csv"
-        splits[split_dir.name] = _rows_with_image_paths(_read_table(table), split_dir, "file_name", str(table))
+        splits[split_dir.name] = rows_with_image_paths(read_table(table), split_dir, "file_name", str(table))
     if not splits and (root / "metadata.csv").exists():
         table = root / "metadata.csv"
-        splits["train"] = _rows_with_image_paths(_read_table(table), root, "file_name", str(table))
+        splits["train"] = rows_with_image_paths(read_table(table), root, "file_name", str(table))
     return splits
 
 
@@ -177,9 +177,9 @@ def read_splits(source: str, image_column: str = "image") -> dict:
     """
     path = Path(source).expanduser()
     if path.is_dir():
-        return _load_imagefolder(path)
+        return load_imagefolder(path)
     if path.is_file():
-        return {"train": _rows_with_image_paths(_read_table(path), path.parent, image_column, str(path))}
+        return {"train": rows_with_image_paths(read_table(path), path.parent, image_column, str(path))}
     if looks_like_a_path(source):
         raise FileNotFoundError(f"Catalog not found: no file or folder {source!r}")
     require_hub_id(source)
@@ -239,7 +239,7 @@ def split_off_validation(splits: dict, fraction: float, seed: int) -> dict:
     return {**splits, "train": train[n_validation:], "validation": train[:n_validation]}
 
 
-# --qa_from_metadata's questions, by attribute: asked of the catalog's own column for it (moda.attributes.columns_for:
+# --qa_from_metadata's questions, by attribute: asked of the catalog's own column for it (moda.data.attributes.columns_for:
 # Colour in Myntra's catalog, baseColour in the small one).
 QUESTIONS = {
     "colour": "What colour is this item?",

@@ -1,7 +1,7 @@
 """The offline demo catalog: product pictures drawn with PIL, with Myntra-style metadata and MODA captions.
 
     make_catalog("data/synthetic", num_items=3000, image_size=64, seed=0)
-    python -m moda.synthetic data/synthetic --num_items 3000
+    python -m moda.data.synthetic data/synthetic --num_items 3000
 
 Writes an `imagefolder` layout (train/validation/test, each with metadata.csv and images/*.png) with the columns of
 the real fashion-images catalog, so everything that reads one reads the other. Every caption attribute is visible:
@@ -304,7 +304,7 @@ def make_catalog(output_dir, num_items: int = 3000, image_size: int = 64, seed: 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moda.synthetic", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m moda.data.synthetic", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("output_dir")
     parser.add_argument("--num_items", type=int, default=3000)
