@@ -142,8 +142,7 @@ def main(argv=None) -> int:
         sys.exit("app.py: ./moda-demo does not exist. Run `python train_hf.py` first (it trains the offline demo "
                  "model), or pass --model <folder or Hub id>.")
     from moda.captioning import catalog_vocabulary
-    from moda.describe import load_captioner
-    from moda.evaluation import check_model_code
+    from moda.model.loading import check_model_code, load_captioner
     from moda.search import CatalogIndex
 
     try:  # before the demo catalog is captioned with it: a model that needs its own code is refused at once

@@ -25,9 +25,6 @@ import torch
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, set_seed
 
 from hub_card import describe_hardware, prepare_model_folder, push_model_folder
-from moda.auto_classes import MODAForConditionalGeneration, MODAProcessor
-from moda.blip_baseline import BlipCollator, load_blip
-from moda.build import build_from_backbones, build_from_scratch
 from moda.checkpointing import FINAL_STAGING_DIR, AtomicCheckpointTrainer, publish_staged_folder
 from moda.collate import ExampleDataset, MODACollator
 from moda.data.attributes import KNOWN_COLUMNS, AttributeVocabulary
@@ -36,10 +33,14 @@ from moda.data.catalog import (MODA_CAPTION_TEMPLATE, QUESTIONS, BadRows, column
 from moda.data.features import (FeatureCache, compute_features, image_embedding_encoder, model_fingerprint,
                                 pixel_values_encoder)
 from moda.description_scores import attribute_scores
-from moda.evaluation import MODA_MODEL_TYPE, AttributeMetricsCallback, pyplot, read_model_config
+from moda.evaluation import AttributeMetricsCallback, pyplot
 from moda.io.errors import run_command
 from moda.io.paths import write_atomically
-from moda.tokenizer import train_caption_tokenizer
+from moda.model.auto_classes import MODAForConditionalGeneration, MODAProcessor
+from moda.model.blip_baseline import BlipCollator, load_blip
+from moda.model.build import build_from_backbones, build_from_scratch
+from moda.model.loading import MODA_MODEL_TYPE, read_model_config
+from moda.model.tokenizer import train_caption_tokenizer
 
 logger = logging.getLogger("train_hf")
 
@@ -190,7 +191,7 @@ def check_arguments(model_args, data_args, training_args, given) -> None:
         if name in given and getattr(value, "value", value) != TRAINING_ARGUMENT_DEFAULTS[name]:
             raise ValueError(f"--{name} is not used: train_hf.py trains with AdamW and StepLR (--learning_rate, "
                              "--weight_decay, --adam_beta1/2, --adam_epsilon, --lr_step_size, --lr_gamma, --warmup_steps).")
-    from moda.build import SIZES
+    from moda.model.build import SIZES
 
     if model_args.model_size and model_args.model_size not in SIZES:
         raise ValueError(f"--model_size must be one of {', '.join(map(repr, SIZES))}, got {model_args.model_size!r}.")
@@ -221,8 +222,8 @@ def resolve_demo_defaults(model_args, data_args, training_args, given):
         if "output_dir" not in given:
             raise ValueError("--output_dir is required with --dataset.")
         return
-    from moda.build import SIZES
     from moda.data.synthetic import make_catalog
+    from moda.model.build import SIZES
 
     if model_args.model_name_or_path is None:
         model_args.model_size = model_args.model_size or "tiny"
@@ -440,7 +441,7 @@ def mean_tokens_per_example(processor, examples) -> float:
     if isinstance(processor, MODAProcessor):
         encoded = processor.encode_examples([example["prompt"] for example in examples], descriptions)
         lengths = [len(tokens["input_ids"]) for tokens in encoded]
-    else:  # (moda.blip_baseline.BlipCollator)
+    else:  # (moda.model.blip_baseline.BlipCollator)
         lengths = [len(ids) for ids in processor.tokenizer(descriptions)["input_ids"]]
     return sum(lengths) / max(1, len(lengths))
 

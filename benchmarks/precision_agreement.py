@@ -17,9 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from moda.auto_classes import MODAForConditionalGeneration, MODAProcessor  # noqa: E402
 from moda.data.catalog import load_catalog  # noqa: E402
 from moda.io.images import load_image  # noqa: E402
+from moda.model.auto_classes import MODAForConditionalGeneration, MODAProcessor  # noqa: E402
 from benchmarks.results import print_and_save  # noqa: E402
 
 

@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configuration_moda import MODAConfig  # noqa: E402
 from modeling_moda import MODAForConditionalGeneration  # noqa: E402
-from moda.build import image_processor_for  # noqa: E402
 from moda.collate import MODACollator  # noqa: E402
 from moda.data.catalog import BadRows, examples_from_rows, load_catalog  # noqa: E402
 from moda.data.features import FeatureCache, compute_features, image_embedding_encoder  # noqa: E402
 from moda.io.images import load_image  # noqa: E402
-from moda.tokenizer import train_caption_tokenizer  # noqa: E402
+from moda.model.build import image_processor_for  # noqa: E402
+from moda.model.tokenizer import train_caption_tokenizer  # noqa: E402
 from processing_moda import MODAProcessor  # noqa: E402
 from train_hf import adamw, use_training_attention  # noqa: E402
 from benchmarks.results import print_and_save  # noqa: E402

@@ -30,12 +30,13 @@ import torch
 
 from moda.cli import add_trust_remote_code_argument
 from moda.data.catalog import read_splits
-from moda.evaluation import check_model_code, describe_images
+from moda.evaluation import describe_images
 from moda.io.errors import run_command
 from moda.io.images import IMAGE_EXTENSIONS, image_files, load_image
 from moda.io.locks import exclusive_lock
 from moda.io.paths import is_url, write_atomically
 from moda.io.records import check_or_save_settings, jsonl_bytes, read_jsonl
+from moda.model.loading import check_model_code
 
 ID_COLUMNS = ("id", "ProductId")
 OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
@@ -434,7 +435,7 @@ def caption_locked(args, output: Path, rank: int, world_size: int) -> None:
     done |= {str(row["id"]) for part in finished_parts(parts_dir) for row in read_jsonl(part)}
     shard = [item for item in items[rank::world_size] if item["id"] not in done]
     if shard:
-        from moda.describe import load_captioner
+        from moda.model.loading import load_captioner
 
         if args.vocabulary is None:
             vocabulary = attribute_vocabulary([item["row"] for item in items], args.images)

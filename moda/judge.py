@@ -15,7 +15,7 @@ import re
 from moda.data.attributes import columns_for, is_missing
 from moda.description_scores import SCORE_NAMES
 from moda.io.records import json_objects
-from moda.teacher import generated_text, load_text_generator
+from moda.model.text_generation import generated_text, load_text_generator
 
 JUDGE_KEYS = SCORE_NAMES + ("Overall",)
 ATTRIBUTE_LABELS = {"colour": "Colour", "gender": "Gender", "product_type": "Product type", "category": "Category",

@@ -255,8 +255,8 @@ def image_embeddings_for(images: list, model_name: str, names: list = None, batc
     import torch
 
     from moda.data.features import image_embedding_encoder
-    from moda.describe import load_captioner
     from moda.io.images import load_image
+    from moda.model.loading import load_captioner
 
     names = names or [image if isinstance(image, str) else f"image {i}" for i, image in enumerate(images)]
     captioner = load_captioner(model_name, trust_remote_code=trust_remote_code)

@@ -44,6 +44,7 @@ from moda.io.images import image_files, load_image
 from moda.io.locks import exclusive_lock
 from moda.io.paths import confined_path, replacing_atomically, write_atomically
 from moda.io.records import check_or_save_settings, csv_bytes, json_objects
+from moda.model.text_generation import generated_text, load_text_generator
 
 # The write-up's teacher prompt: the item only, not the person or any text on it, as JSON.
 TEACHER_PROMPT = (
@@ -286,30 +287,6 @@ def load_models(teacher_model, refiner_model, device=None, trust_remote_code=Fal
     if refiner_model:
         refiner = load_text_generator(refiner_model, device, trust_remote_code)
     return teacher, refiner
-
-
-def load_text_generator(model, device=None, trust_remote_code=False):
-    """A text-generation pipeline set up for batched answers (the refiner here, moda.judge's judge)."""
-    from transformers import pipeline
-
-    generator = pipeline("text-generation", model=model, device=device, dtype="auto",
-                         trust_remote_code=trust_remote_code)
-    if generator.tokenizer.pad_token is None:  # batching needs one; decoder-only models pad on the left
-        generator.tokenizer.pad_token = generator.tokenizer.eos_token
-    generator.tokenizer.padding_side = "left"
-    return generator
-
-
-def generated_text(output) -> str:
-    """The new text of one pipeline answer, whether it is a string or a chat (the last message's content)."""
-    while isinstance(output, list):  # one input's answers: [{"generated_text": ...}]
-        output = output[0] if output else {}
-    text = output.get("generated_text", "") if isinstance(output, dict) else output
-    if isinstance(text, list):  # a chat: the assistant's message
-        text = text[-1].get("content", "") if text else ""
-    if isinstance(text, list):  # content given as parts
-        text = " ".join(part.get("text", "") for part in text if isinstance(part, dict))
-    return text if isinstance(text, str) else ""
 
 
 def ask_teacher(teacher, images: list, max_new_tokens: int, batch_size: int) -> list:

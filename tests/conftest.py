@@ -12,8 +12,8 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from moda.build import build_from_scratch  # noqa: E402
-from moda.tokenizer import train_caption_tokenizer  # noqa: E402
+from moda.model.build import build_from_scratch  # noqa: E402
+from moda.model.tokenizer import train_caption_tokenizer  # noqa: E402
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 

@@ -46,7 +46,7 @@ def catalog_index(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def captioner(tiny_moda_dir):
-    from moda.describe import load_captioner
+    from moda.model.loading import load_captioner
 
     return load_captioner(str(tiny_moda_dir))
 
@@ -138,12 +138,12 @@ def test_a_missing_demo_model_is_named_however_it_is_written(tmp_path, monkeypat
 def test_a_wrong_index_or_vocabulary_is_named_before_the_model_loads(tiny_moda_dir, catalog_index, tmp_path,
                                                                       monkeypatch):
     import app
-    import moda.describe
+    import moda.model.loading
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(moda.describe, "load_captioner", no_loading)
+    monkeypatch.setattr(moda.model.loading, "load_captioner", no_loading)
     with pytest.raises(SystemExit) as info:
         app.main(["--model", str(tiny_moda_dir), "--index", str(tmp_path / "no-index")])
     assert "app.py:" in str(info.value) and "no-index" in str(info.value) and "not a search index" in str(info.value)

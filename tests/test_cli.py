@@ -29,7 +29,7 @@ def test_unknown_command_is_named_with_the_usage(capsys):
 def test_captioner_runs_this_packages_model_code_not_the_folders_copy(tiny_moda_dir):
     # A fresh process: in this one some other test has long registered MODA. Under transformers 5.x the registered
     # classes win over the folder's copy of the model files (which can be older, or someone else's from the Hub).
-    script = ("import sys\nfrom moda.describe import load_captioner\n"
+    script = ("import sys\nfrom moda.model.loading import load_captioner\n"
               "captioner = load_captioner(sys.argv[1])\n"
               "print('modules:', type(captioner.model).__module__, type(captioner.processor).__module__)")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -74,7 +74,7 @@ def test_caption_image_names_a_model_it_cannot_load(tmp_path, red_image, capsys)
     red_image.save(image)
     assert main(["caption-image", str(tmp_path / "no-such-model"), str(image)]) == 1
     assert "no-such-model" in capsys.readouterr().err
-    from moda.describe import load_captioner
+    from moda.model.loading import load_captioner
 
     # offline (conftest): a Hub id that cannot be loaded is named, as an input error the commands report in one line
     with pytest.raises(FileNotFoundError, match="'someone/no-such-moda': no local model folder of that name"):

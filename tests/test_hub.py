@@ -24,7 +24,7 @@ from PIL import Image
 
 from hub_card import prepare_model_folder, write_model_card
 from hub_card.push import main as push_main
-from moda.describe import load_captioner
+from moda.model.loading import load_captioner
 from tests.conftest import HIDE_REPO, REPO_ROOT, randomize_weights
 from tests.hub_server import LocalHub
 

@@ -60,7 +60,7 @@ def one_error_line(err: str, prefix: str, folder: Path) -> str:
 # --- the policy ---------------------------------------------------------------------------------------------------
 
 def test_check_model_code_decides_from_config_json_alone(evil_model, tiny_moda_dir, tmp_path):
-    from moda.evaluation import check_model_code
+    from moda.model.loading import check_model_code
 
     folder, marker = evil_model
     with pytest.raises(ValueError) as info:
@@ -92,7 +92,7 @@ def test_check_model_code_decides_from_config_json_alone(evil_model, tiny_moda_d
 @pytest.mark.parametrize("config", [{"auto_map": {"AutoModel": "evil.EvilModel"}}, {"model_type": ""}, [1]],
                          ids=["no model_type", "empty model_type", "not an object"])
 def test_a_config_without_a_model_type_is_refused(tmp_path, config):
-    from moda.evaluation import check_model_code
+    from moda.model.loading import check_model_code
 
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=f"--model {str(tmp_path)!r}: its config.json names no model_type"):
@@ -100,8 +100,7 @@ def test_a_config_without_a_model_type_is_refused(tmp_path, config):
 
 
 def test_an_unreachable_hub_model_is_still_named_as_one_that_cannot_be_loaded():
-    from moda.describe import load_captioner
-    from moda.evaluation import check_model_code
+    from moda.model.loading import check_model_code, load_captioner
 
     # offline (conftest): the config cannot be fetched
     for check in (check_model_code, load_captioner):
@@ -242,9 +241,8 @@ def test_a_moda_folder_never_runs_its_own_code(tiny_moda_dir, tmp_path, red_imag
     Under transformers 5.x the registered "moda" type wins over a config auto_map even with trust_remote_code=True;
     a tokenizer auto_map and custom_generate/generate.py do not: they run whenever transformers is told True.
     """
-    from moda.auto_classes import MODAForConditionalGeneration
-    from moda.describe import load_captioner
-    from moda.evaluation import load_model_and_processor
+    from moda.model.auto_classes import MODAForConditionalGeneration
+    from moda.model.loading import load_captioner, load_model_and_processor
 
     marker = tmp_path / "evil-ran"
     folder = moda_folder_with_code(tiny_moda_dir, tmp_path / "moda-with-code", marker, where)
@@ -267,9 +265,9 @@ sys.path.insert(0, sys.argv[1])
 folders = json.loads(sys.argv[2])
 
 import train_hf
-from moda.blip_baseline import load_blip
-from moda.build import build_from_backbones
-from moda.evaluation import load_model_and_processor
+from moda.model.blip_baseline import load_blip
+from moda.model.build import build_from_backbones
+from moda.model.loading import load_model_and_processor
 
 moda_args = SimpleNamespace(architecture="moda", model_name_or_path=folders["train_hf"], train_projector_only=False,
                             use_lora=False)
@@ -313,7 +311,7 @@ def test_loaders_without_the_flag_never_ask_whether_to_run_a_folders_code(tiny_m
     with trust_remote_code left unset, transformers would ask on stdin whether to run code a folder names, and a "y"
     (typed, or piped in by a script) would run it. They say False outright: nothing is asked, nothing runs.
     """
-    from moda.blip_baseline import build_tiny_blip
+    from moda.model.blip_baseline import build_tiny_blip
 
     model, processor = tiny_model_and_processor
     folders = {}

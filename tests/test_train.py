@@ -374,7 +374,7 @@ def test_demo_at_reduced_size_leaves_a_pipeline_loadable_folder(tmp_path, red_im
 def test_blip_baseline_fine_tunes_on_the_same_data(tmp_path, catalog_dir):
     from transformers import BlipForConditionalGeneration
 
-    from moda.blip_baseline import build_tiny_blip
+    from moda.model.blip_baseline import build_tiny_blip
 
     model, processor = build_tiny_blip(["Red Casual Tshirts for Men - Apparel Topwear"] * 4)
     model.save_pretrained(tmp_path / "tiny-blip")
@@ -581,7 +581,7 @@ def test_max_items_draw_a_seeded_sample_of_a_grouped_catalog_not_its_first_rows(
 
 
 def test_tokens_per_example_are_counted_as_the_collator_lays_examples_out(tiny_model_and_processor):
-    from moda.blip_baseline import BlipCollator, build_tiny_blip
+    from moda.model.blip_baseline import BlipCollator, build_tiny_blip
 
     captions = ["Red Casual Dresses for Women - Apparel Dress", "Black Sports Shoes for Men - Footwear Shoes"]
     _, processor = tiny_model_and_processor
