@@ -26,7 +26,7 @@ GALLERY_SIZE = 8
 
 def describe(captioner, image, vocabulary=None) -> tuple:
     """(description, attributes) of a PIL image; attributes are {} without a vocabulary."""
-    from moda.evaluation import describe_images
+    from moda.evaluate.describe import describe_images
 
     if image is None:
         return "Upload a product photo first.", {}

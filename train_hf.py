@@ -25,15 +25,13 @@ import torch
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, set_seed
 
 from hub_card import describe_hardware, prepare_model_folder, push_model_folder
-from moda.checkpointing import FINAL_STAGING_DIR, AtomicCheckpointTrainer, publish_staged_folder
-from moda.collate import ExampleDataset, MODACollator
 from moda.data.attributes import KNOWN_COLUMNS, AttributeVocabulary
 from moda.data.catalog import (MODA_CAPTION_TEMPLATE, QUESTIONS, BadRows, columns_of, examples_from_rows, load_catalog,
                                require_caption_columns, sample_rows)
 from moda.data.features import (FeatureCache, compute_features, image_embedding_encoder, model_fingerprint,
                                 pixel_values_encoder)
-from moda.description_scores import attribute_scores
-from moda.evaluation import AttributeMetricsCallback, pyplot
+from moda.evaluate.description_scores import attribute_scores
+from moda.evaluate.report import pyplot
 from moda.io.errors import run_command
 from moda.io.paths import write_atomically
 from moda.model.auto_classes import MODAForConditionalGeneration, MODAProcessor
@@ -41,6 +39,9 @@ from moda.model.blip_baseline import BlipCollator, load_blip
 from moda.model.build import build_from_backbones, build_from_scratch
 from moda.model.loading import MODA_MODEL_TYPE, read_model_config
 from moda.model.tokenizer import train_caption_tokenizer
+from moda.train.callbacks import AttributeMetricsCallback
+from moda.train.checkpointing import FINAL_STAGING_DIR, AtomicCheckpointTrainer, publish_staged_folder
+from moda.train.collate import ExampleDataset, MODACollator
 
 logger = logging.getLogger("train_hf")
 
@@ -616,7 +617,7 @@ def main(argv=None):
 def save_final_model(trainer, model, processor, output_dir):
     """
     Saves the trained model into output_dir (write_final_model), through a staging folder whose files are then moved
-    in one by one, weights last (moda.checkpointing.publish_staged_folder): a save that fails or is killed half-way
+    in one by one, weights last (moda.train.checkpointing.publish_staged_folder): a save that fails or is killed half-way
     leaves the earlier model in output_dir whole, never a torn model.safetensors. A failed save removes its staging
     folder; one that a killed save left is removed by the next save.
     """

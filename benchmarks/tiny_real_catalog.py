@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from moda.data.catalog import load_catalog  # noqa: E402
-from moda.description_scores import majority_baseline  # noqa: E402
+from moda.evaluate.description_scores import majority_baseline  # noqa: E402
 from benchmarks.results import print_and_save  # noqa: E402
 
 AIMS = {"gender": 0.75, "colour": 0.8, "product_type": 0.7}

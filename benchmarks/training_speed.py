@@ -8,7 +8,7 @@ train_hf.py does: the image embeddings are computed once with moda/data/features
 every step runs only the projector and OPT, with train_hf's optimizer (fused AdamW) and CPU attention (eager).
 "Cached, bf16 autocast": the same with the forward under `torch.autocast("cpu", torch.bfloat16)` (weights, gradients
 and AdamW stay fp32), what `train_hf.py --bf16 true --use_cpu true` does through the Trainer. All use the same model,
-batch size and collator (moda/collate.py), and are timed on the same sample of the real train split in the same run,
+batch size and collator (moda/train/collate.py), and are timed on the same sample of the real train split in the same run,
 interleaved step by step; the epoch time is extrapolated from the median step time to the full train split.
 """
 
@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configuration_moda import MODAConfig  # noqa: E402
 from modeling_moda import MODAForConditionalGeneration  # noqa: E402
-from moda.collate import MODACollator  # noqa: E402
 from moda.data.catalog import BadRows, examples_from_rows, load_catalog  # noqa: E402
 from moda.data.features import FeatureCache, compute_features, image_embedding_encoder  # noqa: E402
 from moda.io.images import load_image  # noqa: E402
 from moda.model.build import image_processor_for  # noqa: E402
 from moda.model.tokenizer import train_caption_tokenizer  # noqa: E402
+from moda.train.collate import MODACollator  # noqa: E402
 from processing_moda import MODAProcessor  # noqa: E402
 from train_hf import adamw, use_training_attention  # noqa: E402
 from benchmarks.results import print_and_save  # noqa: E402

@@ -37,7 +37,7 @@ HANDLER_NAME = "handler.py"
 IMAGE_IO_NAME = "image_io_moda.py"
 TRAINING_INFO_NAME = "moda_training.json"
 EVAL_REPORT_PATH = Path("eval") / "report.json"
-# The score groups of a `moda eval` report (moda/evaluation.py build_report); its other fields describe the run.
+# The score groups of a `moda eval` report (moda/evaluate/report.py build_report); its other fields describe the run.
 MODA_EVAL_SCORE_KEYS = ("scores", "hit_rates")
 # The name a card's snippets use until the repository is known.
 PLACEHOLDER_REPO_ID = "your-username/moda"
@@ -232,7 +232,7 @@ def read_eval_report(model_dir: Path, eval_report=None) -> tuple:
 
 
 def is_moda_eval_report(report: dict) -> bool:
-    """Whether `report` is the report.json that `moda eval` writes (moda/evaluation.py build_report)."""
+    """Whether `report` is the report.json that `moda eval` writes (moda/evaluate/report.py build_report)."""
     return all(isinstance(report.get(key), dict) for key in MODA_EVAL_SCORE_KEYS)
 
 

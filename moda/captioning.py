@@ -30,7 +30,7 @@ import torch
 
 from moda.cli import add_trust_remote_code_argument
 from moda.data.catalog import read_splits
-from moda.evaluation import describe_images
+from moda.evaluate.describe import describe_images
 from moda.io.errors import run_command
 from moda.io.images import IMAGE_EXTENSIONS, image_files, load_image
 from moda.io.locks import exclusive_lock

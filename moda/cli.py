@@ -7,7 +7,7 @@ import sys
 COMMANDS = {
     "caption-image": ("moda.describe", "main", "describe one image with a MODA model"),
     "train": ("train_hf", "command_line", "train MODA (same as python train_hf.py)"),
-    "eval": ("moda.evaluation", "main", "evaluate a model's descriptions on a catalog"),
+    "eval": ("moda.evaluate.evaluation", "main", "evaluate a model's descriptions on a catalog"),
     "build-dataset": ("moda.teacher", "main", "build training descriptions with teacher models"),
     "caption": ("moda.captioning", "main", "caption a whole catalog (batched, resumable, sharded)"),
     "index": ("moda.search", "index_main", "build or extend a search index over captions (and image embeddings)"),

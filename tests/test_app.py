@@ -60,7 +60,7 @@ def vocabulary():
 
 def test_describe_and_gallery_functions(captioner, catalog_index, red_image):
     from app import describe, gallery_items
-    from moda.evaluation import describe_images
+    from moda.evaluate.describe import describe_images
 
     text, attributes = describe(captioner, red_image)
     assert text == describe_images(captioner.model, captioner.processor, [red_image], max_new_tokens=None)[0]
@@ -77,7 +77,7 @@ def test_app_in_headless_chromium(captioner, catalog_index, vocabulary, red_imag
     from playwright.sync_api import expect, sync_playwright
 
     from app import build_demo, offline_theme
-    from moda.evaluation import describe_images
+    from moda.evaluate.describe import describe_images
 
     demo = build_demo(captioner, catalog_index, vocabulary, k=3)
     port = free_port()

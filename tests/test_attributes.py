@@ -1,5 +1,5 @@
 """The attribute extractor and the write-up's deterministic description scores (moda.data.attributes,
-moda.description_scores, the fashion_attributes evaluate metric)."""
+moda.evaluate.description_scores, the fashion_attributes evaluate metric)."""
 
 import json
 from pathlib import Path
@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from moda.data.attributes import AttributeVocabulary, columns_for, extract_attributes
-from moda.description_scores import attribute_scores, majority_baseline, score_descriptions, text_overlap_scores
+from moda.evaluate.description_scores import (attribute_scores, majority_baseline, score_descriptions,
+                                              text_overlap_scores)
 
 METRIC_DIR = Path(__file__).resolve().parents[1] / "moda" / "metrics" / "fashion_attributes"
 

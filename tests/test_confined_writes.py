@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import train_hf
-from moda import captioning, checkpointing, teacher
+from moda import captioning, teacher
+from moda.train import checkpointing
 from moda.data import features
 from moda.io.locks import OutputLockedError, exclusive_lock, lock_file_for
 from moda.io.paths import confined_path, replacing_atomically, write_atomically

@@ -1,4 +1,4 @@
-"""`moda eval` (moda.evaluation), the training callback and the LLM judge's plumbing (moda.judge)."""
+"""`moda eval` (moda.evaluate.evaluation), the training callback and the LLM judge's plumbing (moda.evaluate.judge)."""
 
 import csv
 import json
@@ -13,9 +13,11 @@ from transformers import AutoTokenizer, TrainerControl, TrainerState, TrainingAr
 from hub_card import prepare_model_folder, write_model_card
 from moda.data.attributes import AttributeVocabulary
 from moda.data.catalog import load_catalog
-from moda.description_scores import majority_baseline, score_descriptions
-from moda.evaluation import AttributeMetricsCallback, describe_images, main
-from moda.judge import JudgeOutputError, build_judge_prompt, judge_descriptions, parse_judge_output
+from moda.evaluate.describe import describe_images
+from moda.evaluate.description_scores import majority_baseline, score_descriptions
+from moda.evaluate.evaluation import main
+from moda.evaluate.judge import JudgeOutputError, build_judge_prompt, judge_descriptions, parse_judge_output
+from moda.train.callbacks import AttributeMetricsCallback
 
 from .conftest import SHARED_DATA
 
@@ -126,12 +128,12 @@ def test_eval_command_names_a_missing_or_empty_model_folder(tiny_catalog, tmp_pa
 
 
 def test_eval_command_names_a_missing_model_before_reading_the_images(tiny_catalog, tmp_path, capsys, monkeypatch):
-    import moda.evaluation
+    import moda.evaluate.evaluation
 
     def no_reading(*args, **kwargs):
         raise AssertionError("the split's images were read before --model was checked")
 
-    monkeypatch.setattr(moda.evaluation, "readable_items", no_reading)
+    monkeypatch.setattr(moda.evaluate.evaluation, "readable_items", no_reading)
     error = eval_error(capsys, ["--model", str(tmp_path / "no-such-model"), "--data", str(tiny_catalog),
                                 "--output_dir", str(tmp_path / "eval")])
     assert "no such model folder" in error
@@ -152,7 +154,7 @@ def test_eval_command_keeps_the_traceback_of_an_unexpected_error(tiny_moda_dir, 
     def fail(*args):
         raise unexpected
 
-    monkeypatch.setattr("moda.evaluation.load_model_and_processor", fail)
+    monkeypatch.setattr("moda.evaluate.evaluation.load_model_and_processor", fail)
     with pytest.raises(type(unexpected)):
         main(["--model", str(tiny_moda_dir), "--data", str(tiny_catalog), "--output_dir", str(tmp_path / "eval")])
 

@@ -250,7 +250,7 @@ def test_card_bad_inputs_are_named(tiny_moda_dir, tmp_path):
 
 
 def moda_eval_report(**changes):
-    """A report shaped as moda/evaluation.py build_report writes it (a real one: tests/test_evaluation.py)."""
+    """A report shaped as moda/evaluate/report.py build_report writes it (a real one: tests/test_evaluation.py)."""
     report = {
         "model": "/tmp/review/moda-demo", "data": "/tmp/review/catalog.csv", "split": "train",
         "split_note": "'/tmp/review/catalog.csv' has no 'test' split, so its only split 'train' was scored",

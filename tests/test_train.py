@@ -11,7 +11,7 @@ import torch
 
 import train_hf
 from modeling_moda import MODAForConditionalGeneration
-from moda.collate import MODACollator
+from moda.train.collate import MODACollator
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -251,7 +251,7 @@ def test_a_final_save_failing_half_way_leaves_the_earlier_model_whole(tmp_path, 
     import transformers.modeling_utils
     from safetensors.torch import save_file
 
-    from moda.checkpointing import FINAL_STAGING_DIR
+    from moda.train.checkpointing import FINAL_STAGING_DIR
 
     common = ("--model_name_or_path", str(tiny_moda_dir), "--max_steps", "1", "--eval_strategy", "no",
               "--save_strategy", "no", "--learning_rate", "0.01")

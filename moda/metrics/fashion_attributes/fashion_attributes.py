@@ -13,7 +13,7 @@ import datasets
 import evaluate
 
 from moda.data.attributes import AttributeVocabulary
-from moda.description_scores import SCORE_NAMES, score_descriptions
+from moda.evaluate.description_scores import SCORE_NAMES, score_descriptions
 
 _DESCRIPTION = """
 Scores fashion item descriptions against the item's catalog metadata, on 0-10 as the MODA write-up's judge rubric:

@@ -1,19 +1,19 @@
 """An optional LLM judge: a text-generation model scores each description with the MODA write-up's rubric.
 
-    from moda.judge import judge_descriptions
+    from moda.evaluate.judge import judge_descriptions
     judged = judge_descriptions(descriptions, rows, "Qwen/Qwen2.5-1.5B-Instruct")   # any local folder or Hub id
     judged["mean_scores"], judged["items"][0]
 
 The judge sees the item's metadata and the description and answers with a JSON object of 0-10 scores. Output that
 is not such an object is reported on its item ("error", with the raw output) and left out of the means; nothing is
-retried or guessed. The deterministic scores of moda.description_scores need no model; this is the write-up's
+retried or guessed. The deterministic scores of moda.evaluate.description_scores need no model; this is the write-up's
 other way of scoring.
 """
 
 import re
 
 from moda.data.attributes import columns_for, is_missing
-from moda.description_scores import SCORE_NAMES
+from moda.evaluate.description_scores import SCORE_NAMES
 from moda.io.records import json_objects
 from moda.model.text_generation import generated_text, load_text_generator
 

@@ -1,0 +1,174 @@
+"""`moda eval`: caption a catalog split with a model, score the descriptions against the item metadata, report.
+
+    moda eval --model ./moda-demo --data ../shared/data/fashion-images --split test --output_dir eval
+
+`--split` defaults to test, else to the catalog's only split (a CSV/JSONL file is one split: all its rows are scored,
+and the summary and report say so). It writes eval/report.json (every number and every item), eval/report.md,
+eval/metrics.png (the write-up's five scores) and eval/confusion_colour.png, eval/confusion_product_type.png, and
+prints a summary with the majority-class baseline. The scores are those of moda.evaluate.description_scores (the
+MODA write-up's rubric, computed from metadata); `--judge MODEL` adds an LLM judge's scores (moda.evaluate.judge) for
+the first `--judge_limit` items.
+
+`moda.train.callbacks.AttributeMetricsCallback` computes the same scores during training, at every evaluation,
+against tokens seen.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from moda.data.attributes import AttributeVocabulary
+from moda.data.catalog import (MODA_CAPTION_TEMPLATE, BadRowError, BadRows, caption_for, read_catalog_splits,
+                               require_caption_columns, sample_rows)
+from moda.evaluate.describe import describe_images
+from moda.evaluate.description_scores import majority_baseline, score_descriptions
+from moda.evaluate.report import build_report, summary_table, write_report
+from moda.io.errors import run_command
+from moda.io.images import load_image
+from moda.model.loading import eval_model_type, load_model_and_processor
+
+DEFAULT_SPLIT = "test"
+
+
+# --- the eval command ---------------------------------------------------------------------------------------------
+
+def parse_arguments(argv=None):
+    parser = argparse.ArgumentParser(prog="moda eval", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a MODA model folder or Hub id (or a BLIP baseline folder)")
+    parser.add_argument("--data", required=True,
+                        help="an imagefolder directory (<split>/metadata.csv), a CSV/JSONL file or a Hub dataset")
+    parser.add_argument("--split", default=None,
+                        help=f"the split to score (default: {DEFAULT_SPLIT!r}, else the catalog's only split, e.g. "
+                             "all rows of a CSV/JSONL file)")
+    parser.add_argument("--output_dir", default="eval")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="score N items of the split, drawn at random (seed 0) in the split's order: a catalog "
+                             "file is often grouped, so its first N would be a skewed sample")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_new_tokens", type=int, default=32)
+    parser.add_argument("--image_column", default="image", help="the image column of a CSV/JSONL or Hub dataset")
+    parser.add_argument("--columns", default=None, choices=["myntra", "small"],
+                        help="the catalog's attribute columns (default: found by name)")
+    parser.add_argument("--caption_template", default=MODA_CAPTION_TEMPLATE,
+                        help="reference captions for BLEU/ROUGE-L/CIDEr, filled from each item's metadata")
+    parser.add_argument("--caption_column", default=None,
+                        help="take reference captions from this column instead (e.g. ProductTitle)")
+    parser.add_argument("--on_bad_row", default="skip", choices=["skip", "fail"],
+                        help="items without a readable image: skip them (listed in the report) or stop")
+    parser.add_argument("--judge", default=None, help="also score with an LLM judge (a text-generation model)")
+    parser.add_argument("--judge_limit", type=int, default=20, help="how many items the judge scores")
+    parser.add_argument("--revision", default=None, help="a Hub revision of --model to pin")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    args = parser.parse_args(argv)
+    # Checked here, not after the catalog's images are read and the model is loaded.
+    for name in ("limit", "batch_size", "max_new_tokens", "judge_limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be at least 1, got {value}")
+    return args
+
+
+def choose_split(catalog: dict, split: str = None, data: str = "the catalog") -> tuple:
+    """
+    (split name, note or None): `split` when given; else "test"; else the catalog's only split (a CSV/JSONL file's
+    rows are one "train" split), with a note, since that split may hold the items the model was trained on.
+    """
+    if split is not None:
+        if split not in catalog:
+            one_split = len(catalog) == 1
+            hint = " (a CSV/JSONL file is one split: leave out --split to score all its rows)" if one_split else ""
+            raise ValueError(f"{data!r} has no split {split!r}; it has {sorted(catalog)}{hint}.")
+        return split, None
+    if DEFAULT_SPLIT in catalog:
+        return DEFAULT_SPLIT, None
+    if len(catalog) == 1:
+        (only,) = catalog
+        return only, (f"{data!r} has no {DEFAULT_SPLIT!r} split, so its only split {only!r} was scored "
+                      "(it may hold items the model was trained on)")
+    raise ValueError(f"{data!r} has no split {DEFAULT_SPLIT!r}; it has {sorted(catalog)}: pick one with --split.")
+
+
+def split_rows(catalog: dict, split: str, limit: int = None) -> list:
+    rows = sample_rows(catalog[split], limit, seed=0)
+    if not rows:
+        raise ValueError(f"Split {split!r} of the catalog is empty.")
+    return rows
+
+
+def readable_items(rows: list, bad_rows: BadRows):
+    """(rows, PIL images) for the rows whose image can be read; the others go to bad_rows with their reason."""
+    kept, images = [], []
+    for i, row in enumerate(rows):
+        where = row.get("_where", f"row {i}")
+        try:
+            images.append(load_image(row.get("image"), where))
+        except ValueError as err:
+            bad_rows.report(where, str(err))
+            continue
+        kept.append(row)
+    return kept, images
+
+
+def reference_captions_for(rows, caption_column=None, caption_template=MODA_CAPTION_TEMPLATE):
+    """(captions, None), or (None, reason) when some row cannot give one (text metrics are then not computed)."""
+    captions = []
+    for i, row in enumerate(rows):
+        try:
+            captions.append(caption_for(row, caption_column, caption_template))
+        except BadRowError as err:
+            source = f"column {caption_column!r}" if caption_column else f"template {caption_template!r}"
+            return None, f"no reference caption from {source} for {row.get('_where', f'row {i}')}: {err}"
+    return captions, None
+
+
+def main(argv=None) -> int:
+    args = parse_arguments(argv)
+    return run_command("moda eval", evaluate, args)
+
+
+def evaluate(args) -> int:
+    output_dir = Path(args.output_dir)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    eval_model_type(args.model, args.revision)  # before the split's images are read
+
+    # The splits as the data holds them: load_catalog would set aside a random tenth of a lone train split as
+    # validation (for training), and scoring a file would then leave rows out unsaid.
+    catalog = read_catalog_splits(args.data, image_column=args.image_column)
+    if args.caption_column or args.caption_template != MODA_CAPTION_TEMPLATE:  # named by the user: must exist (the
+        # default template only skips the text metrics on catalogs without its columns, with the reason printed)
+        require_caption_columns(catalog, args.data, args.caption_column, args.caption_template)
+    split, split_note = choose_split(catalog, args.split, args.data)
+    rows = split_rows(catalog, split, args.limit)
+    # The vocabulary covers every split: a value named in a description but absent from this split is still a fact.
+    vocabulary = AttributeVocabulary.from_rows([row for part in catalog.values() for row in part], args.columns)
+    bad_rows = BadRows(args.on_bad_row)
+    rows, images = readable_items(rows, bad_rows)
+    if not rows:
+        raise ValueError(f"No item of split {split!r} has a readable image:\n{bad_rows.summary()}")
+
+    model, processor = load_model_and_processor(args.model, args.revision)
+    model.to(device)
+    descriptions = describe_images(model, processor, images, args.batch_size, args.max_new_tokens, progress=True)
+
+    captions, no_text_reason = reference_captions_for(rows, args.caption_column, args.caption_template)
+    result = score_descriptions(descriptions, rows, vocabulary=vocabulary, reference_captions=captions)
+    selection = {"split": split, "split_note": split_note, "split_rows": len(catalog[split])}
+    report = build_report(args, selection, rows, descriptions, captions, result,
+                          majority_baseline(rows, vocabulary.columns), bad_rows, no_text_reason)
+    if args.judge:
+        from moda.evaluate.judge import judge_descriptions
+
+        n = min(args.judge_limit, len(rows))
+        report["judge"] = judge_descriptions(descriptions[:n], rows[:n], args.judge, vocabulary=vocabulary,
+                                             device=device)
+    write_report(report, output_dir)
+    print(summary_table(report))
+    print(f"\nreport: {output_dir / 'report.json'}, {output_dir / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
