@@ -97,8 +97,8 @@ def offline_theme():
 
 def build_demo_index(model: str, cache: Path = DEMO_CACHE, trust_remote_code: bool = False) -> tuple:
     """The no-argument demo's catalog: synthetic items captioned by the model and indexed (once; then reused)."""
-    from moda.captioning import main as caption_main
-    from moda.search import index_main
+    from moda.catalog.caption import main as caption_main
+    from moda.catalog.search import index_main
 
     try:
         from moda.data.synthetic import make_catalog
@@ -141,9 +141,9 @@ def main(argv=None) -> int:
     if Path(args.model) == Path(DEMO_MODEL) and not Path(DEMO_MODEL).is_dir():  # also "./moda-demo", as in README
         sys.exit("app.py: ./moda-demo does not exist. Run `python train_hf.py` first (it trains the offline demo "
                  "model), or pass --model <folder or Hub id>.")
-    from moda.captioning import catalog_vocabulary
+    from moda.catalog.caption import catalog_vocabulary
+    from moda.catalog.search import CatalogIndex
     from moda.model.loading import check_model_code, load_captioner
-    from moda.search import CatalogIndex
 
     try:  # before the demo catalog is captioned with it: a model that needs its own code is refused at once
         check_model_code(args.model, trust_remote_code=args.trust_remote_code)

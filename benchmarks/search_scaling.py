@@ -25,7 +25,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from moda.search import DEFAULT_EMBEDDER, EXACT_UP_TO, VectorIndex, embed_texts, load_embedder  # noqa: E402
+from moda.catalog.search import DEFAULT_EMBEDDER, EXACT_UP_TO, VectorIndex, embed_texts, load_embedder  # noqa: E402
 
 
 def catalog_rows(catalog: Path) -> list:
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     section = "\n".join([
         "## Search",
         "",
-        f"Indexing {catalog.name} product titles with `moda.search` (embedder {DEFAULT_EMBEDDER}, 384-d, L2-normalised;",
+        f"Indexing {catalog.name} product titles with `moda.catalog.search` (embedder {DEFAULT_EMBEDDER}, 384-d, L2-normalised;",
         f"FAISS exact IndexFlatIP up to {EXACT_UP_TO:,} items, HNSW (M=32, efConstruction=80, efSearch=128) past that).",
         f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s),"
         " shared with other work while measured. Times are milliseconds per item, each size indexed from scratch:",

@@ -8,10 +8,10 @@ COMMANDS = {
     "caption-image": ("moda.describe", "main", "describe one image with a MODA model"),
     "train": ("train_hf", "command_line", "train MODA (same as python train_hf.py)"),
     "eval": ("moda.evaluate.evaluation", "main", "evaluate a model's descriptions on a catalog"),
-    "build-dataset": ("moda.teacher", "main", "build training descriptions with teacher models"),
-    "caption": ("moda.captioning", "main", "caption a whole catalog (batched, resumable, sharded)"),
-    "index": ("moda.search", "index_main", "build or extend a search index over captions (and image embeddings)"),
-    "search": ("moda.search", "search_main", "search a catalog index by text or by a photo"),
+    "build-dataset": ("moda.catalog.build_dataset", "main", "build training descriptions with teacher models"),
+    "caption": ("moda.catalog.caption", "main", "caption a whole catalog (batched, resumable, sharded)"),
+    "index": ("moda.catalog.search", "index_main", "build or extend a search index over captions (and image embeddings)"),
+    "search": ("moda.catalog.search", "search_main", "search a catalog index by text or by a photo"),
     "push": ("hub_card.push", "main", "push a model folder to the Hub with its card"),
 }
 

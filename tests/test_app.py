@@ -34,7 +34,7 @@ def free_port() -> int:
 def catalog_index(tmp_path_factory):
     from PIL import Image
 
-    from moda.search import CatalogIndex
+    from moda.catalog.search import CatalogIndex
 
     folder = tmp_path_factory.mktemp("app-catalog")
     rows = []

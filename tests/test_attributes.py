@@ -70,9 +70,9 @@ def test_navy_blue_is_not_also_blue(vocabulary):
 
 
 def test_build_dataset_template_descriptions_score_full_marks(vocabulary):
-    # moda.teacher writes Unisex as "for men and women" and leaves out a usage the product type holds
+    # moda.catalog.build_dataset writes Unisex as "for men and women" and leaves out a usage the product type holds
     # ("White casual shoes"): the scores must read both as the item's own values.
-    from moda.teacher import item_attributes, template_description
+    from moda.catalog.build_dataset import item_attributes, template_description
 
     descriptions = [template_description(item_attributes(row)) for row in ROWS]
     assert "White casual shoes for men. Category: Footwear, Shoes." in descriptions

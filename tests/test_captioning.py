@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from moda.captioning import (KILL_AFTER_PARTS_ENV, list_catalog_items, main, parse_arguments, parts_dir_for,
-                             prepare_parts_dir, read_output, run_settings)
+from moda.catalog.caption import (KILL_AFTER_PARTS_ENV, list_catalog_items, main, parse_arguments, parts_dir_for,
+                                  prepare_parts_dir, read_output, run_settings)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_GOOD = 10
@@ -251,7 +251,7 @@ def test_a_run_saved_before_a_setting_existed_resumes_when_the_setting_is_unused
 
 def test_a_vocabulary_catalog_is_read_for_its_attributes_only(tmp_path):
     """Item ids play no part in a vocabulary: repeated or partly missing ids are no reason to refuse it."""
-    from moda.captioning import catalog_vocabulary
+    from moda.catalog.caption import catalog_vocabulary
 
     (tmp_path / "vocabulary.csv").write_text("image,ProductId,Colour,Gender,ProductType,Usage\n"
                                              "a.png,1,Olive,Women,Kurtas,Ethnic\na.png,1,Teal,Men,Shirts,Casual\n"

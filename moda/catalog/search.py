@@ -276,7 +276,7 @@ def images_of(rows: list, catalog: str = None, image_column: str = "image") -> l
     the image file each row names. A catalog whose images are bytes (a Hub dataset, a table of encoded images) leaves
     no file on disk: its rows name where the image came from, so it needs `catalog`.
     """
-    from moda.captioning import list_catalog_items
+    from moda.catalog.caption import list_catalog_items
 
     if catalog is None:
         missing = [row for row in rows if not Path(str(row["file"])).is_file()]
@@ -296,7 +296,7 @@ def images_of(rows: list, catalog: str = None, image_column: str = "image") -> l
 
 
 def index_main(argv=None) -> int:
-    from moda.captioning import read_output
+    from moda.catalog.caption import read_output
 
     parser = argparse.ArgumentParser(prog="moda index", description="Build or update a search index over captions.")
     parser.add_argument("--captions", required=True, help="captions file from moda caption (.jsonl, .csv, .parquet)")
