@@ -97,8 +97,8 @@ def offline_theme():
 
 def build_demo_index(model: str, cache: Path = DEMO_CACHE, trust_remote_code: bool = False) -> tuple:
     """The no-argument demo's catalog: synthetic items captioned by the model and indexed (once; then reused)."""
-    from moda.catalog.caption import main as caption_main
-    from moda.catalog.search import index_main
+    from moda.cli.caption import main as caption_main
+    from moda.cli.index import main as index_main
 
     try:
         from moda.data.synthetic import make_catalog

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from moda.catalog.caption import (KILL_AFTER_PARTS_ENV, list_catalog_items, main, parse_arguments, parts_dir_for,
-                                  prepare_parts_dir, read_output, run_settings)
+from moda.catalog.caption import (KILL_AFTER_PARTS_ENV, list_catalog_items, parts_dir_for, prepare_parts_dir,
+                                  read_output, run_settings)
+from moda.cli.caption import main, parse_arguments
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_GOOD = 10

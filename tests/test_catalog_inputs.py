@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import train_hf
-from moda.catalog import build_dataset
 from moda.catalog.caption import list_catalog_items
+from moda.cli import build_dataset as build_dataset_command
 from moda.data.catalog import BadRowError, BadRows, read_splits
 from moda.io.images import load_image
 
@@ -142,7 +142,7 @@ def test_build_dataset_on_images_without_metadata_is_an_error(tmp_path, product_
     photos = tmp_path / "catalog"
     photos.mkdir()
     product_images[0].save(photos / "a.png")
-    assert build_dataset.main(["--images", str(photos), "--output_dir", str(tmp_path / "out")]) == 1
+    assert build_dataset_command.main(["--images", str(photos), "--output_dir", str(tmp_path / "out")]) == 1
     error = capsys.readouterr().err
     assert str(photos) in error and "no metadata" in error and "--teacher_model" in error
 
@@ -150,7 +150,7 @@ def test_build_dataset_on_images_without_metadata_is_an_error(tmp_path, product_
 def test_build_dataset_with_every_row_bad_is_an_error_and_lists_them(tmp_path, capsys):
     write_csv(tmp_path / "metadata.csv", [{"file_name": f"gone{i}.png", **ROW} for i in range(2)])
     output = tmp_path / "out"
-    assert build_dataset.main(["--images", str(tmp_path), "--output_dir", str(output)]) == 1
+    assert build_dataset_command.main(["--images", str(tmp_path), "--output_dir", str(output)]) == 1
     error = capsys.readouterr().err
     assert "could be described: all 2 were bad rows" in error and "gone0.png" in error
     bad = read_csv(output / "bad_rows.csv")

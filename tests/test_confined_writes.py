@@ -14,6 +14,7 @@ import torch
 
 import train_hf
 from moda.catalog import build_dataset, caption
+from moda.cli import build_dataset as build_dataset_command, caption as caption_command
 from moda.data import features
 from moda.io.locks import OutputLockedError, exclusive_lock, lock_file_for
 from moda.io.paths import confined_path, replacing_atomically, write_atomically
@@ -235,7 +236,7 @@ def test_build_dataset_writes_no_image_outside_its_images_folder(tmp_path, produ
             handle.write(json.dumps({"file_name": name, **metadata}) + "\n")
     before = tree(tmp_path)
 
-    assert build_dataset.main(["--images", str(catalog), "--metadata", str(tmp_path / "items.jsonl"),
+    assert build_dataset_command.main(["--images", str(catalog), "--metadata", str(tmp_path / "items.jsonl"),
                          "--output_dir", str(output)]) == 0
 
     assert list(outside.iterdir()) == []
@@ -296,7 +297,7 @@ def test_a_second_caption_run_is_refused_naming_the_pid_that_holds_the_output(tm
     argv = ["--model", str(tiny_moda_dir), "--images", str(tmp_path / "photos"), "--output", str(output),
             "--max_new_tokens", "2"]
 
-    assert caption.main(argv) == 1
+    assert caption_command.main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("moda caption: error: ") == 1 and "Traceback" not in err
     assert f"--output {output} is being written by another run" in err
@@ -305,7 +306,7 @@ def test_a_second_caption_run_is_refused_naming_the_pid_that_holds_the_output(tm
 
     holder.kill()
     holder.wait()
-    assert caption.main(argv) == 0  # the killed run's lock does not block the next one
+    assert caption_command.main(argv) == 0  # the killed run's lock does not block the next one
     assert [row["id"] for row in caption.read_output(output)] == ["red.png"]
     assert not lock_file_for(output).exists()
 
@@ -319,7 +320,7 @@ def test_a_second_build_dataset_run_is_refused_naming_the_pid(tmp_path, product_
     output = tmp_path / "out"
     holder = lock_holder(output)
 
-    assert build_dataset.main(["--images", str(catalog), "--output_dir", str(output)]) == 1
+    assert build_dataset_command.main(["--images", str(catalog), "--output_dir", str(output)]) == 1
     err = capsys.readouterr().err
     assert err.count("moda build-dataset: error: ") == 1
     assert f"--output_dir {output} is being written by another run" in err and f"PID {holder.pid}" in err

@@ -11,11 +11,11 @@ from huggingface_hub import ModelCard
 from transformers import AutoTokenizer, TrainerControl, TrainerState, TrainingArguments
 
 from hub_card import prepare_model_folder, write_model_card
+from moda.cli.eval import main
 from moda.data.attributes import AttributeVocabulary
 from moda.data.catalog import load_catalog
 from moda.evaluate.describe import describe_images
 from moda.evaluate.description_scores import majority_baseline, score_descriptions
-from moda.evaluate.evaluation import main
 from moda.evaluate.judge import JudgeOutputError, build_judge_prompt, judge_descriptions, parse_judge_output
 from moda.train.callbacks import AttributeMetricsCallback
 

@@ -178,7 +178,7 @@ def test_the_app_refuses_a_model_that_needs_its_own_code(evil_model, tmp_path, m
 
 
 def test_index_refuses_an_image_model_that_needs_its_own_code(evil_model, image_file, tmp_path, capsys):
-    from moda.catalog.search import index_main
+    from moda.cli.index import main as index_main
 
     folder, marker = evil_model
     captions = tmp_path / "captions.jsonl"
@@ -196,6 +196,7 @@ def test_index_refuses_an_image_model_that_needs_its_own_code(evil_model, image_
 
 def test_search_by_image_passes_its_flag_to_the_loader(tmp_path, monkeypatch):
     import moda.catalog.search
+    import moda.cli.search
 
     seen = []
 
@@ -207,10 +208,10 @@ def test_search_by_image_passes_its_flag_to_the_loader(tmp_path, monkeypatch):
         images = "embeddings"
 
     monkeypatch.setattr(moda.catalog.search.CatalogIndex, "load", staticmethod(lambda directory: IndexWithImages()))
-    monkeypatch.setattr(moda.catalog.search, "image_embeddings_for", image_embeddings_for)
+    monkeypatch.setattr(moda.cli.search, "image_embeddings_for", image_embeddings_for)
     for extra in ([], ["--trust_remote_code"]):
         with pytest.raises(SystemExit):
-            moda.catalog.search.search_main([str(tmp_path), "--image", "red.png", "--image_model", "m", *extra])
+            moda.cli.search.main([str(tmp_path), "--image", "red.png", "--image_model", "m", *extra])
     assert seen == [False, True]
 
 

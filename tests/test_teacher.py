@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from moda.catalog.build_dataset import (EXIT_AFTER_ITEMS_ENV, PROGRESS_FILE, brand_names, describe_with_models,
-                                        item_attributes, kept_words, load_models, main, parse_teacher_answer,
-                                        read_progress, remove_printed_text, template_description)
+                                        item_attributes, kept_words, load_models, parse_teacher_answer, read_progress,
+                                        remove_printed_text, template_description)
+from moda.cli.build_dataset import main
 from moda.data.catalog import BadRowError, BadRows, examples_from_rows, load_catalog
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -504,7 +504,8 @@ def test_moda_features_names_the_item_for_bombs_and_private_urls(base, tmp_path,
 
 def test_moda_caption_reports_each_bomb_as_a_bad_item_and_captions_the_others(tiny_moda_dir, tmp_path, bomb,
                                                                               product_images, capsys):
-    from moda.catalog.caption import main, read_output
+    from moda.catalog.caption import read_output
+    from moda.cli.caption import main
 
     folder = tmp_path / "catalog"
     folder.mkdir()

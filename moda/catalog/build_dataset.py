@@ -26,7 +26,6 @@ or stop the run (`--on_bad_row fail`); they are tried again on the next run. One
 a run holds an exclusive lock on `<output_dir>.lock` (moda.locks), and a second one is refused at once.
 """
 
-import argparse
 import json
 import os
 import posixpath
@@ -39,7 +38,6 @@ from moda.data.attributes import (MYNTRA_COLUMNS, SMALL_COLUMNS, SYNONYMS, Attri
                                   extract_attributes, is_missing, words)
 from moda.data.catalog import (BadRowError, BadRows, columns_of, load_imagefolder, read_table, rows_with_image_paths,
                                without_location)
-from moda.io.errors import run_command
 from moda.io.images import image_files, load_image
 from moda.io.locks import exclusive_lock
 from moda.io.paths import confined_path, replacing_atomically, write_atomically
@@ -579,38 +577,6 @@ def _describe_or_report(rows, images, args, teacher, refiner, bad_rows) -> list:
             bad_rows.report(f"{row.get('_where', 'row')} ({row.get('file_name')})", str(err))
             results.append(None)
     return results
-
-
-def parse_arguments(argv):
-    parser = argparse.ArgumentParser(prog="moda build-dataset", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", required=True,
-                        help="a folder of images (with --metadata), or an imagefolder split folder with metadata.csv")
-    parser.add_argument("--metadata", default=None, help="a CSV with a file_name column (relative to --images)")
-    parser.add_argument("--output_dir", "--output-dir", required=True, help="the imagefolder to write")
-    parser.add_argument("--teacher_model", "--teacher-model", default=None,
-                        help="an image-text-to-text model (e.g. microsoft/Phi-3-vision-128k-instruct); "
-                             "default: none, descriptions from metadata alone")
-    parser.add_argument("--refiner_model", "--refiner-model", default=None,
-                        help="a text-generation model (e.g. microsoft/Phi-3-mini-4k-instruct); needs --teacher_model")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N items")
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=8)
-    parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=96)
-    parser.add_argument("--on_bad_row", "--on-bad-row", choices=("skip", "fail"), default="skip")
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--trust_remote_code", "--trust-remote-code", action="store_true",
-                        help="run the models' own code (Phi-3-vision needs it)")
-    parser.add_argument("--overwrite", action="store_true", help="forget an earlier run's progress in --output_dir")
-    args = parser.parse_args(argv)
-    if args.refiner_model and not args.teacher_model:
-        parser.error("--refiner_model refines a teacher's description: give --teacher_model too")
-    if args.batch_size < 1 or args.max_new_tokens < 1 or (args.limit is not None and args.limit < 0):
-        parser.error("--batch_size and --max_new_tokens must be at least 1, --limit at least 0")
-    return args
-
-
-def main(argv=None) -> int:
-    args = parse_arguments(sys.argv[1:] if argv is None else argv)
-    return run_command("moda build-dataset", build_dataset, args)
 
 
 def require_something_to_describe(args, rows: list, columns: list) -> None:

@@ -16,7 +16,6 @@ One run at a time on an output: rank 0 holds an exclusive lock on `<output>.lock
 a second run on the same output is refused at once, naming the PID that holds it; rank r > 0 holds its shard's lock.
 """
 
-import argparse
 import datetime
 import json
 import os
@@ -28,10 +27,8 @@ from pathlib import Path
 
 import torch
 
-from moda.cli import add_trust_remote_code_argument
 from moda.data.catalog import read_splits
 from moda.evaluate.describe import describe_images
-from moda.io.errors import run_command
 from moda.io.images import IMAGE_EXTENSIONS, image_files, load_image
 from moda.io.locks import exclusive_lock
 from moda.io.paths import is_url, write_atomically
@@ -353,39 +350,6 @@ def finish(items, output: Path, parts_dir: Path, earlier_rows: list, settings: d
     os.replace(parts_dir, done_dir)  # one atomic step: a rerun never sees half-removed parts
     shutil.rmtree(done_dir)
     return rows
-
-
-def parse_arguments(argv):
-    parser = argparse.ArgumentParser(prog="moda caption", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="a MODA model folder or Hub id")
-    parser.add_argument("--images", required=True,
-                        help="a directory of images, an imagefolder (metadata.csv), a CSV/JSONL file, or a dataset")
-    parser.add_argument("--output", required=True, help="captions file: .jsonl, .csv or .parquet")
-    parser.add_argument("--prompt", action="append", dest="prompts", default=None,
-                        help='a prompt; repeat for several (descriptions are kept per prompt). Default: no prompt ("")')
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=32)
-    parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=32)
-    parser.add_argument("--image_column", "--image-column", default="image", help="image column of a CSV/JSONL/dataset")
-    parser.add_argument("--vocabulary", default=None,
-                        help="a catalog whose attribute columns give the attribute vocabulary (default: --images)")
-    parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is there, else cpu")
-    parser.add_argument("--revision", default=None, help="a Hub revision (commit) to pin")
-    parser.add_argument("--overwrite", action="store_true", help="discard earlier output and unfinished parts")
-    add_trust_remote_code_argument(parser)
-    args = parser.parse_args(argv)
-    args.prompts = args.prompts or [""]
-    if len(set(args.prompts)) != len(args.prompts):
-        parser.error(f"--prompt given twice with the same text: {args.prompts}")
-    if Path(args.output).suffix.lower() not in OUTPUT_FORMATS:
-        parser.error(f"--output {args.output!r}: the name must end in {', '.join(OUTPUT_FORMATS)}")
-    if args.batch_size < 1:
-        parser.error("--batch_size must be at least 1")
-    return args
-
-
-def main(argv=None) -> int:
-    args = parse_arguments(sys.argv[1:] if argv is None else argv)
-    return run_command("moda caption", caption_catalog, args)
 
 
 def output_lock(output: Path, rank: int):

