@@ -1,7 +1,7 @@
 """Reading untrusted images: which URLs MODA fetches and which bytes it decodes, for every entry point.
 
 The processor (processing_moda.py), the Inference Endpoints handler (handler.py) and the moda commands (through
-moda/features.py) read images only through this file, so both policies live here once.
+moda/io/images.py) read images only through this file, so both policies live here once.
 
 URLs: http and https only, without a user:password@ part. The host is resolved once and every address it resolves
 to must be public: loopback, private, link-local (169.254.169.254 is the cloud metadata service), shared (CGNAT),

@@ -23,7 +23,7 @@ it holds; `metadata.csv` is written at the end through a temp file and `os.repla
 image file, unreadable image, nothing to describe, a file_name that leads out of the output's images/ folder: absolute,
 with ".." or through a symbolic link) are skipped and listed in `bad_rows.csv` (`--on_bad_row skip`),
 or stop the run (`--on_bad_row fail`); they are tried again on the next run. One run at a time on an output folder:
-a run holds an exclusive lock on `<output_dir>.lock` (moda.locks), and a second one is refused at once.
+a run holds an exclusive lock on `<output_dir>.lock` (moda.io.locks), and a second one is refused at once.
 """
 
 import json

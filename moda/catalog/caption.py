@@ -12,8 +12,9 @@ rank 0 merges the parts (and the rows of an earlier finished output) into the ou
 `os.replace`, then removes the parts. Under torchrun / accelerate launch (RANK, WORLD_SIZE set), rank r captions
 items[r::world_size]; the ranks meet at a gloo barrier before the merge.
 
-One run at a time on an output: rank 0 holds an exclusive lock on `<output>.lock` (moda.locks) for the whole run, and
-a second run on the same output is refused at once, naming the PID that holds it; rank r > 0 holds its shard's lock.
+One run at a time on an output: rank 0 holds an exclusive lock on `<output>.lock` (moda.io.locks) for the whole run,
+and a second run on the same output is refused at once, naming the PID that holds it; rank r > 0 holds its shard's
+lock.
 """
 
 import datetime
