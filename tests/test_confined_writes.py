@@ -341,6 +341,27 @@ def test_a_killed_holder_does_not_block_the_next_run(tmp_path, lock_holder):
     assert not lock_file.exists()
 
 
+def test_a_symbolic_link_at_the_lock_name_is_refused_and_its_target_left_alone(tmp_path):
+    victim = tmp_path / "important.txt"
+    victim.write_text("keep me\n")
+    output = tmp_path / "captions.jsonl"
+    lock_file_for(output).symlink_to(victim)
+    with pytest.raises(OutputLockedError, match="cannot be opened as a plain file"):
+        with exclusive_lock(output, "--output captions.jsonl"):
+            pass
+    assert victim.read_text() == "keep me\n" and lock_file_for(output).is_symlink()
+
+
+def test_two_names_of_one_output_share_its_lock(tmp_path):
+    output = tmp_path / "captions.jsonl"
+    alias = tmp_path / "other-name.jsonl"
+    alias.symlink_to(output)
+    with exclusive_lock(output, "--output captions.jsonl"):
+        with pytest.raises(OutputLockedError, match="--output other-name.jsonl"):
+            with exclusive_lock(alias, "--output other-name.jsonl"):
+                pass
+
+
 def test_the_ranks_of_one_caption_run_share_the_output_and_each_shard_has_one_writer(tmp_path):
     output = tmp_path / "captions.jsonl"
     with caption.output_lock(output, 0), caption.output_lock(output, 1), caption.output_lock(output, 2):

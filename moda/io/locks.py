@@ -9,6 +9,7 @@ does not block the next one). The holder writes its PID into the lock file, so a
 
 import fcntl
 import os
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,8 +19,9 @@ class OutputLockedError(ValueError):
 
 
 def lock_file_for(path) -> Path:
-    """The lock file of an output file or folder: `<path>.lock`, next to it (for "." too: next to the folder)."""
-    path = Path(os.path.abspath(path))
+    """The lock file of an output file or folder: `<path>.lock`, next to it (for "." too: next to the folder). The
+    path is resolved first, so that two names of one output (a symbolic link and its target) share one lock."""
+    path = Path(os.path.realpath(path))
     return path.with_name(path.name + ".lock")
 
 
@@ -32,7 +34,7 @@ def exclusive_lock(path, what: str):
     """
     lock_file = lock_file_for(path)
     while True:
-        descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        descriptor = open_lock_file(lock_file, what)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -62,3 +64,18 @@ def exclusive_lock(path, what: str):
         # Removed while still locked: a run waiting on this file finds it gone (above) and locks a new one.
         lock_file.unlink(missing_ok=True)
         os.close(descriptor)
+
+
+def open_lock_file(lock_file: Path, what: str) -> int:
+    """Opens (or creates) the lock file without following a symbolic link, and only if it is a regular file: a link
+    planted at the lock's name must not make a run truncate the file it points to."""
+    try:
+        descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as err:  # ELOOP: the name is a symbolic link
+        raise OutputLockedError(f"{what}: its lock {lock_file} cannot be opened as a plain file ({err.strerror}); "
+                                "remove it if no run is writing the output") from err
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise OutputLockedError(f"{what}: its lock {lock_file} is not a regular file; remove it if no run is writing "
+                                "the output")
+    return descriptor
