@@ -257,6 +257,35 @@ def test_build_dataset_writes_no_image_outside_its_images_folder(tmp_path, produ
     assert all(reason.startswith("file_name ") for reason in reasons)
 
 
+def test_build_dataset_reads_and_copies_no_file_outside_its_input_folder(tmp_path, product_images):
+    """A catalog's symbolic link to a file elsewhere (a private photo) is a bad row: the file is neither described nor
+    linked or copied into the output; a link that stays inside the input is copied as the file it names."""
+    catalog, private, output = tmp_path / "catalog", tmp_path / "private", tmp_path / "out"
+    for folder in (catalog / "images", private):
+        folder.mkdir(parents=True)
+    product_images[0].save(catalog / "images" / "0.jpg")
+    product_images[1].save(private / "passport.jpg")
+    (catalog / "images" / "evil.jpg").symlink_to(private / "passport.jpg")
+    (catalog / "images" / "alias.jpg").symlink_to(catalog / "images" / "0.jpg")
+    metadata = {"Colour": "Red", "Gender": "Men", "ProductType": "Shirts", "Usage": "Casual"}
+    with open(catalog / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["file_name", *metadata])
+        writer.writeheader()
+        for name in ("images/0.jpg", "images/evil.jpg", "images/alias.jpg"):
+            writer.writerow({"file_name": name, **metadata})
+
+    assert build_dataset_command.main(["--images", str(catalog), "--output_dir", str(output)]) == 0
+
+    written = [row["file_name"] for row in csv.DictReader(open(output / "metadata.csv"))]
+    assert written == ["images/0.jpg", "images/alias.jpg"]
+    assert not (output / "images" / "evil.jpg").exists() and not (output / "images" / "evil.jpg").is_symlink()
+    assert not (output / "images" / "alias.jpg").is_symlink()
+    assert (output / "images" / "alias.jpg").read_bytes() == (catalog / "images" / "0.jpg").read_bytes()
+    bad = list(csv.DictReader(open(output / "bad_rows.csv")))
+    assert len(bad) == 1 and "images/evil.jpg" in bad[0]["where"]
+    assert "lies outside" in bad[0]["reason"] and str(private / "passport.jpg") in bad[0]["reason"]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # One run at a time on an output
 # ---------------------------------------------------------------------------------------------------------------

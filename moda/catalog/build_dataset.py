@@ -40,7 +40,7 @@ from moda.data.catalog import (BadRowError, BadRows, columns_of, load_imagefolde
                                without_location)
 from moda.io.images import image_files, load_image
 from moda.io.locks import exclusive_lock
-from moda.io.paths import confined_path, replacing_atomically, write_atomically
+from moda.io.paths import confined_path, confined_source, is_url, replacing_atomically, write_atomically
 from moda.io.records import check_or_save_settings, csv_bytes, json_objects
 from moda.model.text_generation import generated_text, load_text_generator
 
@@ -490,10 +490,12 @@ def prepare_output_dir(output_dir: Path, settings: dict, overwrite: bool) -> Non
 # The run
 # ---------------------------------------------------------------------------------------------------------------
 
-def load_batch(rows: list, output_dir: Path, bad_rows: BadRows) -> tuple:
+def load_batch(rows: list, images_root: Path, output_dir: Path, bad_rows: BadRows) -> tuple:
     """
-    The rows whose file name stays inside the output's images/ folder and whose images open, their images and the
-    paths their images go to; the others are reported as bad rows (a name leading out is read nowhere either).
+    The rows whose file name stays inside the output's images/ folder, whose image is a file inside `images_root`
+    (--images; followed through symbolic links, so a link to a private file elsewhere is neither read nor copied into
+    the output) and opens, their images and the paths their images go to; the others are reported as bad rows. A
+    usable row's "image" becomes its real path, the file that place_image copies.
     """
     usable, images, destinations = [], [], []
     for row in rows:
@@ -507,11 +509,19 @@ def load_batch(rows: list, output_dir: Path, bad_rows: BadRows) -> tuple:
             bad_rows.report(where, str(err))
             continue
         try:
-            image = load_image(row["image"], where)
+            if is_url(row["image"]):
+                raise ValueError(f"file_name {row['image']!r} is a URL: build-dataset copies image files, so it "
+                                 f"takes files inside --images")
+            source = confined_source(images_root, row["image"], "file_name")
+        except ValueError as err:
+            bad_rows.report(where, str(err))
+            continue
+        try:
+            image = load_image(str(source), where)
         except (OSError, ValueError) as err:
             bad_rows.report(where, f"image cannot be used: {without_location(str(err), where)}")
             continue
-        usable.append(row)
+        usable.append({**row, "image": str(source)})
         images.append(image)
         destinations.append(destination)
     return usable, images, destinations
@@ -538,7 +548,7 @@ def build_rows(pending: list, args, teacher, refiner, output_dir: Path, columns:
             tqdm(total=len(pending), unit="item", desc="describing", dynamic_ncols=True) as progress:
         for start in range(0, len(pending), args.batch_size):
             batch = pending[start:start + args.batch_size]
-            rows, images, destinations = load_batch(batch, output_dir, bad_rows)
+            rows, images, destinations = load_batch(batch, Path(args.images), output_dir, bad_rows)
             results = []
             described = _describe_or_report(rows, images, args, teacher, refiner, bad_rows)
             for row, destination, result in zip(rows, destinations, described):

@@ -1,6 +1,7 @@
 """Writing files safely: names from data stay inside their folder, and a file is replaced whole or not at all.
 
     confined_path(output_dir / "images", name, "file_name")        # the path inside, or ValueError naming the name
+    confined_source(images_dir, row["image"], "file_name")          # a file to read and copy: its real path, inside
     write_atomically(path, lambda handle: handle.write(data))       # temp file, fsync, rename; no litter
     with replacing_atomically(path) as temp: os.link(source, temp)  # the same, for a file made another way
 
@@ -34,6 +35,20 @@ def confined_path(root, relative, what: str) -> Path:
     resolved = (root / name).resolve()
     if root.resolve() not in resolved.parents:
         raise ValueError(f"{what} {name!r} leads out of {root} through a symbolic link (to {resolved})")
+    return resolved
+
+
+def confined_source(root, path, what: str) -> Path:
+    """
+    The real path of `path` (a file that data names, to be read and copied: absolute, or relative to `root`) when it
+    lies inside `root`; else ValueError naming `what` and the path. Symbolic links are followed first, so a link in
+    the input that points elsewhere (at a private file) is refused, and what is copied is the file itself.
+    """
+    root = Path(root).resolve()
+    resolved = (root / path).resolve()
+    if root not in resolved.parents:
+        raise ValueError(f"{what} {str(path)!r} lies outside {root}" +
+                         (f" (it leads to {resolved})" if str(resolved) != os.path.normpath(root / path) else ""))
     return resolved
 
 
