@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moda.data.attributes import columns_for
-from moda.io.paths import is_url, looks_like_a_path
+from moda.io.paths import confined_source, is_url, looks_like_a_path
 
 MODA_CAPTION_TEMPLATE = "{Colour} {Usage} {ProductType} for {Gender} - {Category} {SubCategory}"
 SPLIT_NAMES = ("train", "validation", "test")
@@ -161,12 +161,36 @@ def _load_hub_dataset(name: str, image_column: str) -> dict:
         dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
         rows = []
         for i, row in enumerate(dataset):
-            image = row.pop(image_column, None)
-            row["image"] = image.get("bytes") or image.get("path") if isinstance(image, dict) else image
             row["_where"] = f"{name}[{split}] row {i}"
+            row["image"] = hub_image(row.pop(image_column, None), row["_where"])
             rows.append(row)
         splits[split] = rows
     return splits
+
+
+def hub_image(image, where: str):
+    """
+    A Hub dataset's image cell (read with decode=False) -> its bytes, an http(s) URL, or the path of a file that
+    datasets downloaded into the Hugging Face caches. Any other path is refused (ValueError naming the row): a
+    dataset's cells may name any path, and a catalog must not make MODA read local files it never downloaded.
+    """
+    import datasets
+    from huggingface_hub import constants
+
+    if not isinstance(image, dict):
+        return image
+    if image.get("bytes"):
+        return image["bytes"]
+    path = image.get("path")
+    if not path or is_url(path):
+        return path
+    for cache in (datasets.config.HF_DATASETS_CACHE, constants.HF_HUB_CACHE):
+        try:
+            return str(confined_source(cache, path, "image"))
+        except ValueError:
+            continue
+    raise ValueError(f"{where}: its image names the local path {path!r}, outside the Hugging Face caches that the "
+                     "dataset was downloaded into; a Hub dataset's images must be bytes, URLs or downloaded files")
 
 
 def read_splits(source: str, image_column: str = "image") -> dict:
