@@ -34,7 +34,8 @@ from moda.model.build import image_processor_for  # noqa: E402
 from moda.model.tokenizer import train_caption_tokenizer  # noqa: E402
 from moda.train.collate import MODACollator  # noqa: E402
 from processing_moda import MODAProcessor  # noqa: E402
-from train_hf import adamw, use_training_attention  # noqa: E402
+from moda.train.model import use_training_attention  # noqa: E402
+from moda.train.optim import adamw  # noqa: E402
 from benchmarks.results import print_and_save  # noqa: E402
 
 

@@ -11,6 +11,12 @@ import torch
 
 import train_hf
 from modeling_moda import MODAForConditionalGeneration
+import moda.train.data
+from moda.train.arguments import MODATrainingArguments, check_arguments, parse_arguments
+from moda.train.defaults import resolve_demo_defaults, resolve_device_defaults, resolve_epochs
+from moda.train.model import use_training_attention
+from moda.train.optim import adamw, step_lr_optimizer, total_steps
+from moda.train.trainer import mean_tokens_per_example
 from moda.train.collate import MODACollator
 from tests.conftest import REPO_ROOT
 
@@ -93,7 +99,7 @@ def test_warmup_rises_linearly_then_steplr_counts_from_its_end():
 
     model = torch.nn.Linear(2, 2)
     training_args = TrainingArguments("unused", learning_rate=1.0, warmup_steps=3, weight_decay=0.0)
-    optimizer, scheduler = train_hf.step_lr_optimizer(model, training_args, SimpleNamespace(lr_step_size=4, lr_gamma=0.5), 16)
+    optimizer, scheduler = step_lr_optimizer(model, training_args, SimpleNamespace(lr_step_size=4, lr_gamma=0.5), 16)
     lrs = []
     for _ in range(14):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -110,7 +116,7 @@ def test_cpu_training_uses_fused_adamw_with_the_same_update_as_torch_default():
     plain_model.load_state_dict(fused_model.state_dict())
     initial_weight = fused_model.weight.detach().clone()
     training_args = TrainingArguments("unused", learning_rate=0.1, weight_decay=0.01, use_cpu=True, report_to=[])
-    fused = train_hf.adamw(fused_model, training_args)
+    fused = adamw(fused_model, training_args)
     plain = torch.optim.AdamW(plain_model.parameters(), lr=0.1, weight_decay=0.01)
     assert fused.defaults["fused"] is True
     inputs = torch.randn(16, 8)
@@ -132,7 +138,7 @@ def test_cpu_training_attention_is_eager_computes_the_same_loss_and_is_not_saved
          {"features": torch.randn(24), "prompt": "What colour is this item?", "description": "Red"}]
     )
     sdpa_loss = model(**batch).loss
-    train_hf.use_training_attention(model, torch.device("cpu"))
+    use_training_attention(model, torch.device("cpu"))
     assert model.config.text_config._attn_implementation == "eager"
     torch.testing.assert_close(model(**batch).loss, sdpa_loss)
     model.save_pretrained(tmp_path)
@@ -143,8 +149,8 @@ def test_cpu_training_attention_is_eager_computes_the_same_loss_and_is_not_saved
 def test_from_scratch_epochs_follow_the_catalog_size_unless_given(tmp_path):
     def epochs(num_train_examples, *extra):
         argv = ["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--model_size", "tiny", *extra]
-        model_args, data_args, training_args, given = train_hf.parse_arguments(argv)
-        train_hf.resolve_epochs(model_args, data_args, training_args, given, num_train_examples)
+        model_args, data_args, training_args, given = parse_arguments(argv)
+        resolve_epochs(model_args, data_args, training_args, given, num_train_examples)
         return training_args.num_train_epochs
 
     assert epochs(2337) == 160  # fashion-images' train split: the measured default
@@ -152,17 +158,17 @@ def test_from_scratch_epochs_follow_the_catalog_size_unless_given(tmp_path):
     assert epochs(10**7) == 1
     assert epochs(2337, "--num_train_epochs", "3") == 3
     pretrained = epochs(2337, "--model_size", "", "--model_name_or_path", str(tmp_path))
-    assert pretrained == train_hf.MODATrainingArguments.num_train_epochs != 160  # the write-up's default stays
+    assert pretrained == MODATrainingArguments.num_train_epochs != 160  # the write-up's default stays
 
 
 def test_memory_is_pinned_only_for_an_accelerator_unless_given(tmp_path):
     def pinned(*extra):
         argv = ["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"), *extra]
-        model_args, data_args, training_args, given = train_hf.parse_arguments(argv)
-        train_hf.resolve_device_defaults(training_args, given)
+        model_args, data_args, training_args, given = parse_arguments(argv)
+        resolve_device_defaults(training_args, given)
         return training_args.dataloader_pin_memory, training_args.device.type
 
-    assert train_hf.MODATrainingArguments.dataloader_pin_memory is True  # transformers' default, kept for accelerators
+    assert MODATrainingArguments.dataloader_pin_memory is True  # transformers' default, kept for accelerators
     pin, device = pinned()
     assert pin is (device != "cpu")  # on the CPU torch would warn at every epoch that pinning does nothing
     assert pinned("--dataloader_pin_memory", "true")[0] is True
@@ -411,11 +417,11 @@ def test_a_catalog_of_images_and_captions_only_trains_without_attribute_scores(t
 
 
 def test_dashed_argument_names_count_as_given(tmp_path):
-    model_args, data_args, training_args, given = train_hf.parse_arguments(
+    model_args, data_args, training_args, given = parse_arguments(
         ["--dataset", str(tmp_path), "--output-dir", str(tmp_path / "out"), "--num-train-epochs", "3"]
     )
     assert {"output_dir", "num_train_epochs"} <= given
-    train_hf.resolve_demo_defaults(model_args, data_args, training_args, given)  # no "--output_dir is required"
+    resolve_demo_defaults(model_args, data_args, training_args, given)  # no "--output_dir is required"
     assert training_args.output_dir == str(tmp_path / "out") and training_args.num_train_epochs == 3
 
 
@@ -480,14 +486,14 @@ def test_a_saved_training_args_json_with_default_optimizer_settings_is_accepted(
     path = tmp_path / "args.json"
     path.write_text(json.dumps({"dataset": str(tmp_path), "output_dir": str(tmp_path / "out"),
                                 "optim": "adamw_torch_fused", "lr_scheduler_type": "linear"}))
-    model_args, data_args, training_args, given = train_hf.parse_arguments([str(path)])
-    train_hf.check_arguments(model_args, data_args, training_args, given)
+    model_args, data_args, training_args, given = parse_arguments([str(path)])
+    check_arguments(model_args, data_args, training_args, given)
     path.write_text(json.dumps({"dataset": str(tmp_path), "output_dir": str(tmp_path / "out"), "optim": "sgd"}))
     with pytest.raises(ValueError, match="--optim is not used"):
-        train_hf.check_arguments(*train_hf.parse_arguments([str(path)]))
+        check_arguments(*parse_arguments([str(path)]))
     path.write_text('{"dataset": "x",}')
     with pytest.raises(ValueError, match=r"args\.json: not valid JSON"):
-        train_hf.parse_arguments([str(path)])
+        parse_arguments([str(path)])
 
 
 def test_json_argument_values_must_have_their_types(tmp_path):
@@ -495,7 +501,7 @@ def test_json_argument_values_must_have_their_types(tmp_path):
     good = {"dataset": str(tmp_path), "output_dir": str(tmp_path / "out"), "use_lora": False, "num_train_epochs": 2,
             "lr_step_size": 3, "learning_rate": 1}
     path.write_text(json.dumps(good))
-    model_args, _, training_args, given = train_hf.parse_arguments([str(path)])
+    model_args, _, training_args, given = parse_arguments([str(path)])
     assert model_args.use_lora is False and training_args.num_train_epochs == 2 and model_args.lr_step_size == 3
     assert given == set(good)
     for name, value, message in [("use_lora", "false", "'use_lora' must be a JSON true/false, got \"false\""),
@@ -503,17 +509,17 @@ def test_json_argument_values_must_have_their_types(tmp_path):
                                  ("lr_step_size", 2.5, "'lr_step_size' must be a JSON number \\(whole\\)")]:
         path.write_text(json.dumps({**good, name: value}))
         with pytest.raises(ValueError, match=message):
-            train_hf.parse_arguments([str(path)])
+            parse_arguments([str(path)])
     path.write_text(json.dumps(["--dataset", str(tmp_path)]))
     with pytest.raises(ValueError, match="one JSON object"):
-        train_hf.parse_arguments([str(path)])
+        parse_arguments([str(path)])
 
 
 def test_adamw_takes_the_adam_betas_and_epsilon():
     from transformers import TrainingArguments
 
     training_args = TrainingArguments("unused", adam_beta1=0.8, adam_beta2=0.95, adam_epsilon=1e-6, report_to=[])
-    optimizer = train_hf.adamw(torch.nn.Linear(2, 2), training_args)
+    optimizer = adamw(torch.nn.Linear(2, 2), training_args)
     assert optimizer.defaults["betas"] == (0.8, 0.95) and optimizer.defaults["eps"] == 1e-6
 
 
@@ -521,7 +527,7 @@ def test_schedule_length_counts_the_steps_the_trainer_takes():
     from transformers import TrainingArguments
 
     def steps(**kwargs):
-        return train_hf.total_steps(TrainingArguments("unused", per_device_train_batch_size=8, report_to=[],
+        return total_steps(TrainingArguments("unused", per_device_train_batch_size=8, report_to=[],
                                                       num_train_epochs=2, **kwargs), 20)
 
     assert steps() == 6  # 3 batches per epoch, the last one of 4
@@ -566,7 +572,7 @@ def test_max_items_draw_a_seeded_sample_of_a_grouped_catalog_not_its_first_rows(
     def sampled_ids(seed):
         """The row ids train_hf.main turns into train and validation examples (it stops there: no examples)."""
         splits = []
-        monkeypatch.setattr(train_hf, "examples_from_rows", lambda rows, *args: splits.append(rows) or [])
+        monkeypatch.setattr(moda.train.data, "examples_from_rows", lambda rows, *args: splits.append(rows) or [])
         with pytest.raises(ValueError, match="No training examples"):
             train_hf.main(["--dataset", str(catalog), "--output_dir", str(tmp_path / "out"), "--caption_column",
                            "caption", "--max_train_items", "10", "--max_eval_items", "6", "--seed", str(seed)])
@@ -588,13 +594,13 @@ def test_tokens_per_example_are_counted_as_the_collator_lays_examples_out(tiny_m
     examples = [{"features": torch.zeros(24), "prompt": None, "description": captions[0]},
                 {"features": torch.zeros(24), "prompt": "What colour is this item?", "description": "Black"}]
     batch = MODACollator(processor, "image_embeds")(examples)
-    assert train_hf.mean_tokens_per_example(processor, examples) == batch["attention_mask"].sum().item() / 2
+    assert mean_tokens_per_example(processor, examples) == batch["attention_mask"].sum().item() / 2
 
     # BLIP's layout is its own: [DEC] description [SEP], no EOS added after the [SEP].
     model, blip_processor = build_tiny_blip(captions * 4)
     examples = [{"features": torch.zeros(3, 32, 32), "prompt": None, "description": text} for text in captions]
     batch = BlipCollator(blip_processor, model.config.text_config.bos_token_id)(examples)
-    assert train_hf.mean_tokens_per_example(blip_processor, examples) == batch["attention_mask"].sum().item() / 2
+    assert mean_tokens_per_example(blip_processor, examples) == batch["attention_mask"].sum().item() / 2
 
 
 def test_compute_features_reads_each_cached_image_once_and_gives_what_was_cached(tmp_path, product_images):
