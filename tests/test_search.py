@@ -340,3 +340,28 @@ def test_search_embeds_images_as_the_training_feature_cache_does(tiny_moda_dir, 
     embeddings = image_embeddings_for(product_images[:3], str(tiny_moda_dir), batch_size=2)
     assert len(calls) == 1  # one piece of code embeds images for both
     np.testing.assert_allclose(embeddings, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_update_index_is_the_library_call_behind_moda_index(tmp_path):
+    """The checks of `moda index` are update_index's: each a ValueError naming the problem, before the folder changes."""
+    from moda.catalog.search import update_index
+
+    captions = tmp_path / "captions.jsonl"
+    index_dir = tmp_path / "index"
+    with pytest.raises(ValueError, match="--catalog is read for image embeddings only"):
+        update_index(captions, index_dir, catalog="shop/items")
+    with pytest.raises(ValueError, match="names a column of --catalog"):
+        update_index(captions, index_dir, image_column="picture")
+    with pytest.raises(ValueError, match="cannot be read"):
+        update_index(captions, index_dir)
+    write_output(captions, ROWS[:2] + [dict(ROWS[2], description=" "), {"id": "bad", "error": "Image file is empty"}])
+    counts = update_index(captions, index_dir, exact_up_to=5)
+    assert counts == {"added": 2, "already": 0, "unreadable": 1, "undescribed": 1, "total": 2, "kind": "exact",
+                      "embedder": "all-MiniLM-L6-v2"}
+    with pytest.raises(ValueError, match="was built with --exact_up_to 5, not 6"):
+        update_index(captions, index_dir, exact_up_to=6)
+    with pytest.raises(ValueError, match="was built with 'all-MiniLM-L6-v2', not 'other'"):
+        update_index(captions, index_dir, embedder="other")
+    write_output(captions, ROWS)
+    assert update_index(captions, index_dir)["added"] == 2
+    assert json.loads((index_dir / "meta.json").read_text())["count"] == 4

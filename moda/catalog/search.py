@@ -292,3 +292,119 @@ def images_of(rows: list, catalog: str = None, image_column: str = "image") -> l
                          "not in it): give the catalog that was captioned")
     return [images[str(row["id"])] for row in rows]
 
+
+
+# --- `moda index`: build an index over a captions file, or add its new ids to an existing one ----------------------
+
+def update_index(captions, output, embedder: str = None, exact_up_to: int = None, image_model: str = None,
+                 catalog: str = None, image_column: str = None, rebuild: bool = False,
+                 trust_remote_code: bool = False) -> dict:
+    """
+    Builds the index folder `output` over the captions file `captions`, or adds the file's new ids to the index there
+    (unless `rebuild`). `embedder` and `exact_up_to` (None: the defaults, or an existing index's) are fixed when an
+    index is built; `image_model` also indexes MODA's image embeddings, read from `catalog` (its `image_column`) by
+    id when given, else from the image files the captions name. Items are only ever added. Every refusal is a
+    ValueError naming the input and its problem, raised before the index folder changes. Returns the counts:
+    added, already (indexed), unreadable, undescribed, total, kind (exact, hnsw or empty) and embedder.
+    """
+    require_image_options(image_model, catalog, image_column)
+    rows = read_caption_rows(captions)
+    unreadable = [row for row in rows if "error" in row]
+    # A model may write nothing for an item: there is nothing to search by, as for an unreadable one.
+    undescribed = [row for row in rows if "error" not in row and not has_description(row)]
+    rows = [row for row in rows if "error" not in row and has_description(row)]
+    index = open_index(output, embedder, exact_up_to, image_model, rebuild)
+    refuse_changed_descriptions(index, rows, output, captions)
+    new_rows = [row for row in rows if str(row["id"]) not in index.positions]
+    images = None
+    if image_model and new_rows:
+        try:
+            names = [f"item {row['id']!r}" for row in new_rows]
+            images = image_embeddings_for(images_of(new_rows, catalog, image_column or "image"), image_model, names,
+                                          trust_remote_code=trust_remote_code)
+        except OSError as err:  # a missing catalog or image file (an unreadable image is a ValueError already)
+            raise ValueError(str(err)) from err
+    if images is None and index.images is not None and new_rows:
+        raise ValueError(f"{output} holds image embeddings: give --image_model to add items to it")
+    added = index.add(new_rows, images)
+    if len(index):
+        index.save(output)
+    return {"added": added, "already": len(rows) - added, "unreadable": len(unreadable),
+            "undescribed": len(undescribed), "total": len(index), "kind": index.text.kind if index.text else "empty",
+            "embedder": index.embedder_name}
+
+
+def require_image_options(image_model, catalog, image_column) -> None:
+    """--catalog is read for image embeddings only, and --image_column names one of its columns."""
+    if catalog and not image_model:
+        raise ValueError("--catalog is read for image embeddings only: give --image_model too")
+    if image_column and not catalog:
+        raise ValueError(f"--image_column {image_column!r} names a column of --catalog: give --catalog too")
+
+
+def read_caption_rows(captions) -> list:
+    """The captions file's rows, each with an id of its own."""
+    from moda.catalog.caption import read_output
+
+    try:
+        rows = read_output(captions)
+    except (OSError, ValueError) as err:  # a missing file, another format, a broken line
+        raise ValueError(f"--captions {captions!r} cannot be read: {err}") from err
+    require_ids(rows, captions)
+    require_unique_ids(rows, captions)
+    return rows
+
+
+def require_ids(rows: list, captions) -> None:
+    without_id = [i for i, row in enumerate(rows) if row.get("id") in (None, "")]
+    if without_id:
+        raise ValueError(f"--captions {captions!r}: row {without_id[0] + 1} has no id ({len(without_id)} row(s) like "
+                         "it); a captions file from moda caption has one per row")
+
+
+def require_unique_ids(rows: list, captions) -> None:
+    repeated = repeated_ids(rows)
+    if repeated:
+        raise ValueError(f"--captions {captions!r} has id {repeated[0]!r} more than once ({len(repeated)} id(s) like "
+                         "it); ids must be unique")
+
+
+def open_index(output, embedder: str = None, exact_up_to: int = None, image_model: str = None,
+               rebuild: bool = False) -> CatalogIndex:
+    """The index in `output` to add to, checked against the options given; a new, empty one if none (or `rebuild`)."""
+    if not (Path(output) / "meta.json").exists() or rebuild:
+        return CatalogIndex(embedder or DEFAULT_EMBEDDER, EXACT_UP_TO if exact_up_to is None else exact_up_to)
+    try:
+        index = CatalogIndex.load(output)
+    except (OSError, ValueError) as err:  # a missing file, another format, files out of step
+        raise ValueError(f"{err} (use --rebuild to build it again)") from err
+    require_same_embedder(index, output, embedder)
+    require_same_exact_up_to(index, output, exact_up_to)
+    require_image_embeddings(index, output, image_model)
+    return index
+
+
+def require_same_embedder(index: CatalogIndex, output, embedder) -> None:
+    if embedder is not None and embedder != index.embedder_name:
+        raise ValueError(f"{output} was built with {index.embedder_name!r}, not {embedder!r} (use --rebuild)")
+
+
+def require_same_exact_up_to(index: CatalogIndex, output, exact_up_to) -> None:
+    if exact_up_to is not None and exact_up_to != index.exact_up_to:
+        raise ValueError(f"{output} was built with --exact_up_to {index.exact_up_to}, not {exact_up_to}: an index keeps "
+                         "the value it was built with; use --rebuild to build it again with the new one")
+
+
+def require_image_embeddings(index: CatalogIndex, output, image_model) -> None:
+    if image_model and len(index) and index.images is None:
+        raise ValueError(f"{output} was built without --image_model, so its items have no image embeddings: use "
+                         "--rebuild to index them with image embeddings")
+
+
+def refuse_changed_descriptions(index: CatalogIndex, rows: list, output, captions) -> None:
+    """Items are only ever added: an item captioned again (another model or prompts) would keep its old description."""
+    changed = [row for row in rows if str(row["id"]) in index.positions
+               and index.items[index.positions[str(row["id"])]]["description"] != row["description"]]
+    if changed:
+        raise ValueError(f"{len(changed)} item(s) of {output} have another description in {captions!r} "
+                         f"(e.g. {changed[0]['id']!r}): they were captioned again; use --rebuild to index them anew")
