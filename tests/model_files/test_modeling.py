@@ -21,7 +21,7 @@ from transformers import (CLIPConfig, CLIPImageProcessor, CLIPVisionConfig, CLIP
 from configuration_moda import MODAConfig
 from modeling_moda import MODAForConditionalGeneration, MODAProjector
 from processing_moda import MODAProcessor
-from tests.model_tester import IGNORE_INDEX, MODAModelTester, moda_around_opt
+from tests.model_files.model_tester import IGNORE_INDEX, MODAModelTester, moda_around_opt
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from fast_generation_moda import (ONEDNN_OP_PATHS, OPTLayerPlan, PackedLinears, 
                                   fast_path_off_reason, first_max_function, packed_dtypes, packed_modules,
                                   reset_fast_path, vision_linears)
 from modeling_moda import MODAForConditionalGeneration
-from tests.model_tester import MODAModelTester, moda_around_opt
+from tests.model_files.model_tester import MODAModelTester, moda_around_opt
 
 PROMPT_LENGTHS = (6, 0, 7, 1)  # four images, prompts of different lengths (none in the second row)
 

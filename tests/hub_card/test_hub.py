@@ -26,7 +26,7 @@ from hub_card import prepare_model_folder, write_model_card
 from hub_card.push import main as push_main
 from moda.model.loading import load_captioner
 from tests.conftest import HIDE_REPO, REPO_ROOT, randomize_weights
-from tests.hub_server import LocalHub
+from tests.hub_card.hub_server import LocalHub
 
 PUSH_SCRIPT = r'''
 import json, os, sys
