@@ -1,4 +1,4 @@
-"""Model card, endpoint handler, and a push / load round trip through a local Hub (tests/hub_server.py).
+"""Model card, endpoint handler, and a push / load round trip through a local Hub (tests/hub_card/hub_server.py).
 
 The test process runs with HF_HUB_OFFLINE=1 (conftest) and huggingface_hub reads that constant at import, so every
 Hub call runs in a subprocess whose environment points HF_ENDPOINT at the local Hub with HF_HUB_OFFLINE=0: one
@@ -250,7 +250,8 @@ def test_card_bad_inputs_are_named(tiny_moda_dir, tmp_path):
 
 
 def moda_eval_report(**changes):
-    """A report shaped as moda/evaluate/report.py build_report writes it (a real one: tests/test_evaluation.py)."""
+    """A report shaped as moda/evaluate/report.py build_report writes it
+    (a real one: tests/evaluate/test_evaluation.py)."""
     report = {
         "model": "/tmp/review/moda-demo", "data": "/tmp/review/catalog.csv", "split": "train",
         "split_note": "'/tmp/review/catalog.csv' has no 'test' split, so its only split 'train' was scored",

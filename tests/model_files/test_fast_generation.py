@@ -2,8 +2,8 @@
 
 Every test here needs only the root model files, transformers and torch: the tiny model and its inputs (random
 images and prompt token ids, left-padded as MODAProcessor pads them) come from `MODAModelTester`
-(tests/model_tester.py), with no tokenizer, no workshop (`moda`) import and no files. The model is this module's
-own: no test elsewhere can leave hooks or settings on it.
+(tests/model_files/model_tester.py), with no tokenizer, no workshop (`moda`) import and no files. The model is this
+module's own: no test elsewhere can leave hooks or settings on it.
 """
 
 import contextlib
