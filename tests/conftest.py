@@ -1,4 +1,7 @@
-"""Shared fixtures: tiny CLIP / OPT / MODA checkpoints built and saved locally (nothing is downloaded)."""
+"""Shared fixtures: tiny CLIP / OPT / MODA checkpoints built and saved locally (nothing is downloaded).
+
+The workshop package (`moda`) is imported only inside the fixtures that build with it, so the tests of the root model
+files (tests/model_files/) collect and run with nothing but those files, transformers and torch."""
 
 import os
 import sys
@@ -11,9 +14,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-from moda.model.build import build_from_scratch  # noqa: E402
-from moda.model.tokenizer import train_caption_tokenizer  # noqa: E402
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
@@ -63,11 +63,15 @@ def randomize_weights(model, std=0.3, seed=0):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
+    from moda.model.tokenizer import train_caption_tokenizer
+
     return train_caption_tokenizer(CAPTIONS * 4, vocab_size=300, model_max_length=48)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_and_processor(tiny_tokenizer):
+    from moda.model.build import build_from_scratch
+
     torch.manual_seed(0)
     model, processor = build_from_scratch("test", tiny_tokenizer, freeze_vision_tower=True)
     randomize_weights(model)

@@ -1,10 +1,12 @@
 """The package's architecture, as .importlinter states it: moda's layers import one way (cli > hub_card > train |
 catalog > evaluate > data | model > io), with no cycle; the root model files (the remote code the Hub serves) import
-neither moda nor hub_card; and no module reaches into another's private (underscore) names."""
+neither moda nor hub_card, and their tests (tests/model_files/) run without the workshop; and no module reaches into
+another's private (underscore) names."""
 
 import ast
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,42 @@ def test_a_model_file_imports_neither_moda_nor_hub_card(name):
     found = [f"line {line}: {module}" for line, module in imports_in(REPO_ROOT / name)
              if module.split(".")[0] in ("moda", "hub_card", "train_hf", "app")]
     assert not found, f"{name} imports the workshop: {found}"
+
+
+# Runs pytest with the workshop hidden: any import of moda, hub_card, train_hf or app fails, and none may be loaded.
+WITHOUT_WORKSHOP = r"""
+import sys
+import pytest
+
+WORKSHOP = ("moda", "hub_card", "train_hf", "app")
+
+
+class HideWorkshop:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in WORKSHOP:
+            raise ModuleNotFoundError(f"{name} is hidden: the model-file tests must not need the workshop", name=name)
+        return None
+
+
+sys.meta_path.insert(0, HideWorkshop())
+code = pytest.main(sys.argv[1:])
+loaded = sorted(name for name in sys.modules if name.split(".")[0] in WORKSHOP)
+print("workshop modules loaded:", loaded)
+sys.exit(code or (3 if loaded else 0))
+"""
+
+
+@pytest.mark.parametrize("arguments", [
+    ["--collect-only", "tests/model_files"],                 # every model-file test collects (conftest included)
+    ["tests/model_files/test_fast_generation.py"],            # and these run, on MODAModelTester's tiny models
+], ids=["collect model_files", "run test_fast_generation"])
+def test_model_file_tests_need_no_workshop(arguments):
+    """The model files' tests need only those files, transformers and torch: conftest and tests/model_files/ import
+    the workshop (moda, hub_card) only inside the fixtures and tests that build with it."""
+    result = subprocess.run([sys.executable, "-c", WITHOUT_WORKSHOP, "-q", "-p", "no:cacheprovider", *arguments],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert "workshop modules loaded: []" in result.stdout
 
 
 def test_train_hf_does_not_import_the_moda_command():

@@ -8,8 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-from moda.data.catalog import BadRowError, BadRows, examples_from_rows
-from moda.data.features import FeatureCache, compute_features, pixel_values_encoder
 from pipeline_moda import MODAImageToTextPipeline
 
 
@@ -199,6 +197,9 @@ def test_pipeline_batch_shapes_and_empty_batches(tiny_model_and_processor, produ
 
 
 def test_training_data_loading_skips_or_fails_on_bad_rows(corpus, tiny_model_and_processor, tmp_path):
+    from moda.data.catalog import BadRowError, BadRows, examples_from_rows
+    from moda.data.features import FeatureCache, compute_features, pixel_values_encoder
+
     _, processor = tiny_model_and_processor
     rows = [
         {"image": corpus["red"][0], "Colour": "Red", "Usage": "Casual", "ProductType": "Tshirts", "Gender": "Men",

@@ -10,7 +10,7 @@ from moda.data.attributes import AttributeVocabulary, columns_for, extract_attri
 from moda.evaluate.description_scores import (attribute_scores, majority_baseline, score_descriptions,
                                               text_overlap_scores)
 
-METRIC_DIR = Path(__file__).resolve().parents[1] / "moda" / "metrics" / "fashion_attributes"
+METRIC_DIR = Path(__file__).resolve().parents[2] / "moda" / "metrics" / "fashion_attributes"
 
 
 def myntra_row(colour, gender, product_type, usage, category="Apparel", subcategory="Topwear"):

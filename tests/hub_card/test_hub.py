@@ -1,4 +1,4 @@
-"""Model card, endpoint handler, and a push / load round trip through a local Hub (tests/hub_server.py).
+"""Model card, endpoint handler, and a push / load round trip through a local Hub (tests/hub_card/hub_server.py).
 
 The test process runs with HF_HUB_OFFLINE=1 (conftest) and huggingface_hub reads that constant at import, so every
 Hub call runs in a subprocess whose environment points HF_ENDPOINT at the local Hub with HF_HUB_OFFLINE=0: one
@@ -26,7 +26,7 @@ from hub_card import prepare_model_folder, write_model_card
 from hub_card.push import main as push_main
 from moda.model.loading import load_captioner
 from tests.conftest import HIDE_REPO, REPO_ROOT, randomize_weights
-from tests.hub_server import LocalHub
+from tests.hub_card.hub_server import LocalHub
 
 PUSH_SCRIPT = r'''
 import json, os, sys
@@ -250,7 +250,8 @@ def test_card_bad_inputs_are_named(tiny_moda_dir, tmp_path):
 
 
 def moda_eval_report(**changes):
-    """A report shaped as moda/evaluate/report.py build_report writes it (a real one: tests/test_evaluation.py)."""
+    """A report shaped as moda/evaluate/report.py build_report writes it
+    (a real one: tests/evaluate/test_evaluation.py)."""
     report = {
         "model": "/tmp/review/moda-demo", "data": "/tmp/review/catalog.csv", "split": "train",
         "split_note": "'/tmp/review/catalog.csv' has no 'test' split, so its only split 'train' was scored",

@@ -2,8 +2,8 @@
 
 What each test needs:
 - Most tests need only the root model files, transformers and torch: their tiny model, configs and inputs come from
-  `MODAModelTester` (tests/model_tester.py), built from plain dicts with no tokenizer, no workshop (`moda`) import and
-  no files but a pytest tmp_path where a test saves.
+  `MODAModelTester` (tests/model_files/model_tester.py), built from plain dicts with no tokenizer, no workshop
+  (`moda`) import and no files but a pytest tmp_path where a test saves.
 - Processor and tokenizer integration (a trained tokenizer and MODAProcessor; the session fixtures of
   tests/conftest.py, which build through the workshop): test_loss_covers_only_description_and_eos (the processor's
   labels score the description and its EOS), test_processor_loads_directly_without_the_remote_code_question and
@@ -21,7 +21,7 @@ from transformers import (CLIPConfig, CLIPImageProcessor, CLIPVisionConfig, CLIP
 from configuration_moda import MODAConfig
 from modeling_moda import MODAForConditionalGeneration, MODAProjector
 from processing_moda import MODAProcessor
-from tests.model_tester import IGNORE_INDEX, MODAModelTester, moda_around_opt
+from tests.model_files.model_tester import IGNORE_INDEX, MODAModelTester, moda_around_opt
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from moda.evaluate.description_scores import majority_baseline, score_descriptio
 from moda.evaluate.judge import JudgeOutputError, build_judge_prompt, judge_descriptions, parse_judge_output
 from moda.train.callbacks import AttributeMetricsCallback
 
-from .conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA
 
 COLUMNS = ["file_name", "ProductId", "Gender", "Category", "SubCategory", "ProductType", "Colour", "Usage",
            "ProductTitle"]

@@ -16,7 +16,7 @@ from moda.catalog.build_dataset import (EXIT_AFTER_ITEMS_ENV, PROGRESS_FILE, bra
 from moda.cli.build_dataset import main
 from moda.data.catalog import BadRowError, BadRows, examples_from_rows, load_catalog
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MYNTRA_ROWS = [
     {"file_name": "images/0.jpg", "ProductId": "10", "Gender": "Men", "Category": "Apparel", "SubCategory": "Topwear",
      "ProductType": "Shirts", "Colour": "Navy Blue", "Usage": "Casual", "ProductTitle": "Peter England Men Navy Shirt"},

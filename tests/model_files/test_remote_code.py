@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from hub_card import prepare_model_folder
 from tests.conftest import HIDE_REPO, REPO_ROOT
 
 LOAD_SCRIPT = HIDE_REPO + r'''
@@ -89,6 +88,8 @@ def tf457_python():
 def run_fresh(python, tiny_moda_dir, tmp_path, image):
     image_path = tmp_path / "item.png"
     image.save(image_path)
+    from hub_card import prepare_model_folder
+
     folder = shutil.copytree(tiny_moda_dir, tmp_path / "model")
     prepare_model_folder(folder)  # the card and handler.py, as moda push uploads them
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -14,7 +14,7 @@ from moda.catalog.caption import (KILL_AFTER_PARTS_ENV, list_catalog_items, part
                                   read_output, run_settings)
 from moda.cli.caption import main, parse_arguments
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 NUM_GOOD = 10
 
 

@@ -50,9 +50,9 @@ def test_a_command_that_returns_what_it_made_exits_with_success(monkeypatch):
     assert COMMANDS["train"][:2] == ("moda.cli.train", "main")
     monkeypatch.setattr(train_hf, "command_line", lambda argv: 7 if argv == ["--help"] else 0)
     assert main(["train", "--help"]) == 7
-    monkeypatch.setitem(COMMANDS, "summary", ("tests.test_cli", "_returns_a_summary", "returns a dict"))
+    monkeypatch.setitem(COMMANDS, "summary", ("tests.cli.test_cli", "_returns_a_summary", "returns a dict"))
     assert main(["summary"]) == 0
-    monkeypatch.setitem(COMMANDS, "status", ("tests.test_cli", "_returns_a_status", "returns 3"))
+    monkeypatch.setitem(COMMANDS, "status", ("tests.cli.test_cli", "_returns_a_status", "returns 3"))
     assert main(["status"]) == 3
 
 

@@ -55,6 +55,6 @@ def test_the_scan_catches_what_it_looks_for(tmp_path, monkeypatch):
     for source in ("import socket\n", "from urllib.request import urlopen\n", "x = eval('1')\n", "import os\nos.system('ls')\n"):
         bad = tmp_path / "bad.py"
         bad.write_text(source)
-        monkeypatch.setattr("tests.test_safe_loading.REPO_ROOT", tmp_path)
+        monkeypatch.setattr("tests.model_files.test_safe_loading.REPO_ROOT", tmp_path)
         with pytest.raises(AssertionError):
             test_remote_code_imports_no_network_subprocess_or_dynamic_code("bad.py")

@@ -2,8 +2,8 @@
 
 Every test here needs only the root model files, transformers and torch: the tiny model and its inputs (random
 images and prompt token ids, left-padded as MODAProcessor pads them) come from `MODAModelTester`
-(tests/model_tester.py), with no tokenizer, no workshop (`moda`) import and no files. The model is this module's
-own: no test elsewhere can leave hooks or settings on it.
+(tests/model_files/model_tester.py), with no tokenizer, no workshop (`moda`) import and no files. The model is this
+module's own: no test elsewhere can leave hooks or settings on it.
 """
 
 import contextlib
@@ -20,7 +20,7 @@ from fast_generation_moda import (ONEDNN_OP_PATHS, OPTLayerPlan, PackedLinears, 
                                   fast_path_off_reason, first_max_function, packed_dtypes, packed_modules,
                                   reset_fast_path, vision_linears)
 from modeling_moda import MODAForConditionalGeneration
-from tests.model_tester import MODAModelTester, moda_around_opt
+from tests.model_files.model_tester import MODAModelTester, moda_around_opt
 
 PROMPT_LENGTHS = (6, 0, 7, 1)  # four images, prompts of different lengths (none in the second row)
 
