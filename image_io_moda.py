@@ -5,7 +5,9 @@ moda/features.py) read images only through this file, so both policies live here
 
 URLs: http and https only, without a user:password@ part. The host is resolved once and every address it resolves
 to must be public: loopback, private, link-local (169.254.169.254 is the cloud metadata service), shared (CGNAT),
-multicast, reserved and unspecified addresses are refused, also written as IPv4-mapped IPv6 (::ffff:127.0.0.1). The
+multicast, reserved and unspecified addresses are refused, also written as IPv4-mapped IPv6 (::ffff:127.0.0.1), and
+so is every network of IANA's special-purpose registries (SPECIAL_PURPOSE_NETWORKS, listed here because the standard
+library's idea of "global" changes between Python versions). The
 connection goes to the address that was checked, so a second DNS answer cannot switch it (DNS rebinding); the URL's
 host goes in the Host header and, for https, in SNI and the certificate check. Redirects are followed here, each hop
 checked the same way, at most MAX_REDIRECTS of them. The body is capped at MAX_IMAGE_BYTES while it streams (a larger
@@ -59,8 +61,42 @@ MAX_IMAGES_PER_REQUEST = 32
 ALLOW_PRIVATE_URLS_ENV = "MODA_ALLOW_PRIVATE_URLS"
 # Shared address space (RFC 6598, carrier-grade NAT): not public, though Python's is_private says no.
 SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
-# NAT64's well-known prefix (RFC 6052) embeds an IPv4 address in its last 32 bits.
+# NAT64's well-known prefix (RFC 6052) embeds an IPv4 address in its last 32 bits: that address is checked (DNS64
+# answers every IPv4-only host so on an IPv6-only network). 6to4 (2002::/16) and Teredo are checked the same way.
 NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
+# IANA's IPv4 and IPv6 Special-Purpose Address Registries (and the deprecated site-local fec0::/10): none is a public
+# image server. Checked besides the standard library's is_private/is_global, whose answers differ between Python
+# versions (192.0.0.0/24, 192.88.99.0/24, fec0::/10 and 3fff::/20 passed as global on 3.11). (network, what it is,
+# never): `never` ones are refused even with MODA_ALLOW_PRIVATE_URLS (no server of an intranet lives there either).
+SPECIAL_PURPOSE_NETWORKS = tuple((ipaddress.ip_network(network), what, never) for network, what, never in (
+    ("0.0.0.0/8", "a 'this network' address", True),
+    ("10.0.0.0/8", "a private address", False),
+    ("100.64.0.0/10", "a shared (carrier-grade NAT) address", False),
+    ("127.0.0.0/8", "a loopback address", False),
+    ("169.254.0.0/16", "a link-local address", False),
+    ("172.16.0.0/12", "a private address", False),
+    ("192.0.0.0/24", "an IETF protocol assignment address (192.0.0.0/24)", False),
+    ("192.0.2.0/24", "a documentation address (TEST-NET-1)", False),
+    ("192.88.99.0/24", "a 6to4 relay anycast address (192.88.99.0/24)", False),
+    ("192.168.0.0/16", "a private address", False),
+    ("198.18.0.0/15", "a benchmarking address (198.18.0.0/15)", False),
+    ("198.51.100.0/24", "a documentation address (TEST-NET-2)", False),
+    ("203.0.113.0/24", "a documentation address (TEST-NET-3)", False),
+    ("224.0.0.0/4", "a multicast address", True),
+    ("240.0.0.0/4", "a reserved address", True),
+    ("255.255.255.255/32", "the broadcast address", True),
+    ("::/128", "an unspecified address", True),
+    ("::1/128", "a loopback address", False),
+    ("64:ff9b:1::/48", "a local-use NAT64 address (64:ff9b:1::/48)", False),
+    ("100::/64", "a discard-only address (100::/64)", True),
+    ("2001::/23", "an IETF protocol assignment address (2001::/23)", False),
+    ("2001:db8::/32", "a documentation address (2001:db8::/32)", False),
+    ("3fff::/20", "a documentation address (3fff::/20)", False),
+    ("fc00::/7", "a private (unique local) address", False),
+    ("fe80::/10", "a link-local address", False),
+    ("fec0::/10", "a site-local address (fec0::/10)", False),
+    ("ff00::/8", "a multicast address", True),
+))
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 CHUNK_BYTES = 64 * 1024
 USER_AGENT = "moda-image-fetch/1"
@@ -114,6 +150,10 @@ def address_problem(address: str, allow_private: bool):
         return "an unspecified address"
     if ip.is_multicast:
         return "a multicast address"
+    special = next(((what, never) for network, what, never in SPECIAL_PURPOSE_NETWORKS
+                    if ip.version == network.version and ip in network), None)
+    if special is not None and special[1]:
+        return special[0]
     if ip.is_loopback:
         kind = "a loopback address"
     elif ip.is_link_local:
@@ -126,6 +166,8 @@ def address_problem(address: str, allow_private: bool):
         kind = "a private address"
     elif not ip.is_global:
         kind = "a non-public address"
+    elif special is not None:  # what this Python's standard library counts as global, IANA does not
+        kind = special[0]
     else:
         return None
     return None if allow_private else kind
@@ -455,7 +497,7 @@ def load_image_file(path, *, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int =
 __all__ = [
     "ALLOWED_FORMATS", "ALLOW_PRIVATE_URLS_ENV", "CONNECT_TIMEOUT_S", "DRAFT_SIZE", "FETCH_DEADLINE_S",
     "MAX_IMAGES_PER_REQUEST", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_REDIRECTS", "READ_TIMEOUT_S",
-    "ImageInputError", "PinnedHTTPConnection", "address_problem", "base64_image_bytes", "decode_image",
-    "describe_input", "fetch_url", "is_url", "load_image_file", "load_url_image", "open_image_bytes",
+    "SPECIAL_PURPOSE_NETWORKS", "ImageInputError", "PinnedHTTPConnection", "address_problem", "base64_image_bytes",
+    "decode_image", "describe_input", "fetch_url", "is_url", "load_image_file", "load_url_image", "open_image_bytes",
     "private_urls_allowed", "read_image_file", "resolve_url", "to_rgb",
 ]

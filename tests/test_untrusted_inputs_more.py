@@ -2,6 +2,7 @@
 
 - A MODA folder's custom_generate/generate.py never runs, under transformers 5.x and 4.57 (4.57's from_pretrained
   loads it for every local folder, trust_remote_code=False included).
+- Special-purpose addresses the standard library counts as global are refused.
 """
 
 import json
@@ -12,8 +13,13 @@ from pathlib import Path
 
 import pytest
 
+import image_io_moda
+from image_io_moda import ImageInputError, address_problem, fetch_url
 from tests.conftest import HIDE_REPO
 from tests.test_remote_code import tf457_python
+from tests.test_untrusted_inputs import (  # noqa: F401  (network: the fixture)
+    network,
+)
 
 CUSTOM_GENERATE_SCRIPT = HIDE_REPO + r'''
 import json, sys
@@ -101,3 +107,39 @@ def test_a_moda_folders_custom_generate_never_runs_under_transformers_4_57(tiny_
     assert result["generate_owner"].endswith("MODAForConditionalGeneration.generate"), result
     assert isinstance(result["caption"], list) and len(result["caption"]) == 1, result
     assert "MODA's generate refuses" in result.get("refused", ""), result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Special-purpose addresses
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url, problem", [
+    ("http://[fec0::1]/x.jpg", r"fec0::1 is a site-local address"),
+    ("http://192.0.0.8/x.jpg", r"192\.0\.0\.8 is an IETF protocol assignment address"),
+    ("http://192.88.99.1/x.jpg", r"192\.88\.99\.1 is a 6to4 relay anycast address"),
+    ("http://[3fff::1]/x.jpg", r"3fff::1 is a documentation address"),
+    ("http://[2002:c000:201::1]/x.jpg", r"2002:c000:201::1 is a (private|documentation) address.* \(192\.0\.2\.1\)"),
+    ("http://0.1.2.3/x.jpg", r"0\.1\.2\.3 is a 'this network' address"),
+])
+def test_special_purpose_addresses_the_stdlib_may_count_as_global_are_refused_without_connecting(url, problem,
+                                                                                                 network):
+    with pytest.raises(ImageInputError, match=problem):
+        fetch_url(url)
+    assert network["connections"] == []
+
+
+@pytest.mark.parametrize("network_, what, never", image_io_moda.SPECIAL_PURPOSE_NETWORKS,
+                         ids=[str(entry[0]) for entry in image_io_moda.SPECIAL_PURPOSE_NETWORKS])
+def test_every_special_purpose_network_is_refused(network_, what, never):
+    """Whatever this Python's ipaddress says: the first, a middle and the last address of each network; those that
+    are never a server also with the private-address opt-in."""
+    for address in (network_[0], network_[network_.num_addresses // 2], network_[-1]):
+        assert address_problem(str(address), allow_private=False) is not None, address
+        if never:
+            assert address_problem(str(address), allow_private=True) is not None, address
+
+
+def test_public_addresses_still_pass():
+    for address in ("93.184.216.34", "2606:4700::1111", "::ffff:93.184.216.34", "64:ff9b::5db8:d822",
+                    "2002:5db8:d822::1", "192.0.1.1", "192.88.100.1", "3000::1"):
+        assert address_problem(address, allow_private=False) is None, address
