@@ -3,11 +3,11 @@
 The processor (processing_moda.py), the Inference Endpoints handler (handler.py) and the moda commands (through
 moda/features.py) read images only through this file, so both policies live here once.
 
-URLs: http and https only, without a user:password@ part. The host is resolved once and every address it resolves
-to must be public: loopback, private, link-local (169.254.169.254 is the cloud metadata service), shared (CGNAT),
-multicast, reserved and unspecified addresses are refused, also written as IPv4-mapped IPv6 (::ffff:127.0.0.1), and
-so is every network of IANA's special-purpose registries (SPECIAL_PURPOSE_NETWORKS, listed here because the standard
-library's idea of "global" changes between Python versions). The
+URLs: http and https only, without a user:password@ part, at most MAX_URL_CHARACTERS long. The host is resolved once
+and every address it resolves to must be public: loopback, private, link-local (169.254.169.254 is the cloud metadata
+service), shared (CGNAT), multicast, reserved and unspecified addresses are refused, also written as IPv4-mapped IPv6
+(::ffff:127.0.0.1), and so is every network of IANA's special-purpose registries (SPECIAL_PURPOSE_NETWORKS, listed
+here because the standard library's idea of "global" changes between Python versions). The
 connection goes to the address that was checked, so a second DNS answer cannot switch it (DNS rebinding); the URL's
 host goes in the Host header and, for https, in SNI and the certificate check. Redirects are followed here, each hop
 checked the same way, at most MAX_REDIRECTS of them. The body is capped at MAX_IMAGE_BYTES while it streams (a larger
@@ -17,9 +17,9 @@ tests) opt in to private addresses with MODA_ALLOW_PRIVATE_URLS=1 or `allow_priv
 (HTTP_PROXY) are not used: the address check must see the server itself.
 
 Decoding: JPEG, PNG, WEBP, GIF, BMP and TIFF only (Pillow never tries another plugin, so EPS/PS never reach
-Ghostscript); at most MAX_IMAGE_BYTES of input and MAX_IMAGE_PIXELS pixels, read from the header before any pixel is
-decoded; a large JPEG is decoded at a reduced scale (DRAFT_SIZE); then the first frame of an animation, EXIF
-orientation applied, transparency composited on white, RGB.
+Ghostscript); at most MAX_IMAGE_BYTES of input (base64 text is measured before it is copied) and MAX_IMAGE_PIXELS
+pixels, read from the header before any pixel is decoded; a large JPEG is decoded at a reduced scale (DRAFT_SIZE);
+then the first frame of an animation, EXIF orientation applied, transparency composited on white, RGB.
 
 Every refusal is an ImageInputError (a ValueError) naming the input and the problem. This file travels with the
 weights (save_pretrained copies it with processing_moda.py, and the handler imports it from the model folder): it
@@ -52,6 +52,12 @@ MAX_IMAGE_PIXELS = 40_000_000
 DRAFT_SIZE = 448
 # What product photos come as. Pillow would otherwise try every plugin it has, EPS/PS (run by Ghostscript) included.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Base64 text: 4 characters per 3 bytes, line breaks (CRLF every 76 characters, as MIME writes it) and a data: URL's
+# header. Longer text is refused by its length, before it is copied (stripped, joined) or decoded.
+BASE64_LINE = 76
+BASE64_HEADER_SLACK = 1024
+# Longer URLs are refused before they are parsed or scanned (servers commonly refuse over 8 KB too).
+MAX_URL_CHARACTERS = 8192
 CONNECT_TIMEOUT_S = 5  # per connection attempt
 READ_TIMEOUT_S = 10  # per read: a server that stops answering
 FETCH_DEADLINE_S = 20  # the whole fetch, redirects included: a server that answers a byte at a time
@@ -122,7 +128,8 @@ def megabytes(size: int) -> str:
 
 def is_url(value) -> bool:
     """An http(s) URL, read as one (fetched under the URL policy), never as a path."""
-    return isinstance(value, str) and value.strip().lower().startswith(("http://", "https://"))
+    # Only the start is looked at: stripping or lower-casing a 100 MB string would copy it.
+    return isinstance(value, str) and value[:64].lstrip().lower().startswith(("http://", "https://"))
 
 
 def private_urls_allowed(allow_private=None) -> bool:
@@ -185,6 +192,9 @@ def resolve_url(url: str, allow_private=None):
     allow = private_urls_allowed(allow_private)
     if not isinstance(url, str):
         raise ImageInputError(f"A URL must be a string; got {type(url).__name__}.")
+    if len(url) > MAX_URL_CHARACTERS:
+        raise url_error(url, f"the URL has {len(url)} characters, over the {MAX_URL_CHARACTERS} limit "
+                             f"(MAX_URL_CHARACTERS)")
     if any(ord(character) < 33 or ord(character) == 127 for character in url):
         raise url_error(url, "the URL holds spaces or control characters")
     parts = urllib.parse.urlsplit(url)
@@ -389,16 +399,32 @@ def read_image_file(path, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
         raise ImageInputError(f"Cannot read image file {path!r}: {err}") from err
 
 
+def max_base64_characters(max_bytes: int = MAX_IMAGE_BYTES) -> int:
+    """The longest base64 text that can hold max_bytes: 4 characters per 3 bytes, a CRLF every BASE64_LINE
+    characters, and BASE64_HEADER_SLACK for a data: URL's header and padding."""
+    encoded = 4 * -(-max_bytes // 3)
+    return encoded + 2 * -(-encoded // BASE64_LINE) + BASE64_HEADER_SLACK
+
+
+def check_base64_length(text: str, where: str, max_bytes: int = MAX_IMAGE_BYTES) -> None:
+    """Refuses text longer than base64 of max_bytes can be, by its length alone: nothing is copied or scanned."""
+    if len(text) > max_base64_characters(max_bytes):
+        raise ImageInputError(f"{where}: {len(text)} characters of base64 is over the {megabytes(max_bytes)} limit "
+                              f"(MAX_IMAGE_BYTES)")
+
+
 def base64_image_bytes(text: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
     """Image bytes from base64 text: a data: URL or bare base64, line-wrapped (as MIME and `base64` write it) or
-    URL-safe (whose padding is often left out). Its size is checked before it is decoded."""
+    URL-safe (whose padding is often left out). Its length is checked before it is copied, its size before it is
+    decoded."""
+    check_base64_length(text, f"The base64 input {describe_input(text, 40)}", max_bytes)
     if text.startswith("data:"):
         header, _, text = text.partition(",")
         if ";base64" not in header:
             raise ImageInputError(f"A data: URL must hold base64 (data:image/...;base64,...); got "
                                   f"{describe_input(header, 60)}")
     text = "".join(text.split())
-    check_size(len(text) * 3 // 4, f"The base64 input {describe_input(text, 40)}", max_bytes)
+    check_size(len(text) * 3 // 4 - text[-2:].count("="), f"The base64 input {describe_input(text, 40)}", max_bytes)
     if "-" in text or "_" in text:
         text = text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4)
     try:
@@ -496,8 +522,9 @@ def load_image_file(path, *, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int =
 
 __all__ = [
     "ALLOWED_FORMATS", "ALLOW_PRIVATE_URLS_ENV", "CONNECT_TIMEOUT_S", "DRAFT_SIZE", "FETCH_DEADLINE_S",
-    "MAX_IMAGES_PER_REQUEST", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_REDIRECTS", "READ_TIMEOUT_S",
-    "SPECIAL_PURPOSE_NETWORKS", "ImageInputError", "PinnedHTTPConnection", "address_problem", "base64_image_bytes",
-    "decode_image", "describe_input", "fetch_url", "is_url", "load_image_file", "load_url_image", "open_image_bytes",
-    "private_urls_allowed", "read_image_file", "resolve_url", "to_rgb",
+    "MAX_IMAGES_PER_REQUEST", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_REDIRECTS", "MAX_URL_CHARACTERS",
+    "READ_TIMEOUT_S", "SPECIAL_PURPOSE_NETWORKS", "ImageInputError", "PinnedHTTPConnection", "address_problem",
+    "base64_image_bytes", "check_base64_length", "decode_image", "describe_input", "fetch_url", "is_url",
+    "load_image_file", "load_url_image", "max_base64_characters", "open_image_bytes", "private_urls_allowed",
+    "read_image_file", "resolve_url", "to_rgb",
 ]

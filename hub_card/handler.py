@@ -38,8 +38,8 @@ from transformers import pipeline
 HANDLER_FOLDER = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HANDLER_FOLDER)
 try:
-    from image_io_moda import (MAX_IMAGES_PER_REQUEST, ImageInputError, base64_image_bytes, decode_image, is_url,
-                               load_url_image, to_rgb)
+    from image_io_moda import (MAX_IMAGES_PER_REQUEST, ImageInputError, base64_image_bytes, check_base64_length,
+                               decode_image, is_url, load_url_image, to_rgb)
 finally:
     sys.path.remove(HANDLER_FOLDER)
 
@@ -186,6 +186,8 @@ def to_image(item) -> Image.Image:
     if isinstance(item, (bytes, bytearray)):
         return _decode_image_bytes(bytes(item), "the image bytes")
     if isinstance(item, str):
+        # By its length first: strip() and base64's clean-up copy the string, a request's 1 GB one included.
+        check_base64_length(item, f"The string input {item[:40]!r}...")
         text = item.strip()
         if is_url(text):
             return load_url_image(text)  # public addresses only, a byte cap and a deadline; errors name the URL

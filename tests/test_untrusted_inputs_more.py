@@ -3,22 +3,27 @@
 - A MODA folder's custom_generate/generate.py never runs, under transformers 5.x and 4.57 (4.57's from_pretrained
   loads it for every local folder, trust_remote_code=False included).
 - Special-purpose addresses the standard library counts as global are refused.
+- Huge base64 strings and URLs are refused by their length before they are copied.
 """
 
+import base64
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 import image_io_moda
+from hub_card import prepare_model_folder
 from image_io_moda import ImageInputError, address_problem, fetch_url
 from tests.conftest import HIDE_REPO
 from tests.test_remote_code import tf457_python
 from tests.test_untrusted_inputs import (  # noqa: F401  (network: the fixture)
-    network,
+    RED_PNG, network,
 )
 
 CUSTOM_GENERATE_SCRIPT = HIDE_REPO + r'''
@@ -143,3 +148,69 @@ def test_public_addresses_still_pass():
     for address in ("93.184.216.34", "2606:4700::1111", "::ffff:93.184.216.34", "64:ff9b::5db8:d822",
                     "2002:5db8:d822::1", "192.0.1.1", "192.88.100.1", "3000::1"):
         assert address_problem(address, allow_private=False) is None, address
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The endpoint handler, imported from a model folder as Inference Endpoints does
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def handler_folder(tiny_moda_dir, tmp_path_factory):
+    folder = shutil.copytree(tiny_moda_dir, tmp_path_factory.mktemp("endpoint-more") / "model")
+    prepare_model_folder(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def handler_module(handler_folder):
+    spec = importlib.util.spec_from_file_location("untrusted_inputs_more_handler", handler_folder / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def endpoint_handler(handler_module, handler_folder):
+    return handler_module.EndpointHandler(str(handler_folder))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Huge strings
+# ---------------------------------------------------------------------------------------------------------------
+
+def peak_allocated(call) -> int:
+    """The most memory Python objects took while `call` ran (its exception swallowed), above what was there."""
+    tracemalloc.start()
+    try:
+        call()
+    except (ValueError, ImageInputError):
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_a_huge_base64_string_is_refused_by_its_length_before_it_is_copied(endpoint_handler):
+    limit = image_io_moda.max_base64_characters(1024 * 1024)
+    wrapped = ("QUJD" * 19 + "\n") * (limit // 77 + 2)  # line-wrapped base64, just over the limit
+    with pytest.raises(ImageInputError, match=rf"^The base64 input 'QUJD.*': {len(wrapped)} characters of base64 is "
+                                              r"over the 1\.0 MB limit \(MAX_IMAGE_BYTES\)"):
+        image_io_moda.base64_image_bytes(wrapped, max_bytes=1024 * 1024)
+    assert peak_allocated(lambda: image_io_moda.base64_image_bytes(wrapped, max_bytes=1024 * 1024)) < 100_000
+    # the largest allowed one still decodes (MIME's CRLF every 76 characters)
+    body = RED_PNG + b"\0" * (1024 * 1024 - len(RED_PNG))
+    mime = base64.encodebytes(body).decode().replace("\n", "\r\n")
+    assert image_io_moda.base64_image_bytes("data:image/png;base64," + mime, max_bytes=1024 * 1024) == body
+
+    huge = " " + "A" * image_io_moda.max_base64_characters()  # ~67 MB; strip() would copy it
+    with pytest.raises(ValueError, match=r"^The string input ' AAAA.*characters of base64 is over the 50\.0 MB"):
+        endpoint_handler({"inputs": huge})
+    assert peak_allocated(lambda: endpoint_handler({"inputs": huge})) < 1_000_000
+
+
+def test_a_huge_url_is_refused_by_its_length(network):
+    url = "http://images.example.com/" + "a" * image_io_moda.MAX_URL_CHARACTERS
+    with pytest.raises(ImageInputError, match=r"characters, over the 8192 limit \(MAX_URL_CHARACTERS\)"):
+        fetch_url(url)
+    assert network["lookups"] == []
