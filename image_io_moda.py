@@ -18,8 +18,9 @@ tests) opt in to private addresses with MODA_ALLOW_PRIVATE_URLS=1 or `allow_priv
 
 Decoding: JPEG, PNG, WEBP, GIF, BMP and TIFF only (Pillow never tries another plugin, so EPS/PS never reach
 Ghostscript); at most MAX_IMAGE_BYTES of input (base64 text is measured before it is copied) and MAX_IMAGE_PIXELS
-pixels, read from the header before any pixel is decoded; a large JPEG is decoded at a reduced scale (DRAFT_SIZE);
-then the first frame of an animation, EXIF orientation applied, transparency composited on white, RGB.
+pixels, read from the header before any pixel is decoded (and before a JPEG is put in draft mode: a progressive JPEG
+holds full-size buffers whatever its draft scale); a large JPEG is decoded at a reduced scale (DRAFT_SIZE); then the
+first frame of an animation, EXIF orientation applied, transparency composited on white, RGB.
 
 Every refusal is an ImageInputError (a ValueError) naming the input and the problem. This file travels with the
 weights (save_pretrained copies it with processing_moda.py, and the handler imports it from the model folder): it
@@ -441,7 +442,7 @@ def open_image_bytes(data: bytes, where: str, *, max_bytes: int = MAX_IMAGE_BYTE
                      max_pixels: int = MAX_IMAGE_PIXELS, draft_size=DRAFT_SIZE):
     """
     A lazily opened PIL image of the bytes, nothing decoded yet: an allowed format, at most max_bytes of input and
-    max_pixels pixels to decode (a JPEG's at its draft scale). ImageInputError starting with `where` otherwise.
+    max_pixels pixels by its header, a JPEG then put in draft mode. ImageInputError starting with `where` otherwise.
     """
     import io
 
@@ -464,14 +465,16 @@ def open_image_bytes(data: bytes, where: str, *, max_bytes: int = MAX_IMAGE_BYTE
         reason = str(err).replace(repr(buffer), "the data")  # PIL names the buffer: an address, other every run
         raise ImageInputError(f"{where}: not a readable image ({type(err).__name__}: {reason})") from err
     width, height = image.size
-    if draft_size and image.format in ("JPEG", "MPO"):
-        image.draft("RGB", (draft_size, draft_size))  # decodes at 1/2, 1/4 or 1/8 scale, never below draft_size
-    if image.size[0] * image.size[1] > max_pixels:
+    # The header's size, before draft(): a progressive JPEG keeps full-size coefficient buffers (a 13300x13300 one of
+    # 2 MB took 1 GB) whatever scale it is drafted to.
+    if width * height > max_pixels:
         image.close()
         raise ImageInputError(
             f"{where}: {width}x{height} pixels is over the {max_pixels / 1e6:g} megapixel limit (MAX_IMAGE_PIXELS), "
             f"refused before decoding as a possible decompression bomb"
         )
+    if draft_size and image.format in ("JPEG", "MPO"):
+        image.draft("RGB", (draft_size, draft_size))  # a speed-up: 1/2, 1/4 or 1/8 scale, never below draft_size
     return image
 
 

@@ -4,10 +4,12 @@
   loads it for every local folder, trust_remote_code=False included).
 - Special-purpose addresses the standard library counts as global are refused.
 - Huge base64 strings and URLs are refused by their length before they are copied.
+- A progressive JPEG's pixels are counted at its full size, before draft mode.
 """
 
 import base64
 import importlib.util
+import io
 import json
 import os
 import shutil
@@ -16,10 +18,11 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 import image_io_moda
 from hub_card import prepare_model_folder
-from image_io_moda import ImageInputError, address_problem, fetch_url
+from image_io_moda import ImageInputError, address_problem, decode_image, fetch_url
 from tests.conftest import HIDE_REPO
 from tests.test_remote_code import tf457_python
 from tests.test_untrusted_inputs import (  # noqa: F401  (network: the fixture)
@@ -214,3 +217,28 @@ def test_a_huge_url_is_refused_by_its_length(network):
     with pytest.raises(ImageInputError, match=r"characters, over the 8192 limit \(MAX_URL_CHARACTERS\)"):
         fetch_url(url)
     assert network["lookups"] == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pixels counted before draft mode
+# ---------------------------------------------------------------------------------------------------------------
+
+def jpeg_declaring(width: int, height: int, progressive: bool = True) -> bytes:
+    """A small JPEG whose frame header (SOF) is rewritten to declare width x height."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (120, 40, 40)).save(buffer, format="JPEG", progressive=progressive)
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc2" if progressive else b"\xff\xc0")
+    data[sof + 5:sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def test_a_progressive_jpeg_is_counted_at_its_full_size_not_its_draft_size():
+    """A progressive JPEG holds full-size coefficient buffers whatever the draft scale: 13300x13300 (176 megapixels)
+    in 2 MB took 1 GB while its draft (1663x1663) passed the limit. Here the limit is lowered to keep the test small:
+    4000x4000 drafts to 500x500, under 1 megapixel."""
+    data = jpeg_declaring(4000, 4000)
+    with pytest.raises(ImageInputError, match=r"^upload: 4000x4000 pixels is over the 1 megapixel limit"):
+        decode_image(data, "upload", max_pixels=1_000_000)
+    with pytest.raises(ImageInputError, match=r"^upload: 13300x13300 pixels is over the 40 megapixel limit"):
+        decode_image(jpeg_declaring(13300, 13300), "upload")
