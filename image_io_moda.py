@@ -20,7 +20,9 @@ Decoding: JPEG, PNG, WEBP, GIF, BMP and TIFF only (Pillow never tries another pl
 Ghostscript); at most MAX_IMAGE_BYTES of input (base64 text is measured before it is copied) and MAX_IMAGE_PIXELS
 pixels, read from the header before any pixel is decoded (and before a JPEG is put in draft mode: a progressive JPEG
 holds full-size buffers whatever its draft scale); a large JPEG is decoded at a reduced scale (DRAFT_SIZE); then the
-first frame of an animation, EXIF orientation applied, transparency composited on white, RGB.
+first frame of an animation, EXIF orientation applied, transparency composited on white, RGB. Images and arrays
+handed over already opened (a PIL image, a numpy array) pass the same checks (check_opened_image) before their
+pixels are read.
 
 Every refusal is an ImageInputError (a ValueError) naming the input and the problem. This file travels with the
 weights (save_pretrained copies it with processing_moda.py, and the handler imports it from the model folder): it
@@ -53,6 +55,8 @@ MAX_IMAGE_PIXELS = 40_000_000
 DRAFT_SIZE = 448
 # What product photos come as. Pillow would otherwise try every plugin it has, EPS/PS (run by Ghostscript) included.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# The formats an opened image may say it is: Pillow's JPEG opener gives a multi-picture JPEG the format "MPO".
+OPENED_FORMATS = ALLOWED_FORMATS + ("MPO",)
 # Base64 text: 4 characters per 3 bytes, line breaks (CRLF every 76 characters, as MIME writes it) and a data: URL's
 # header. Longer text is refused by its length, before it is copied (stripped, joined) or decoded.
 BASE64_LINE = 76
@@ -438,13 +442,48 @@ def base64_image_bytes(text: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
 # Decoding. `where` starts every message and names the input: "catalog.csv row 3", "Could not read image 'x.png'".
 # ---------------------------------------------------------------------------------------------------------------
 
+def check_opened_image(image, where: str, *, max_pixels: int = MAX_IMAGE_PIXELS):
+    """
+    A PIL image or a numpy array that came in already opened -> itself, if it may be decoded: an allowed format (an
+    image made in memory has none: allowed), at most max_pixels pixels. Only
+    the header's size is read, never a pixel: a lazily opened image is still undecoded. ImageInputError starting with
+    `where` otherwise.
+    """
+    if isinstance(image, np.ndarray):
+        shape = image.shape
+        if image.ndim == 3 and shape[-1] in (1, 3, 4):
+            height, width = shape[:2]
+        elif image.ndim == 3 and shape[0] in (1, 3):
+            height, width = shape[1:]
+        elif image.ndim == 2:
+            height, width = shape
+        else:  # a layout no image has: the caller names the shapes it takes
+            height, width = 0, 0
+        if image.size > 4 * max_pixels:  # every layout: four channels of max_pixels at most
+            raise ImageInputError(f"{where}: an array of shape {shape} holds {image.size} values, over the "
+                                  f"{max_pixels / 1e6:g} megapixel limit (MAX_IMAGE_PIXELS)")
+    else:
+        form = getattr(image, "format", None)
+        if form is not None and form not in OPENED_FORMATS:
+            raise ImageInputError(f"{where}: a {form} image; only {', '.join(ALLOWED_FORMATS)} are read")
+        width, height = image.size
+    if width * height > max_pixels:
+        raise ImageInputError(
+            f"{where}: {width}x{height} pixels is over the {max_pixels / 1e6:g} megapixel limit (MAX_IMAGE_PIXELS), "
+            f"refused before decoding as a possible decompression bomb"
+        )
+    return image
+
+
 def open_image_bytes(data: bytes, where: str, *, max_bytes: int = MAX_IMAGE_BYTES,
                      max_pixels: int = MAX_IMAGE_PIXELS, draft_size=DRAFT_SIZE):
     """
     A lazily opened PIL image of the bytes, nothing decoded yet: an allowed format, at most max_bytes of input and
-    max_pixels pixels by its header, a JPEG then put in draft mode. ImageInputError starting with `where` otherwise.
+    max_pixels pixels by its header (check_opened_image), a JPEG then put in draft mode. ImageInputError starting
+    with `where` otherwise.
     """
     import io
+    import re
 
     from PIL import Image, UnidentifiedImageError
 
@@ -461,18 +500,22 @@ def open_image_bytes(data: bytes, where: str, *, max_bytes: int = MAX_IMAGE_BYTE
         raise ImageInputError(
             f"{where}: not a readable image (none of the formats read: {', '.join(ALLOWED_FORMATS)})"
         ) from err
-    except Exception as err:  # Pillow's own decompression-bomb error and broken headers
+    except Image.DecompressionBombError as err:  # a process that lowered Pillow's limit (the endpoint handler's)
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "the image"
+        raise ImageInputError(f"{where}: {size} is over the {min(max_pixels, 2 * Image.MAX_IMAGE_PIXELS) / 1e6:g} "
+                              f"megapixel limit (MAX_IMAGE_PIXELS), refused before decoding as a possible "
+                              f"decompression bomb") from err
+    except Exception as err:  # broken headers
         reason = str(err).replace(repr(buffer), "the data")  # PIL names the buffer: an address, other every run
         raise ImageInputError(f"{where}: not a readable image ({type(err).__name__}: {reason})") from err
-    width, height = image.size
-    # The header's size, before draft(): a progressive JPEG keeps full-size coefficient buffers (a 13300x13300 one of
-    # 2 MB took 1 GB) whatever scale it is drafted to.
-    if width * height > max_pixels:
+    try:
+        # The header's size, before draft(): a progressive JPEG keeps full-size coefficient buffers (a 13300x13300
+        # one of 2 MB took 1 GB) whatever scale it is drafted to.
+        check_opened_image(image, where, max_pixels=max_pixels)
+    except ImageInputError:
         image.close()
-        raise ImageInputError(
-            f"{where}: {width}x{height} pixels is over the {max_pixels / 1e6:g} megapixel limit (MAX_IMAGE_PIXELS), "
-            f"refused before decoding as a possible decompression bomb"
-        )
+        raise
     if draft_size and image.format in ("JPEG", "MPO"):
         image.draft("RGB", (draft_size, draft_size))  # a speed-up: 1/2, 1/4 or 1/8 scale, never below draft_size
     return image
@@ -483,15 +526,21 @@ def decode_image(data: bytes, where: str, *, max_bytes: int = MAX_IMAGE_BYTES, m
     """Image bytes -> an RGB PIL image under the decoding policy; ImageInputError starting with `where` otherwise."""
     image = open_image_bytes(data, where, max_bytes=max_bytes, max_pixels=max_pixels, draft_size=draft_size)
     try:
-        return to_rgb(image)
+        return to_rgb(image, where, max_pixels=max_pixels)
+    except ImageInputError:
+        raise
     except Exception as err:  # truncated or corrupt data surfaces only when the pixels are decoded
         raise ImageInputError(f"{where}: not a readable image ({type(err).__name__}: {err})") from err
 
 
-def to_rgb(image):
-    """A PIL image -> RGB: the first frame of an animation, EXIF orientation applied, transparency on white."""
+def to_rgb(image, where: str = "An image", *, max_pixels: int = MAX_IMAGE_PIXELS):
+    """
+    A PIL image -> RGB: checked first (check_opened_image: its format, pixels and shape, before anything is decoded),
+    then the first frame of an animation, EXIF orientation applied, transparency on white.
+    """
     from PIL import Image, ImageOps
 
+    check_opened_image(image, where, max_pixels=max_pixels)
     if getattr(image, "is_animated", False):
         image.seek(0)  # the first frame of an animation
     image.load()
@@ -505,6 +554,28 @@ def to_rgb(image):
         array = np.asarray(image, dtype=np.float64)
         image = Image.fromarray((array / max(array.max(), 1.0) * 255).round().astype(np.uint8))
     return image.convert("RGB")
+
+
+def restrict_pillow(max_pixels: int = MAX_IMAGE_PIXELS, formats=ALLOWED_FORMATS) -> None:
+    """
+    Pillow's own limits, for this whole process: only for a process that is MODA's own (the endpoint handler calls it
+    when imported, the app before it serves), where something else decodes requests with plain Pillow before MODA
+    sees them (the serving toolkit's `Image.open(body).convert("RGB")`, Gradio's upload). Never called on import of
+    this file: a library user's process is theirs, and the functions here pass their limits with each call.
+
+    - Pillow warns (DecompressionBombWarning) above Image.MAX_IMAGE_PIXELS and raises DecompressionBombError above
+      twice that: half of max_pixels makes every image over max_pixels an error when it is opened, before any pixel
+      is decoded (one between half and all of max_pixels is warned about, and read).
+    - Every opener but the allowed formats' is unregistered (Image.init() imports all plugins first, so none
+      registers again later): EPS/PS never reach Ghostscript, nor any other plugin's parser.
+    """
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_pixels // 2
+    Image.init()
+    for name in [name for name in Image.OPEN if name not in formats]:
+        del Image.OPEN[name]
+    Image.ID[:] = [name for name in Image.ID if name in formats]
 
 
 def load_url_image(url: str, *, deadline: float = FETCH_DEADLINE_S, allow_private=None,
@@ -527,7 +598,7 @@ __all__ = [
     "ALLOWED_FORMATS", "ALLOW_PRIVATE_URLS_ENV", "CONNECT_TIMEOUT_S", "DRAFT_SIZE", "FETCH_DEADLINE_S",
     "MAX_IMAGES_PER_REQUEST", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_REDIRECTS", "MAX_URL_CHARACTERS",
     "READ_TIMEOUT_S", "SPECIAL_PURPOSE_NETWORKS", "ImageInputError", "PinnedHTTPConnection", "address_problem",
-    "base64_image_bytes", "check_base64_length", "decode_image", "describe_input", "fetch_url", "is_url",
-    "load_image_file", "load_url_image", "max_base64_characters", "open_image_bytes", "private_urls_allowed",
-    "read_image_file", "resolve_url", "to_rgb",
+    "base64_image_bytes", "check_base64_length", "check_opened_image", "decode_image", "describe_input", "fetch_url",
+    "is_url", "load_image_file", "load_url_image", "max_base64_characters", "open_image_bytes", "private_urls_allowed",
+    "read_image_file", "resolve_url", "restrict_pillow", "to_rgb",
 ]

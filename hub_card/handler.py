@@ -22,6 +22,11 @@ redirects checked hop by hop, with a byte cap and a deadline; bytes are decoded 
 TIFF, their pixel count checked before decoding. A string is never read as a local path (an endpoint must not open
 files named by its callers).
 
+The serving toolkit decodes an `image/*` request body itself, with Pillow (`Image.open(...).convert("RGB")`), before
+this handler sees it. This process is the endpoint's, so importing this file sets Pillow's own limits for the whole
+process (image_io_moda.restrict_pillow): only the allowed formats have openers, and Pillow refuses more than
+MAX_IMAGE_PIXELS when it opens an image.
+
 This file travels in the model folder. It imports only torch, transformers, PIL, image_io_moda and the standard
 library's os and sys.
 """
@@ -39,9 +44,12 @@ HANDLER_FOLDER = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HANDLER_FOLDER)
 try:
     from image_io_moda import (MAX_IMAGES_PER_REQUEST, ImageInputError, base64_image_bytes, check_base64_length,
-                               decode_image, is_url, load_url_image, to_rgb)
+                               decode_image, is_url, load_url_image, restrict_pillow, to_rgb)
 finally:
     sys.path.remove(HANDLER_FOLDER)
+
+# This process is the endpoint's: Pillow's own limits (allowed formats, MAX_IMAGE_PIXELS) for the toolkit's decode.
+restrict_pillow()
 
 # What "parameters" may hold: an allow-list, because the pipeline passes generation options on to `model.generate`,
 # where transformers 5 runs code a caller names (custom_generate with trust_remote_code) and takes objects no request
@@ -181,8 +189,8 @@ def _allowed(place: str, name: str) -> bool:
 
 def to_image(item) -> Image.Image:
     """Raw bytes, a base64 string (optionally a data: URL), an http(s) URL or a PIL image -> an RGB PIL image."""
-    if isinstance(item, Image.Image):
-        return to_rgb(item)
+    if isinstance(item, Image.Image):  # e.g. the toolkit's decode of an image/* body: checked before it is read
+        return to_rgb(item, f"Could not read the {item.mode} image of {item.size[0]}x{item.size[1]} pixels")
     if isinstance(item, (bytes, bytearray)):
         return _decode_image_bytes(bytes(item), "the image bytes")
     if isinstance(item, str):

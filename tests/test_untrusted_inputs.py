@@ -175,6 +175,17 @@ def network(monkeypatch):
     return record
 
 
+# Pillow's own default (89 megapixels warn, 179 refuse). Importing an endpoint handler.py lowers it for its whole
+# process (restrict_pillow, tested in a fresh process in test_untrusted_inputs_more.py); here, image_io_moda's own
+# checks are tested as a library user's process has them.
+PILLOW_DEFAULT_MAX_IMAGE_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)
+
+
+@pytest.fixture(autouse=True)
+def pillow_defaults(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", PILLOW_DEFAULT_MAX_IMAGE_PIXELS)
+
+
 def public(base: str, path: str) -> str:
     """The URL of `path` on the loopback server, as the simulated public host."""
     return base.replace("127.0.0.1", PUBLIC_HOST) + path
@@ -415,7 +426,9 @@ def test_a_decompression_bomb_is_refused_from_its_header_before_decoding(bomb):
 
 
 def test_eps_and_other_formats_are_never_handed_to_their_decoders():
-    assert Image.open(io.BytesIO(EPS_BYTES)).format == "EPS"  # what Pillow would do with it: Ghostscript
+    from PIL import EpsImagePlugin  # (its opener, not Image.open: an endpoint handler imported earlier removes it)
+
+    assert EpsImagePlugin.EpsImageFile(io.BytesIO(EPS_BYTES)).format == "EPS"  # what Pillow would do: Ghostscript
     with pytest.raises(ImageInputError, match=r"^upload: not a readable image \(none of the formats read: JPEG, "
                                               r"PNG, WEBP, GIF, BMP, TIFF\)"):
         decode_image(EPS_BYTES, "upload")

@@ -5,6 +5,8 @@
 - Special-purpose addresses the standard library counts as global are refused.
 - Huge base64 strings and URLs are refused by their length before they are copied.
 - A progressive JPEG's pixels are counted at its full size, before draft mode.
+- Images handed over already opened (PIL images, arrays, the serving toolkit's and Gradio's own decode) pass the
+  decoding policy.
 """
 
 import base64
@@ -14,9 +16,11 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -26,7 +30,7 @@ from image_io_moda import ImageInputError, address_problem, decode_image, fetch_
 from tests.conftest import HIDE_REPO
 from tests.test_remote_code import tf457_python
 from tests.test_untrusted_inputs import (  # noqa: F401  (network: the fixture)
-    RED_PNG, network,
+    EPS_BYTES, PILLOW_DEFAULT_MAX_IMAGE_PIXELS, RED_PNG, network, png_declaring,
 )
 
 CUSTOM_GENERATE_SCRIPT = HIDE_REPO + r'''
@@ -242,3 +246,139 @@ def test_a_progressive_jpeg_is_counted_at_its_full_size_not_its_draft_size():
         decode_image(data, "upload", max_pixels=1_000_000)
     with pytest.raises(ImageInputError, match=r"^upload: 13300x13300 pixels is over the 40 megapixel limit"):
         decode_image(jpeg_declaring(13300, 13300), "upload")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images handed over already opened
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def pillow_defaults(monkeypatch):
+    """A library user's Pillow (an endpoint handler imported earlier in this process lowers the limit)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", PILLOW_DEFAULT_MAX_IMAGE_PIXELS)
+
+
+def lazily_opened(data: bytes):
+    """What a caller (or the serving toolkit, before its convert) holds: an image opened, nothing decoded."""
+    return Image.open(io.BytesIO(data))
+
+
+def eps_image():
+    from PIL import EpsImagePlugin
+
+    return EpsImagePlugin.EpsImageFile(io.BytesIO(EPS_BYTES))  # as Image.open gives it where EPS is registered
+
+
+def test_opened_images_pass_the_format_and_pixel_checks_before_decoding(tiny_model_and_processor):
+    from processing_moda import _as_rgb_image
+
+    _, processor = tiny_model_and_processor
+    bomb = lazily_opened(png_declaring(7000, 7000))  # 49 megapixels, still undecoded
+    for read in (_as_rgb_image, lambda image: processor(images=image)):
+        with pytest.raises(ImageInputError, match=r"7000x7000 pixels is over the 40 megapixel limit"):
+            read(bomb)
+        with pytest.raises(ImageInputError, match=r"a EPS image; only JPEG, PNG, WEBP, GIF, BMP, TIFF are read"):
+            read(eps_image())
+    assert bomb.tile  # never decoded: load() empties its list of tiles
+    made = Image.new("RGB", (40, 52), (200, 30, 30))  # made in memory: no format, allowed
+    assert _as_rgb_image(made).getpixel((3, 3)) == (200, 30, 30)
+    assert _as_rgb_image(lazily_opened(RED_PNG)).size == (24, 16)
+
+
+def test_arrays_are_capped_before_they_are_converted(tiny_model_and_processor):
+    _, processor = tiny_model_and_processor
+    huge = np.broadcast_to(np.zeros((1, 1, 3), dtype=np.uint8), (7000, 7000, 3))  # 147 MB, no memory of its own
+    with pytest.raises(ImageInputError, match=r"7000x7000 pixels is over the 40 megapixel limit"):
+        processor(images=huge)
+    with pytest.raises(ImageInputError, match=r"7000x7000 pixels is over the 40 megapixel limit"):
+        processor(images=np.broadcast_to(np.float32(0.5), (3, 7000, 7000)))  # channels first
+    with pytest.raises(ImageInputError, match=r"holds 200000000 values, over the 40 megapixel limit"):
+        processor(images=np.broadcast_to(np.uint8(0), (10, 20_000_000)).reshape(10, 4_000, 5_000))
+    assert processor(images=np.zeros((52, 40, 3), dtype=np.uint8))["pixel_values"].shape == (1, 3, 32, 32)
+
+
+def test_the_handler_checks_pil_inputs_before_decoding(endpoint_handler):
+    with pytest.raises(ValueError, match=r"7000x7000 pixels is over the 40 megapixel limit"):
+        endpoint_handler({"inputs": lazily_opened(png_declaring(7000, 7000))})
+    with pytest.raises(ValueError, match=r"a EPS image; only JPEG"):
+        endpoint_handler({"inputs": eps_image()})
+    assert endpoint_handler({"inputs": lazily_opened(RED_PNG)})[0]["generated_text"]
+
+
+HANDLER_PROCESS_SCRIPT = r"""
+import importlib.util, io, json, sys, warnings
+from pathlib import Path
+from PIL import Image
+
+folder, eps, bomb, under = Path(sys.argv[1]), *(Path(name).read_bytes() for name in sys.argv[2:5])
+result = {}
+sys.path.insert(0, str(folder))
+import processing_moda  # a library user's process: MODA's remote code leaves Pillow as it is
+result["library_limit"] = Image.MAX_IMAGE_PIXELS
+result["library_eps"] = Image.open(io.BytesIO(eps)).format
+sys.path.remove(str(folder))
+spec = importlib.util.spec_from_file_location("handler", folder / "handler.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)  # as Inference Endpoints does
+result["limit"] = Image.MAX_IMAGE_PIXELS
+for name, data in (("eps", eps), ("bomb", bomb)):
+    try:  # the serving toolkit's own decode of an image/* body, before the handler runs
+        Image.open(io.BytesIO(data)).convert("RGB")
+        result[name] = "decoded"
+    except Exception as err:
+        result[name] = type(err).__name__
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    result["under"] = list(Image.open(io.BytesIO(under)).size)
+result["formats"] = sorted(Image.OPEN)
+print("RESULT" + json.dumps(result))
+"""
+
+
+def test_the_handler_process_restricts_pillow_for_the_toolkits_own_decode(handler_folder, tmp_path):
+    """The toolkit decodes image/* bodies with Image.open(...).convert("RGB"): any format Pillow has, up to its own
+    179 megapixels. Importing handler.py limits this process's Pillow to the allowed formats and MAX_IMAGE_PIXELS;
+    importing MODA's model code (a library user's process) changes nothing."""
+    files = {"eps": EPS_BYTES, "bomb": png_declaring(6325, 6325),  # 40,005,625 pixels: just over
+             "under": png_declaring(6324, 6324)}  # 39,992,976 pixels: allowed
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    proc = subprocess.run([sys.executable, "-c", HANDLER_PROCESS_SCRIPT, str(handler_folder),
+                           *(str(tmp_path / name) for name in files)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))[6:])
+    assert result["library_limit"] == PILLOW_DEFAULT_MAX_IMAGE_PIXELS and result["library_eps"] == "EPS"
+    assert result["limit"] * 2 == image_io_moda.MAX_IMAGE_PIXELS
+    assert result["eps"] == "UnidentifiedImageError"
+    assert result["bomb"] == "DecompressionBombError"
+    assert result["under"] == [6324, 6324]
+    assert set(result["formats"]) <= set(image_io_moda.ALLOWED_FORMATS)
+    assert {"JPEG", "PNG"} <= set(result["formats"])
+
+
+def test_the_app_restricts_pillow_before_it_serves(tiny_moda_dir, tmp_path, monkeypatch):
+    """Gradio decodes an upload (gr.Image(type="pil")) with plain Pillow before describe() sees it: the app's process
+    keeps Pillow to MODA's formats and pixel limit before it serves, and not before (its tests run in-process)."""
+    import app
+    import moda.search
+    from PIL import Image as PILImage
+
+    saved = (PILImage.MAX_IMAGE_PIXELS, dict(PILImage.OPEN), list(PILImage.ID))
+    seen = {}
+
+    class Demo:
+        def launch(self, **kwargs):
+            seen.update(limit=PILImage.MAX_IMAGE_PIXELS, formats=set(PILImage.OPEN))
+
+    monkeypatch.setattr(moda.search.CatalogIndex, "load", staticmethod(lambda directory: "index"))
+    monkeypatch.setattr(app, "build_demo", lambda *args, **kwargs: Demo())
+    try:
+        assert app.main(["--model", str(tiny_moda_dir), "--index", str(tmp_path / "index")]) == 0
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = saved[0]
+        PILImage.OPEN.clear()
+        PILImage.OPEN.update(saved[1])
+        PILImage.ID[:] = saved[2]
+    assert seen["limit"] * 2 == image_io_moda.MAX_IMAGE_PIXELS
+    assert seen["formats"] <= set(image_io_moda.ALLOWED_FORMATS) and "PNG" in seen["formats"]
