@@ -17,12 +17,12 @@ tests) opt in to private addresses with MODA_ALLOW_PRIVATE_URLS=1 or `allow_priv
 (HTTP_PROXY) are not used: the address check must see the server itself.
 
 Decoding: JPEG, PNG, WEBP, GIF, BMP and TIFF only (Pillow never tries another plugin, so EPS/PS never reach
-Ghostscript); at most MAX_IMAGE_BYTES of input (base64 text is measured before it is copied) and MAX_IMAGE_PIXELS
-pixels, read from the header before any pixel is decoded (and before a JPEG is put in draft mode: a progressive JPEG
-holds full-size buffers whatever its draft scale); a large JPEG is decoded at a reduced scale (DRAFT_SIZE); then the
-first frame of an animation, EXIF orientation applied, transparency composited on white, RGB. Images and arrays
-handed over already opened (a PIL image, a numpy array) pass the same checks (check_opened_image) before their
-pixels are read.
+Ghostscript); at most MAX_IMAGE_BYTES of input (base64 text is measured before it is copied), MAX_IMAGE_PIXELS pixels
+and a MAX_ASPECT_RATIO between the sides, read from the header before any pixel is decoded (and before a JPEG is put in
+draft mode: a progressive JPEG holds full-size buffers whatever its draft scale); a large JPEG is decoded at a reduced
+scale (DRAFT_SIZE); then the first frame of an animation, EXIF orientation applied, transparency composited on white,
+RGB. Images and arrays handed over already opened (a PIL image, a numpy array) pass the same checks
+(check_opened_image) before their pixels are read.
 
 Every refusal is an ImageInputError (a ValueError) naming the input and the problem. This file travels with the
 weights (save_pretrained copies it with processing_moda.py, and the handler imports it from the model folder): it
@@ -53,6 +53,10 @@ MAX_IMAGE_PIXELS = 40_000_000
 # both sides at least twice that: a 6000x4000 photo decodes as 750x500 (1/64 of the memory), and the resize to 224
 # still starts from twice the pixels it keeps.
 DRAFT_SIZE = 448
+# Long side / short side. CLIP resizes the short side to 224 and only then crops: a 10x4,000,000 PNG (40 megapixels,
+# a few KB) would be resized to 224x89,600,000 (60 GB); 100,000x10 took 5 GB and 16 s. At 100:1 the resize takes
+# 224x22,400 (5 megapixels); no product photo comes near it, and small odd images (a 1x70 strip) stay readable.
+MAX_ASPECT_RATIO = 100
 # What product photos come as. Pillow would otherwise try every plugin it has, EPS/PS (run by Ghostscript) included.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 # The formats an opened image may say it is: Pillow's JPEG opener gives a multi-picture JPEG the format "MPO".
@@ -445,7 +449,7 @@ def base64_image_bytes(text: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
 def check_opened_image(image, where: str, *, max_pixels: int = MAX_IMAGE_PIXELS):
     """
     A PIL image or a numpy array that came in already opened -> itself, if it may be decoded: an allowed format (an
-    image made in memory has none: allowed), at most max_pixels pixels. Only
+    image made in memory has none: allowed), at most max_pixels pixels and MAX_ASPECT_RATIO between its sides. Only
     the header's size is read, never a pixel: a lazily opened image is still undecoded. ImageInputError starting with
     `where` otherwise.
     """
@@ -471,6 +475,12 @@ def check_opened_image(image, where: str, *, max_pixels: int = MAX_IMAGE_PIXELS)
         raise ImageInputError(
             f"{where}: {width}x{height} pixels is over the {max_pixels / 1e6:g} megapixel limit (MAX_IMAGE_PIXELS), "
             f"refused before decoding as a possible decompression bomb"
+        )
+    if min(width, height) and max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageInputError(
+            f"{where}: {width}x{height} pixels is over the {MAX_ASPECT_RATIO}:1 limit on the ratio of its sides "
+            f"(MAX_ASPECT_RATIO): resized for CLIP it would take {224 * max(width, height) // min(width, height)}x224 "
+            f"pixels"
         )
     return image
 
@@ -596,8 +606,9 @@ def load_image_file(path, *, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int =
 
 __all__ = [
     "ALLOWED_FORMATS", "ALLOW_PRIVATE_URLS_ENV", "CONNECT_TIMEOUT_S", "DRAFT_SIZE", "FETCH_DEADLINE_S",
-    "MAX_IMAGES_PER_REQUEST", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_REDIRECTS", "MAX_URL_CHARACTERS",
-    "READ_TIMEOUT_S", "SPECIAL_PURPOSE_NETWORKS", "ImageInputError", "PinnedHTTPConnection", "address_problem",
+    "MAX_ASPECT_RATIO", "MAX_IMAGES_PER_REQUEST", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_REDIRECTS",
+    "MAX_URL_CHARACTERS", "READ_TIMEOUT_S", "SPECIAL_PURPOSE_NETWORKS", "ImageInputError", "PinnedHTTPConnection",
+    "address_problem",
     "base64_image_bytes", "check_base64_length", "check_opened_image", "decode_image", "describe_input", "fetch_url",
     "is_url", "load_image_file", "load_url_image", "max_base64_characters", "open_image_bytes", "private_urls_allowed",
     "read_image_file", "resolve_url", "restrict_pillow", "to_rgb",

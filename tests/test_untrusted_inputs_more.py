@@ -7,6 +7,7 @@
 - A progressive JPEG's pixels are counted at its full size, before draft mode.
 - Images handed over already opened (PIL images, arrays, the serving toolkit's and Gradio's own decode) pass the
   decoding policy.
+- Images far thinner than a photo are refused before CLIP would blow them up.
 """
 
 import base64
@@ -382,3 +383,23 @@ def test_the_app_restricts_pillow_before_it_serves(tiny_moda_dir, tmp_path, monk
         PILImage.ID[:] = saved[2]
     assert seen["limit"] * 2 == image_io_moda.MAX_IMAGE_PIXELS
     assert seen["formats"] <= set(image_io_moda.ALLOWED_FORMATS) and "PNG" in seen["formats"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Images far thinner than a photo
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("width, height", [(4_000_000, 10), (10, 100_000), (20_200, 200)])
+def test_an_image_far_thinner_than_a_photo_is_refused_before_decoding(width, height, tiny_model_and_processor):
+    """CLIP resizes the short side to 224 before it crops: 100,000x10 took 5 GB and 16 s, 4,000,000x10 (40
+    megapixels, a few KB of PNG) would take 60 GB."""
+    _, processor = tiny_model_and_processor
+    data = png_declaring(width, height)
+    with pytest.raises(ImageInputError, match=rf"{width}x{height} pixels is over the 100:1 limit on the ratio of its "
+                                              r"sides \(MAX_ASPECT_RATIO\)"):
+        decode_image(data, "banner")
+    with pytest.raises(ImageInputError, match="MAX_ASPECT_RATIO"):
+        processor(images=Image.new("1", (width, height)) if width * height < 1e7 else lazily_opened(data))
+    hundred_to_one = Image.new("1", (20_000, 200))
+    assert image_io_moda.check_opened_image(hundred_to_one, "strip") is hundred_to_one
+    assert processor(images=np.zeros((1, 70), dtype=np.uint8))["pixel_values"].shape == (1, 3, 32, 32)
