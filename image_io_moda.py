@@ -21,8 +21,9 @@ Ghostscript); at most MAX_IMAGE_BYTES of input (base64 text is measured before i
 and a MAX_ASPECT_RATIO between the sides, read from the header before any pixel is decoded (and before a JPEG is put in
 draft mode: a progressive JPEG holds full-size buffers whatever its draft scale); a large JPEG is decoded at a reduced
 scale (DRAFT_SIZE); then the first frame of an animation, EXIF orientation applied, transparency composited on white,
-RGB. Images and arrays handed over already opened (a PIL image, a numpy array) pass the same checks
-(check_opened_image) before their pixels are read.
+RGB, and an image whose sides are over MAX_DECODED_SHORT_SIDE / MAX_DECODED_LONG_SIDE shrunk to fit. Images and
+arrays handed over already opened (a PIL image, a numpy array) pass the same checks (check_opened_image) before their
+pixels are read.
 
 Every refusal is an ImageInputError (a ValueError) naming the input and the problem. This file travels with the
 weights (save_pretrained copies it with processing_moda.py, and the handler imports it from the model folder): it
@@ -53,6 +54,14 @@ MAX_IMAGE_PIXELS = 40_000_000
 # both sides at least twice that: a 6000x4000 photo decodes as 750x500 (1/64 of the memory), and the resize to 224
 # still starts from twice the pixels it keeps.
 DRAFT_SIZE = 448
+# After decoding, an image whose short side is longer than this is shrunk to it (Lanczos), so a request holds at most
+# one full-size image at a time. CLIP resizes the short side to 224 and crops the centre: twice DRAFT_SIZE keeps four
+# times the pixels it reads. Images with a short side up to this size (every catalog photo MODA was trained and
+# measured on) are not touched, so their pixel values, and their captions, are the same bit for bit.
+MAX_DECODED_SHORT_SIDE = 2 * DRAFT_SIZE
+# ... and whose long side is longer than this (an image up to MAX_ASPECT_RATIO thin keeps a short side over 896 only
+# when its long side is longer still): one decoded image holds at most 896 x 7,168 pixels (19 MB) after the shrink.
+MAX_DECODED_LONG_SIDE = 8 * MAX_DECODED_SHORT_SIDE
 # Long side / short side. CLIP resizes the short side to 224 and only then crops: a 10x4,000,000 PNG (40 megapixels,
 # a few KB) would be resized to 224x89,600,000 (60 GB); 100,000x10 took 5 GB and 16 s. At 100:1 the resize takes
 # 224x22,400 (5 megapixels); no product photo comes near it, and small odd images (a 1x70 strip) stay readable.
@@ -546,7 +555,8 @@ def decode_image(data: bytes, where: str, *, max_bytes: int = MAX_IMAGE_BYTES, m
 def to_rgb(image, where: str = "An image", *, max_pixels: int = MAX_IMAGE_PIXELS):
     """
     A PIL image -> RGB: checked first (check_opened_image: its format, pixels and shape, before anything is decoded),
-    then the first frame of an animation, EXIF orientation applied, transparency on white.
+    then the first frame of an animation, EXIF orientation applied, transparency on white, and sides over
+    MAX_DECODED_SHORT_SIDE (short) or MAX_DECODED_LONG_SIDE (long) shrunk to fit.
     """
     from PIL import Image, ImageOps
 
@@ -563,7 +573,20 @@ def to_rgb(image, where: str = "An image", *, max_pixels: int = MAX_IMAGE_PIXELS
     elif image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         image = Image.fromarray((array / max(array.max(), 1.0) * 255).round().astype(np.uint8))
-    return image.convert("RGB")
+    return shrink(image.convert("RGB"))
+
+
+def shrink(image, short_side: int = MAX_DECODED_SHORT_SIDE, long_side: int = MAX_DECODED_LONG_SIDE):
+    """The image itself when its short side is at most `short_side` and its long side at most `long_side` (every
+    catalog photo: bit for bit the same); else a copy shrunk to fit both with a Lanczos filter, its aspect kept."""
+    from PIL import Image
+
+    width, height = image.size
+    scale = min(short_side / min(width, height), long_side / max(width, height))
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 def restrict_pillow(max_pixels: int = MAX_IMAGE_PIXELS, formats=ALLOWED_FORMATS) -> None:
@@ -606,10 +629,11 @@ def load_image_file(path, *, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int =
 
 __all__ = [
     "ALLOWED_FORMATS", "ALLOW_PRIVATE_URLS_ENV", "CONNECT_TIMEOUT_S", "DRAFT_SIZE", "FETCH_DEADLINE_S",
-    "MAX_ASPECT_RATIO", "MAX_IMAGES_PER_REQUEST", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_REDIRECTS",
-    "MAX_URL_CHARACTERS", "READ_TIMEOUT_S", "SPECIAL_PURPOSE_NETWORKS", "ImageInputError", "PinnedHTTPConnection",
-    "address_problem",
-    "base64_image_bytes", "check_base64_length", "check_opened_image", "decode_image", "describe_input", "fetch_url",
-    "is_url", "load_image_file", "load_url_image", "max_base64_characters", "open_image_bytes", "private_urls_allowed",
-    "read_image_file", "resolve_url", "restrict_pillow", "to_rgb",
+    "MAX_ASPECT_RATIO", "MAX_DECODED_LONG_SIDE", "MAX_DECODED_SHORT_SIDE", "MAX_IMAGES_PER_REQUEST",
+    "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_REDIRECTS", "MAX_URL_CHARACTERS", "READ_TIMEOUT_S",
+    "SPECIAL_PURPOSE_NETWORKS", "ImageInputError",
+    "PinnedHTTPConnection", "address_problem", "base64_image_bytes", "check_base64_length", "check_opened_image",
+    "decode_image", "describe_input", "fetch_url", "is_url", "load_image_file", "load_url_image",
+    "max_base64_characters", "open_image_bytes", "private_urls_allowed", "read_image_file", "resolve_url",
+    "restrict_pillow", "shrink", "to_rgb",
 ]

@@ -8,6 +8,7 @@
 - Images handed over already opened (PIL images, arrays, the serving toolkit's and Gradio's own decode) pass the
   decoding policy.
 - Images far thinner than a photo are refused before CLIP would blow them up.
+- Large images are shrunk after decoding; catalog photos are left bit for bit as they are.
 """
 
 import base64
@@ -28,7 +29,7 @@ from PIL import Image
 import image_io_moda
 from hub_card import prepare_model_folder
 from image_io_moda import ImageInputError, address_problem, decode_image, fetch_url
-from tests.conftest import HIDE_REPO
+from tests.conftest import HIDE_REPO, SHARED_DATA
 from tests.test_remote_code import tf457_python
 from tests.test_untrusted_inputs import (  # noqa: F401  (network: the fixture)
     EPS_BYTES, PILLOW_DEFAULT_MAX_IMAGE_PIXELS, RED_PNG, network, png_declaring,
@@ -403,3 +404,31 @@ def test_an_image_far_thinner_than_a_photo_is_refused_before_decoding(width, hei
     hundred_to_one = Image.new("1", (20_000, 200))
     assert image_io_moda.check_opened_image(hundred_to_one, "strip") is hundred_to_one
     assert processor(images=np.zeros((1, 70), dtype=np.uint8))["pixel_values"].shape == (1, 3, 32, 32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Large images shrunk after decoding
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_a_large_image_is_shrunk_after_decoding_and_a_catalog_photo_is_left_as_it_is():
+    wide = Image.new("RGB", (3000, 1500), (30, 120, 200))
+    buffer = io.BytesIO()
+    wide.save(buffer, format="PNG")
+    assert decode_image(buffer.getvalue(), "wide").size == (1792, 896)  # short side MAX_DECODED_SHORT_SIDE
+    long = io.BytesIO()
+    Image.new("L", (9000, 900), 128).save(long, format="PNG")  # long side over MAX_DECODED_LONG_SIDE (7,168)
+    assert decode_image(long.getvalue(), "long").size == (7168, 717)
+    photo = Image.effect_noise((600, 896), 40).convert("RGB")
+    assert image_io_moda.shrink(photo) is photo  # nothing over 896 on its short side is touched
+
+
+def test_catalog_photos_decode_to_the_pixels_pillow_gives():
+    """The shrink and the draft leave every catalog photo (short side at most 896) bit for bit as Pillow decodes it:
+    captions do not change."""
+    paths = sorted(SHARED_DATA.glob("*/*/images/*"))[:40] + sorted(SHARED_DATA.glob("*/images/*"))[:40]
+    if not paths:
+        pytest.skip(f"no catalog images under {SHARED_DATA}")
+    for path in paths:
+        expected = Image.open(path)
+        expected = expected.convert("RGB")
+        assert decode_image(path.read_bytes(), str(path)).tobytes() == expected.tobytes(), path
