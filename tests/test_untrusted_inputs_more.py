@@ -9,6 +9,7 @@
   decoding policy.
 - Images far thinner than a photo are refused before CLIP would blow them up.
 - Large images are shrunk after decoding; catalog photos are left bit for bit as they are.
+- An endpoint request's generation work is bounded.
 """
 
 import base64
@@ -432,3 +433,38 @@ def test_catalog_photos_decode_to_the_pixels_pillow_gives():
         expected = Image.open(path)
         expected = expected.convert("RGB")
         assert decode_image(path.read_bytes(), str(path)).tobytes() == expected.tobytes(), path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A request's generation work
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_min_new_tokens_is_capped_below_the_decoders_room(handler_module):
+    room = 2000  # a decoder with room for 2,000 new tokens: min_new_tokens still forces at most 64 on every beam
+    assert handler_module.pipeline_arguments({"min_new_tokens": 64}, room) == {
+        "generate_kwargs": {"min_new_tokens": 64}}
+    with pytest.raises(ValueError, match=r'^"min_new_tokens" must be an integer from 0 to 64; got int \'65\''):
+        handler_module.pipeline_arguments({"min_new_tokens": 65}, room)
+    with pytest.raises(ValueError, match=r'"min_new_tokens" must be an integer from 0 to 20;'):
+        handler_module.pipeline_arguments({"min_new_tokens": 21}, 20)  # and never past the room
+
+
+def test_a_requests_generation_work_is_bounded_before_any_image_is_read(handler_module, endpoint_handler, monkeypatch,
+                                                                       network):
+    check = handler_module.check_request_work
+    budget = handler_module.MAX_REQUEST_TOKENS
+    assert check(32, {"num_beams": 8, "max_new_tokens": 64}, 32) == budget  # the most a request may ask
+    with pytest.raises(ValueError, match=rf"^The request asks for 32 image\(s\) x 8 sequence\(s\) .* x 65 new tokens "
+                                         rf"\(max_new_tokens\) = 16640 tokens of generation, over the {budget} one "
+                                         r"request may take \(MAX_REQUEST_TOKENS\)"):
+        check(32, {"num_beams": 8, "min_new_tokens": 64, "max_new_tokens": 65}, 32)
+    with pytest.raises(ValueError, match=r"2 sequence\(s\) .* x 2000 new tokens"):  # sampled sequences count too
+        check(5, {"num_return_sequences": 2, "do_sample": True}, 2000)
+
+    # the handler checks it before fetching or decoding: a lowered budget refuses a request of URLs unread
+    monkeypatch.setattr(handler_module, "MAX_REQUEST_TOKENS", 100)
+    urls = ["http://images.example.com/item.png"] * 4
+    with pytest.raises(ValueError, match=r"4 image\(s\) x 8 sequence\(s\) .* x 4 new tokens .* = 128 tokens"):
+        endpoint_handler({"inputs": urls, "parameters": {"num_beams": 8, "max_new_tokens": 4}})
+    assert network["lookups"] == [] and network["connections"] == []
+    assert len(endpoint_handler({"inputs": [RED_PNG] * 2, "parameters": {"num_beams": 2, "max_new_tokens": 4}})) == 2
