@@ -158,6 +158,11 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as err:
         sys.exit(f"app.py: {err}")
     demo = build_demo(load_captioner(args.model, trust_remote_code=args.trust_remote_code), index, vocabulary)
+    from image_io_moda import restrict_pillow
+
+    # This process serves the Space: Gradio decodes an upload with plain Pillow before describe() sees it, so Pillow
+    # itself keeps to MODA's formats and pixel limit here.
+    restrict_pillow()
     demo.launch(server_name=args.host, server_port=args.port, share=False, theme=offline_theme())
     return 0
 

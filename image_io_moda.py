@@ -3,9 +3,11 @@
 The processor (processing_moda.py), the Inference Endpoints handler (handler.py) and the moda commands (through
 moda/io/images.py) read images only through this file, so both policies live here once.
 
-URLs: http and https only, without a user:password@ part. The host is resolved once and every address it resolves
-to must be public: loopback, private, link-local (169.254.169.254 is the cloud metadata service), shared (CGNAT),
-multicast, reserved and unspecified addresses are refused, also written as IPv4-mapped IPv6 (::ffff:127.0.0.1). The
+URLs: http and https only, without a user:password@ part, at most MAX_URL_CHARACTERS long. The host is resolved once
+and every address it resolves to must be public: loopback, private, link-local (169.254.169.254 is the cloud metadata
+service), shared (CGNAT), multicast, reserved and unspecified addresses are refused, also written as IPv4-mapped IPv6
+(::ffff:127.0.0.1), and so is every network of IANA's special-purpose registries (SPECIAL_PURPOSE_NETWORKS, listed
+here because the standard library's idea of "global" changes between Python versions). The
 connection goes to the address that was checked, so a second DNS answer cannot switch it (DNS rebinding); the URL's
 host goes in the Host header and, for https, in SNI and the certificate check. Redirects are followed here, each hop
 checked the same way, at most MAX_REDIRECTS of them. The body is capped at MAX_IMAGE_BYTES while it streams (a larger
@@ -15,9 +17,13 @@ tests) opt in to private addresses with MODA_ALLOW_PRIVATE_URLS=1 or `allow_priv
 (HTTP_PROXY) are not used: the address check must see the server itself.
 
 Decoding: JPEG, PNG, WEBP, GIF, BMP and TIFF only (Pillow never tries another plugin, so EPS/PS never reach
-Ghostscript); at most MAX_IMAGE_BYTES of input and MAX_IMAGE_PIXELS pixels, read from the header before any pixel is
-decoded; a large JPEG is decoded at a reduced scale (DRAFT_SIZE); then the first frame of an animation, EXIF
-orientation applied, transparency composited on white, RGB.
+Ghostscript); at most MAX_IMAGE_BYTES of input (base64 text is measured before it is copied), MAX_IMAGE_PIXELS pixels
+and a MAX_ASPECT_RATIO between the sides, read from the header before any pixel is decoded (and before a JPEG is put in
+draft mode: a progressive JPEG holds full-size buffers whatever its draft scale); a large JPEG is decoded at a reduced
+scale (DRAFT_SIZE); then the first frame of an animation, EXIF orientation applied, transparency composited on white,
+RGB, and an image whose sides are over MAX_DECODED_SHORT_SIDE / MAX_DECODED_LONG_SIDE shrunk to fit. Images and
+arrays handed over already opened (a PIL image, a numpy array) pass the same checks (check_opened_image) before their
+pixels are read.
 
 Every refusal is an ImageInputError (a ValueError) naming the input and the problem. This file travels with the
 weights (save_pretrained copies it with processing_moda.py, and the handler imports it from the model folder): it
@@ -48,8 +54,28 @@ MAX_IMAGE_PIXELS = 40_000_000
 # both sides at least twice that: a 6000x4000 photo decodes as 750x500 (1/64 of the memory), and the resize to 224
 # still starts from twice the pixels it keeps.
 DRAFT_SIZE = 448
+# After decoding, an image whose short side is longer than this is shrunk to it (Lanczos), so a request holds at most
+# one full-size image at a time. CLIP resizes the short side to 224 and crops the centre: twice DRAFT_SIZE keeps four
+# times the pixels it reads. Images with a short side up to this size (every catalog photo MODA was trained and
+# measured on) are not touched, so their pixel values, and their captions, are the same bit for bit.
+MAX_DECODED_SHORT_SIDE = 2 * DRAFT_SIZE
+# ... and whose long side is longer than this (an image up to MAX_ASPECT_RATIO thin keeps a short side over 896 only
+# when its long side is longer still): one decoded image holds at most 896 x 7,168 pixels (19 MB) after the shrink.
+MAX_DECODED_LONG_SIDE = 8 * MAX_DECODED_SHORT_SIDE
+# Long side / short side. CLIP resizes the short side to 224 and only then crops: a 10x4,000,000 PNG (40 megapixels,
+# a few KB) would be resized to 224x89,600,000 (60 GB); 100,000x10 took 5 GB and 16 s. At 100:1 the resize takes
+# 224x22,400 (5 megapixels); no product photo comes near it, and small odd images (a 1x70 strip) stay readable.
+MAX_ASPECT_RATIO = 100
 # What product photos come as. Pillow would otherwise try every plugin it has, EPS/PS (run by Ghostscript) included.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# The formats an opened image may say it is: Pillow's JPEG opener gives a multi-picture JPEG the format "MPO".
+OPENED_FORMATS = ALLOWED_FORMATS + ("MPO",)
+# Base64 text: 4 characters per 3 bytes, line breaks (CRLF every 76 characters, as MIME writes it) and a data: URL's
+# header. Longer text is refused by its length, before it is copied (stripped, joined) or decoded.
+BASE64_LINE = 76
+BASE64_HEADER_SLACK = 1024
+# Longer URLs are refused before they are parsed or scanned (servers commonly refuse over 8 KB too).
+MAX_URL_CHARACTERS = 8192
 CONNECT_TIMEOUT_S = 5  # per connection attempt
 READ_TIMEOUT_S = 10  # per read: a server that stops answering
 FETCH_DEADLINE_S = 20  # the whole fetch, redirects included: a server that answers a byte at a time
@@ -59,8 +85,42 @@ MAX_IMAGES_PER_REQUEST = 32
 ALLOW_PRIVATE_URLS_ENV = "MODA_ALLOW_PRIVATE_URLS"
 # Shared address space (RFC 6598, carrier-grade NAT): not public, though Python's is_private says no.
 SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")
-# NAT64's well-known prefix (RFC 6052) embeds an IPv4 address in its last 32 bits.
+# NAT64's well-known prefix (RFC 6052) embeds an IPv4 address in its last 32 bits: that address is checked (DNS64
+# answers every IPv4-only host so on an IPv6-only network). 6to4 (2002::/16) and Teredo are checked the same way.
 NAT64_PREFIX = ipaddress.ip_network("64:ff9b::/96")
+# IANA's IPv4 and IPv6 Special-Purpose Address Registries (and the deprecated site-local fec0::/10): none is a public
+# image server. Checked besides the standard library's is_private/is_global, whose answers differ between Python
+# versions (192.0.0.0/24, 192.88.99.0/24, fec0::/10 and 3fff::/20 passed as global on 3.11). (network, what it is,
+# never): `never` ones are refused even with MODA_ALLOW_PRIVATE_URLS (no server of an intranet lives there either).
+SPECIAL_PURPOSE_NETWORKS = tuple((ipaddress.ip_network(network), what, never) for network, what, never in (
+    ("0.0.0.0/8", "a 'this network' address", True),
+    ("10.0.0.0/8", "a private address", False),
+    ("100.64.0.0/10", "a shared (carrier-grade NAT) address", False),
+    ("127.0.0.0/8", "a loopback address", False),
+    ("169.254.0.0/16", "a link-local address", False),
+    ("172.16.0.0/12", "a private address", False),
+    ("192.0.0.0/24", "an IETF protocol assignment address (192.0.0.0/24)", False),
+    ("192.0.2.0/24", "a documentation address (TEST-NET-1)", False),
+    ("192.88.99.0/24", "a 6to4 relay anycast address (192.88.99.0/24)", False),
+    ("192.168.0.0/16", "a private address", False),
+    ("198.18.0.0/15", "a benchmarking address (198.18.0.0/15)", False),
+    ("198.51.100.0/24", "a documentation address (TEST-NET-2)", False),
+    ("203.0.113.0/24", "a documentation address (TEST-NET-3)", False),
+    ("224.0.0.0/4", "a multicast address", True),
+    ("240.0.0.0/4", "a reserved address", True),
+    ("255.255.255.255/32", "the broadcast address", True),
+    ("::/128", "an unspecified address", True),
+    ("::1/128", "a loopback address", False),
+    ("64:ff9b:1::/48", "a local-use NAT64 address (64:ff9b:1::/48)", False),
+    ("100::/64", "a discard-only address (100::/64)", True),
+    ("2001::/23", "an IETF protocol assignment address (2001::/23)", False),
+    ("2001:db8::/32", "a documentation address (2001:db8::/32)", False),
+    ("3fff::/20", "a documentation address (3fff::/20)", False),
+    ("fc00::/7", "a private (unique local) address", False),
+    ("fe80::/10", "a link-local address", False),
+    ("fec0::/10", "a site-local address (fec0::/10)", False),
+    ("ff00::/8", "a multicast address", True),
+))
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 CHUNK_BYTES = 64 * 1024
 USER_AGENT = "moda-image-fetch/1"
@@ -86,7 +146,8 @@ def megabytes(size: int) -> str:
 
 def is_url(value) -> bool:
     """An http(s) URL, read as one (fetched under the URL policy), never as a path."""
-    return isinstance(value, str) and value.strip().lower().startswith(("http://", "https://"))
+    # Only the start is looked at: stripping or lower-casing a 100 MB string would copy it.
+    return isinstance(value, str) and value[:64].lstrip().lower().startswith(("http://", "https://"))
 
 
 def private_urls_allowed(allow_private=None) -> bool:
@@ -114,6 +175,10 @@ def address_problem(address: str, allow_private: bool):
         return "an unspecified address"
     if ip.is_multicast:
         return "a multicast address"
+    special = next(((what, never) for network, what, never in SPECIAL_PURPOSE_NETWORKS
+                    if ip.version == network.version and ip in network), None)
+    if special is not None and special[1]:
+        return special[0]
     if ip.is_loopback:
         kind = "a loopback address"
     elif ip.is_link_local:
@@ -126,6 +191,8 @@ def address_problem(address: str, allow_private: bool):
         kind = "a private address"
     elif not ip.is_global:
         kind = "a non-public address"
+    elif special is not None:  # what this Python's standard library counts as global, IANA does not
+        kind = special[0]
     else:
         return None
     return None if allow_private else kind
@@ -143,6 +210,9 @@ def resolve_url(url: str, allow_private=None):
     allow = private_urls_allowed(allow_private)
     if not isinstance(url, str):
         raise ImageInputError(f"A URL must be a string; got {type(url).__name__}.")
+    if len(url) > MAX_URL_CHARACTERS:
+        raise url_error(url, f"the URL has {len(url)} characters, over the {MAX_URL_CHARACTERS} limit "
+                             f"(MAX_URL_CHARACTERS)")
     if any(ord(character) < 33 or ord(character) == 127 for character in url):
         raise url_error(url, "the URL holds spaces or control characters")
     parts = urllib.parse.urlsplit(url)
@@ -347,16 +417,32 @@ def read_image_file(path, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
         raise ImageInputError(f"Cannot read image file {path!r}: {err}") from err
 
 
+def max_base64_characters(max_bytes: int = MAX_IMAGE_BYTES) -> int:
+    """The longest base64 text that can hold max_bytes: 4 characters per 3 bytes, a CRLF every BASE64_LINE
+    characters, and BASE64_HEADER_SLACK for a data: URL's header and padding."""
+    encoded = 4 * -(-max_bytes // 3)
+    return encoded + 2 * -(-encoded // BASE64_LINE) + BASE64_HEADER_SLACK
+
+
+def check_base64_length(text: str, where: str, max_bytes: int = MAX_IMAGE_BYTES) -> None:
+    """Refuses text longer than base64 of max_bytes can be, by its length alone: nothing is copied or scanned."""
+    if len(text) > max_base64_characters(max_bytes):
+        raise ImageInputError(f"{where}: {len(text)} characters of base64 is over the {megabytes(max_bytes)} limit "
+                              f"(MAX_IMAGE_BYTES)")
+
+
 def base64_image_bytes(text: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
     """Image bytes from base64 text: a data: URL or bare base64, line-wrapped (as MIME and `base64` write it) or
-    URL-safe (whose padding is often left out). Its size is checked before it is decoded."""
+    URL-safe (whose padding is often left out). Its length is checked before it is copied, its size before it is
+    decoded."""
+    check_base64_length(text, f"The base64 input {describe_input(text, 40)}", max_bytes)
     if text.startswith("data:"):
         header, _, text = text.partition(",")
         if ";base64" not in header:
             raise ImageInputError(f"A data: URL must hold base64 (data:image/...;base64,...); got "
                                   f"{describe_input(header, 60)}")
     text = "".join(text.split())
-    check_size(len(text) * 3 // 4, f"The base64 input {describe_input(text, 40)}", max_bytes)
+    check_size(len(text) * 3 // 4 - text[-2:].count("="), f"The base64 input {describe_input(text, 40)}", max_bytes)
     if "-" in text or "_" in text:
         text = text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4)
     try:
@@ -369,13 +455,54 @@ def base64_image_bytes(text: str, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
 # Decoding. `where` starts every message and names the input: "catalog.csv row 3", "Could not read image 'x.png'".
 # ---------------------------------------------------------------------------------------------------------------
 
+def check_opened_image(image, where: str, *, max_pixels: int = MAX_IMAGE_PIXELS):
+    """
+    A PIL image or a numpy array that came in already opened -> itself, if it may be decoded: an allowed format (an
+    image made in memory has none: allowed), at most max_pixels pixels and MAX_ASPECT_RATIO between its sides. Only
+    the header's size is read, never a pixel: a lazily opened image is still undecoded. ImageInputError starting with
+    `where` otherwise.
+    """
+    if isinstance(image, np.ndarray):
+        shape = image.shape
+        if image.ndim == 3 and shape[-1] in (1, 3, 4):
+            height, width = shape[:2]
+        elif image.ndim == 3 and shape[0] in (1, 3):
+            height, width = shape[1:]
+        elif image.ndim == 2:
+            height, width = shape
+        else:  # a layout no image has: the caller names the shapes it takes
+            height, width = 0, 0
+        if image.size > 4 * max_pixels:  # every layout: four channels of max_pixels at most
+            raise ImageInputError(f"{where}: an array of shape {shape} holds {image.size} values, over the "
+                                  f"{max_pixels / 1e6:g} megapixel limit (MAX_IMAGE_PIXELS)")
+    else:
+        form = getattr(image, "format", None)
+        if form is not None and form not in OPENED_FORMATS:
+            raise ImageInputError(f"{where}: a {form} image; only {', '.join(ALLOWED_FORMATS)} are read")
+        width, height = image.size
+    if width * height > max_pixels:
+        raise ImageInputError(
+            f"{where}: {width}x{height} pixels is over the {max_pixels / 1e6:g} megapixel limit (MAX_IMAGE_PIXELS), "
+            f"refused before decoding as a possible decompression bomb"
+        )
+    if min(width, height) and max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageInputError(
+            f"{where}: {width}x{height} pixels is over the {MAX_ASPECT_RATIO}:1 limit on the ratio of its sides "
+            f"(MAX_ASPECT_RATIO): resized for CLIP it would take {224 * max(width, height) // min(width, height)}x224 "
+            f"pixels"
+        )
+    return image
+
+
 def open_image_bytes(data: bytes, where: str, *, max_bytes: int = MAX_IMAGE_BYTES,
                      max_pixels: int = MAX_IMAGE_PIXELS, draft_size=DRAFT_SIZE):
     """
     A lazily opened PIL image of the bytes, nothing decoded yet: an allowed format, at most max_bytes of input and
-    max_pixels pixels to decode (a JPEG's at its draft scale). ImageInputError starting with `where` otherwise.
+    max_pixels pixels by its header (check_opened_image), a JPEG then put in draft mode. ImageInputError starting
+    with `where` otherwise.
     """
     import io
+    import re
 
     from PIL import Image, UnidentifiedImageError
 
@@ -392,18 +519,24 @@ def open_image_bytes(data: bytes, where: str, *, max_bytes: int = MAX_IMAGE_BYTE
         raise ImageInputError(
             f"{where}: not a readable image (none of the formats read: {', '.join(ALLOWED_FORMATS)})"
         ) from err
-    except Exception as err:  # Pillow's own decompression-bomb error and broken headers
+    except Image.DecompressionBombError as err:  # a process that lowered Pillow's limit (the endpoint handler's)
+        pixels = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "the image"
+        raise ImageInputError(f"{where}: {size} is over the {min(max_pixels, 2 * Image.MAX_IMAGE_PIXELS) / 1e6:g} "
+                              f"megapixel limit (MAX_IMAGE_PIXELS), refused before decoding as a possible "
+                              f"decompression bomb") from err
+    except Exception as err:  # broken headers
         reason = str(err).replace(repr(buffer), "the data")  # PIL names the buffer: an address, other every run
         raise ImageInputError(f"{where}: not a readable image ({type(err).__name__}: {reason})") from err
-    width, height = image.size
-    if draft_size and image.format in ("JPEG", "MPO"):
-        image.draft("RGB", (draft_size, draft_size))  # decodes at 1/2, 1/4 or 1/8 scale, never below draft_size
-    if image.size[0] * image.size[1] > max_pixels:
+    try:
+        # The header's size, before draft(): a progressive JPEG keeps full-size coefficient buffers (a 13300x13300
+        # one of 2 MB took 1 GB) whatever scale it is drafted to.
+        check_opened_image(image, where, max_pixels=max_pixels)
+    except ImageInputError:
         image.close()
-        raise ImageInputError(
-            f"{where}: {width}x{height} pixels is over the {max_pixels / 1e6:g} megapixel limit (MAX_IMAGE_PIXELS), "
-            f"refused before decoding as a possible decompression bomb"
-        )
+        raise
+    if draft_size and image.format in ("JPEG", "MPO"):
+        image.draft("RGB", (draft_size, draft_size))  # a speed-up: 1/2, 1/4 or 1/8 scale, never below draft_size
     return image
 
 
@@ -412,15 +545,22 @@ def decode_image(data: bytes, where: str, *, max_bytes: int = MAX_IMAGE_BYTES, m
     """Image bytes -> an RGB PIL image under the decoding policy; ImageInputError starting with `where` otherwise."""
     image = open_image_bytes(data, where, max_bytes=max_bytes, max_pixels=max_pixels, draft_size=draft_size)
     try:
-        return to_rgb(image)
+        return to_rgb(image, where, max_pixels=max_pixels)
+    except ImageInputError:
+        raise
     except Exception as err:  # truncated or corrupt data surfaces only when the pixels are decoded
         raise ImageInputError(f"{where}: not a readable image ({type(err).__name__}: {err})") from err
 
 
-def to_rgb(image):
-    """A PIL image -> RGB: the first frame of an animation, EXIF orientation applied, transparency on white."""
+def to_rgb(image, where: str = "An image", *, max_pixels: int = MAX_IMAGE_PIXELS):
+    """
+    A PIL image -> RGB: checked first (check_opened_image: its format, pixels and shape, before anything is decoded),
+    then the first frame of an animation, EXIF orientation applied, transparency on white, and sides over
+    MAX_DECODED_SHORT_SIDE (short) or MAX_DECODED_LONG_SIDE (long) shrunk to fit.
+    """
     from PIL import Image, ImageOps
 
+    check_opened_image(image, where, max_pixels=max_pixels)
     if getattr(image, "is_animated", False):
         image.seek(0)  # the first frame of an animation
     image.load()
@@ -433,7 +573,42 @@ def to_rgb(image):
     elif image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         image = Image.fromarray((array / max(array.max(), 1.0) * 255).round().astype(np.uint8))
-    return image.convert("RGB")
+    return shrink(image.convert("RGB"))
+
+
+def shrink(image, short_side: int = MAX_DECODED_SHORT_SIDE, long_side: int = MAX_DECODED_LONG_SIDE):
+    """The image itself when its short side is at most `short_side` and its long side at most `long_side` (every
+    catalog photo: bit for bit the same); else a copy shrunk to fit both with a Lanczos filter, its aspect kept."""
+    from PIL import Image
+
+    width, height = image.size
+    scale = min(short_side / min(width, height), long_side / max(width, height))
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def restrict_pillow(max_pixels: int = MAX_IMAGE_PIXELS, formats=ALLOWED_FORMATS) -> None:
+    """
+    Pillow's own limits, for this whole process: only for a process that is MODA's own (the endpoint handler calls it
+    when imported, the app before it serves), where something else decodes requests with plain Pillow before MODA
+    sees them (the serving toolkit's `Image.open(body).convert("RGB")`, Gradio's upload). Never called on import of
+    this file: a library user's process is theirs, and the functions here pass their limits with each call.
+
+    - Pillow warns (DecompressionBombWarning) above Image.MAX_IMAGE_PIXELS and raises DecompressionBombError above
+      twice that: half of max_pixels makes every image over max_pixels an error when it is opened, before any pixel
+      is decoded (one between half and all of max_pixels is warned about, and read).
+    - Every opener but the allowed formats' is unregistered (Image.init() imports all plugins first, so none
+      registers again later): EPS/PS never reach Ghostscript, nor any other plugin's parser.
+    """
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_pixels // 2
+    Image.init()
+    for name in [name for name in Image.OPEN if name not in formats]:
+        del Image.OPEN[name]
+    Image.ID[:] = [name for name in Image.ID if name in formats]
 
 
 def load_url_image(url: str, *, deadline: float = FETCH_DEADLINE_S, allow_private=None,
@@ -454,8 +629,11 @@ def load_image_file(path, *, max_bytes: int = MAX_IMAGE_BYTES, max_pixels: int =
 
 __all__ = [
     "ALLOWED_FORMATS", "ALLOW_PRIVATE_URLS_ENV", "CONNECT_TIMEOUT_S", "DRAFT_SIZE", "FETCH_DEADLINE_S",
-    "MAX_IMAGES_PER_REQUEST", "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_REDIRECTS", "READ_TIMEOUT_S",
-    "ImageInputError", "PinnedHTTPConnection", "address_problem", "base64_image_bytes", "decode_image",
-    "describe_input", "fetch_url", "is_url", "load_image_file", "load_url_image", "open_image_bytes",
-    "private_urls_allowed", "read_image_file", "resolve_url", "to_rgb",
+    "MAX_ASPECT_RATIO", "MAX_DECODED_LONG_SIDE", "MAX_DECODED_SHORT_SIDE", "MAX_IMAGES_PER_REQUEST",
+    "MAX_IMAGE_BYTES", "MAX_IMAGE_PIXELS", "MAX_REDIRECTS", "MAX_URL_CHARACTERS", "READ_TIMEOUT_S",
+    "SPECIAL_PURPOSE_NETWORKS", "ImageInputError",
+    "PinnedHTTPConnection", "address_problem", "base64_image_bytes", "check_base64_length", "check_opened_image",
+    "decode_image", "describe_input", "fetch_url", "is_url", "load_image_file", "load_url_image",
+    "max_base64_characters", "open_image_bytes", "private_urls_allowed", "read_image_file", "resolve_url",
+    "restrict_pillow", "shrink", "to_rgb",
 ]

@@ -313,6 +313,19 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
                 return new_tokens
         return super().generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generate_kwargs)
 
+    def load_custom_generate(self, pretrained_model_name_or_path=None, trust_remote_code=None, **kwargs):
+        """
+        Never loads a custom_generate/generate.py: raises OSError, which transformers reads as "this folder has none".
+
+        transformers 4.57's from_pretrained calls this on every load and counts a local folder as trusted, so a MODA
+        folder's custom_generate/generate.py ran with trust_remote_code=False and replaced `generate` (and with it
+        the REFUSED_GENERATE_OPTIONS check); 5.x calls it from from_pretrained with trust_remote_code=True, and both
+        call it from GenerationMixin.generate for `custom_generate=`. Both catch OSError as "no custom generate
+        function". MODA's generation is its own: none is ever loaded, whatever the folder or the flag.
+        """
+        raise OSError(f"MODA never loads a custom generate function (custom_generate/generate.py), also not from "
+                      f"{str(pretrained_model_name_or_path)!r}: MODA's generation is its own.")
+
     def _call_generation_config(self, generation_config):
         """
         A copy of the generation config a generate call runs with: the model's, or the call's own with the settings

@@ -16,18 +16,19 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
 try:
-    from .image_io_moda import (FETCH_DEADLINE_S, ImageInputError, base64_image_bytes, decode_image, describe_input,
-                                is_url, load_image_file, load_url_image, to_rgb)
+    from .image_io_moda import (FETCH_DEADLINE_S, ImageInputError, base64_image_bytes, check_opened_image,
+                                decode_image, describe_input, is_url, load_image_file, load_url_image, to_rgb)
 except ImportError:
-    from image_io_moda import (FETCH_DEADLINE_S, ImageInputError, base64_image_bytes, decode_image, describe_input,
-                               is_url, load_image_file, load_url_image, to_rgb)
+    from image_io_moda import (FETCH_DEADLINE_S, ImageInputError, base64_image_bytes, check_opened_image,
+                               decode_image, describe_input, is_url, load_image_file, load_url_image, to_rgb)
 
 IGNORE_INDEX = -100
 
 
 def _as_rgb_image(image, timeout=None):
     """A PIL image, path, http(s) URL, base64 string or array -> an RGB PIL image (EXIF orientation applied, first
-    frame). `timeout`: the seconds a URL's whole fetch may take (default image_io_moda.FETCH_DEADLINE_S)."""
+    frame). `timeout`: the seconds a URL's whole fetch may take (default image_io_moda.FETCH_DEADLINE_S). PIL images
+    and arrays pass image_io_moda's checks (format, pixels, shape) before their pixels are read or copied."""
     from PIL import Image
 
     if isinstance(image, os.PathLike):
@@ -36,6 +37,7 @@ def _as_rgb_image(image, timeout=None):
         return _open_image_source(image, timeout)
     if isinstance(image, np.ndarray):
         name = f"array of shape {image.shape}"
+        check_opened_image(image, f"Could not read image {name!r}")  # before the array is converted (copied)
         image = _array_to_image(image)
     elif isinstance(image, Image.Image):
         name = getattr(image, "filename", "") or f"{image.mode} image of size {image.size}"
@@ -44,7 +46,9 @@ def _as_rgb_image(image, timeout=None):
             f"Expected a PIL image, a path, an http(s) URL or a numpy array; got {type(image).__name__}."
         )
     try:
-        return to_rgb(image)
+        return to_rgb(image, f"Could not read image {name!r}")
+    except ImageInputError:
+        raise
     except Exception as err:  # truncated or corrupt data surfaces only when the pixels are decoded
         raise ValueError(f"Could not read image {name!r}: {type(err).__name__}: {err}") from err
 

@@ -16,11 +16,17 @@ in `generation_parameters` (the Inference API image-to-text task's). Anything el
 trust_remote_code, streamer, logits_processor) is refused with a ValueError: a request must never choose code to
 run. Base64 may be line-wrapped (as `base64 shirt.jpg` writes it) or URL-safe.
 
-A request holds at most MAX_IMAGES_PER_REQUEST images. Images are read through image_io_moda.py, next to this file
-in the model folder (save_pretrained copies it with processing_moda.py): URLs are fetched only from public addresses,
-redirects checked hop by hop, with a byte cap and a deadline; bytes are decoded only as JPEG, PNG, WEBP, GIF, BMP or
-TIFF, their pixel count checked before decoding. A string is never read as a local path (an endpoint must not open
-files named by its callers).
+A request holds at most MAX_IMAGES_PER_REQUEST images, and at most MAX_REQUEST_TOKENS of generation work (images x
+sequences per image x new tokens); min_new_tokens is at most MAX_MIN_NEW_TOKENS. Images are read through
+image_io_moda.py, next to this file in the model folder (save_pretrained copies it with processing_moda.py): URLs are
+fetched only from public addresses, redirects checked hop by hop, with a byte cap and a deadline; bytes are decoded
+only as JPEG, PNG, WEBP, GIF, BMP or TIFF, their pixel count checked before decoding. A string is never read as a local
+path (an endpoint must not open files named by its callers).
+
+The serving toolkit decodes an `image/*` request body itself, with Pillow (`Image.open(...).convert("RGB")`), before
+this handler sees it. This process is the endpoint's, so importing this file sets Pillow's own limits for the whole
+process (image_io_moda.restrict_pillow): only the allowed formats have openers, and Pillow refuses more than
+MAX_IMAGE_PIXELS when it opens an image.
 
 This file travels in the model folder. It imports only torch, transformers, PIL, image_io_moda and the standard
 library's os and sys.
@@ -38,10 +44,14 @@ from transformers import pipeline
 HANDLER_FOLDER = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HANDLER_FOLDER)
 try:
-    from image_io_moda import (MAX_IMAGES_PER_REQUEST, ImageInputError, base64_image_bytes, decode_image, is_url,
-                               load_url_image, to_rgb)
+    from image_io_moda import (MAX_IMAGES_PER_REQUEST, ImageInputError, base64_image_bytes, check_base64_length,
+                               decode_image, is_url, load_url_image, restrict_pillow, to_rgb)
 finally:
     sys.path.remove(HANDLER_FOLDER)
+
+
+# This process is the endpoint's: Pillow's own limits (allowed formats, MAX_IMAGE_PIXELS) for the toolkit's decode.
+restrict_pillow()
 
 # What "parameters" may hold: an allow-list, because the pipeline passes generation options on to `model.generate`,
 # where transformers 5 runs code a caller names (custom_generate with trust_remote_code) and takes objects no request
@@ -53,13 +63,19 @@ GENERATION_DICTS = ("generate_kwargs", "generation_parameters")
 # A question about a product image is short; tokenizing a huge string would hold the worker (and a prompt longer
 # than the decoder's room is refused by the model anyway).
 PROMPT_MAX_CHARACTERS = 1000
+# min_new_tokens forbids EOS until then, so every image's every beam runs that long: a caption is about 32 tokens.
+MAX_MIN_NEW_TOKENS = 64
+# The generation work one request may ask for: images x sequences per image (the larger of num_beams and
+# num_return_sequences) x new tokens (max_new_tokens, else the model's default). 32 images x 8 beams x 64 tokens;
+# 32 greedy captions of 32 tokens take 1,024.
+MAX_REQUEST_TOKENS = 16_384
 # name -> (type, low, high, low_is_open): each option's type and bounds. The bounds keep a request's cost (beams,
-# sequences, tokens) and its decoding sane; None as max_new_tokens' and min_new_tokens' high stands for the decoder's
-# room, read from the loaded model. Decoding modes transformers 5 moved to Hub code (contrastive search, group beams,
-# DoLa, constraints) are left out.
+# sequences, tokens) and its decoding sane; None as max_new_tokens' high stands for the decoder's room, read from the
+# loaded model, which also caps min_new_tokens. Decoding modes transformers 5 moved to Hub code (contrastive search,
+# group beams, DoLa, constraints) are left out.
 GENERATION_OPTIONS = {
     "max_new_tokens": (int, 1, None, False),
-    "min_new_tokens": (int, 0, None, False),
+    "min_new_tokens": (int, 0, MAX_MIN_NEW_TOKENS, False),  # and at most the decoder's room
     "num_beams": (int, 1, 8, False),
     "num_return_sequences": (int, 1, 8, False),  # the pipeline returns every sequence: one dict each
     "early_stopping": (bool, None, None, False),
@@ -81,6 +97,10 @@ class EndpointHandler:
         # The image prefix and BOS take decoder positions; the last new token is never fed back, so it needs none
         # (as MODA's generate counts its room). A prompt takes more: generate caps the length there.
         self.max_new_tokens = config.text_config.max_position_embeddings - (config.num_image_tokens + 1) + 1
+        # What a request that names no length or beams gets: the model's generation defaults.
+        defaults = self.captioner.model.generation_config
+        self.default_new_tokens = min(defaults.max_new_tokens or self.max_new_tokens, self.max_new_tokens)
+        self.default_sequences = max(defaults.num_beams or 1, defaults.num_return_sequences or 1)
 
     def __call__(self, data: dict) -> list:
         """`{"inputs": image, "parameters": {...}}` -> `[{"generated_text": ...}]` (a list of those for a list)."""
@@ -94,6 +114,10 @@ class EndpointHandler:
             if len(inputs) > MAX_IMAGES_PER_REQUEST:  # each is fetched or decoded before the model runs
                 raise ValueError(f'"inputs" holds {len(inputs)} images, more than the {MAX_IMAGES_PER_REQUEST} one '
                                  f'request may hold: send them in several requests.')
+        # Before any image is fetched or decoded: the work the request asks for.
+        check_request_work(len(inputs) if isinstance(inputs, list) else 1, arguments.get("generate_kwargs", {}),
+                           self.default_new_tokens, self.default_sequences)
+        if isinstance(inputs, list):
             images = []
             for index, item in enumerate(inputs):
                 try:
@@ -103,6 +127,21 @@ class EndpointHandler:
         else:
             images = to_image(inputs)
         return self.captioner(images, **arguments)
+
+
+def check_request_work(count: int, generation: dict, default_new_tokens: int, default_sequences: int = 1) -> int:
+    """The request's generation work (images x sequences per image x new tokens), or a ValueError naming
+    MAX_REQUEST_TOKENS when it is over it. Options not given count at the model's defaults."""
+    sequences = max(generation.get("num_beams") or default_sequences, generation.get("num_return_sequences") or 1)
+    new_tokens = generation.get("max_new_tokens") or default_new_tokens
+    work = count * sequences * new_tokens
+    if work > MAX_REQUEST_TOKENS:
+        raise ValueError(
+            f"The request asks for {count} image(s) x {sequences} sequence(s) (num_beams, num_return_sequences) x "
+            f"{new_tokens} new tokens (max_new_tokens) = {work} tokens of generation, over the {MAX_REQUEST_TOKENS} "
+            f"one request may take (MAX_REQUEST_TOKENS): send fewer images, beams or tokens per request."
+        )
+    return work
 
 
 def pipeline_arguments(parameters, max_new_tokens: int) -> dict:
@@ -165,6 +204,8 @@ def check_generation_option(name: str, value, max_new_tokens: int):
             raise ValueError(f'"{name}" must be true or false; got {_describe(value)}.')
         return value
     high = max_new_tokens if high is None else high
+    if name.endswith("_new_tokens"):
+        high = min(high, max_new_tokens)  # never past the decoder's room
     # bool is an int to Python, and generate takes no float (e.g. 8.0) for a count; NaN fails every comparison.
     right_type = not isinstance(value, bool) and isinstance(value, int if kind is int else (int, float))
     if not right_type or not (low < value if low_is_open else low <= value) or not value <= high:
@@ -181,11 +222,13 @@ def _allowed(place: str, name: str) -> bool:
 
 def to_image(item) -> Image.Image:
     """Raw bytes, a base64 string (optionally a data: URL), an http(s) URL or a PIL image -> an RGB PIL image."""
-    if isinstance(item, Image.Image):
-        return to_rgb(item)
+    if isinstance(item, Image.Image):  # e.g. the toolkit's decode of an image/* body: checked before it is read
+        return to_rgb(item, f"Could not read the {item.mode} image of {item.size[0]}x{item.size[1]} pixels")
     if isinstance(item, (bytes, bytearray)):
         return _decode_image_bytes(bytes(item), "the image bytes")
     if isinstance(item, str):
+        # By its length first: strip() and base64's clean-up copy the string, a request's 1 GB one included.
+        check_base64_length(item, f"The string input {item[:40]!r}...")
         text = item.strip()
         if is_url(text):
             return load_url_image(text)  # public addresses only, a byte cap and a deadline; errors name the URL

@@ -73,11 +73,16 @@ def attack(tmp_path):
 
 
 def test_the_attack_folder_runs_where_nothing_refuses_it(tiny_model_and_processor, attack):
-    """The folder is a custom_generate that transformers 5 runs: the refusals below are not vacuous."""
+    """The folder is a custom_generate that transformers 5 runs: the refusals below are not vacuous. GenerationMixin's
+    own generate would load it through MODA's load_custom_generate, which never loads one (a second wall); through
+    GenerationMixin's loader the folder's code runs."""
     model, processor = tiny_model_and_processor
     folder, marker = attack
     inputs = processor(images=Image.new("RGB", (40, 52)), return_tensors="pt")
-    GenerationMixin.generate(model, inputs["input_ids"], custom_generate=folder, trust_remote_code=True)
+    with pytest.raises(OSError, match="MODA never loads a custom generate function"):
+        GenerationMixin.generate(model, inputs["input_ids"], custom_generate=folder, trust_remote_code=True)
+    assert not marker.exists()
+    GenerationMixin.load_custom_generate(model, folder, trust_remote_code=True)(model=model)
     assert marker.read_text() == "caller-chosen code ran"
 
 
