@@ -31,8 +31,8 @@ import image_io_moda
 from hub_card import prepare_model_folder
 from image_io_moda import ImageInputError, address_problem, decode_image, fetch_url
 from tests.conftest import HIDE_REPO, SHARED_DATA
-from tests.test_remote_code import tf457_python
-from tests.test_untrusted_inputs import (  # noqa: F401  (network: the fixture)
+from tests.model_files.test_remote_code import tf457_python
+from tests.io.test_untrusted_inputs import (  # noqa: F401  (network: the fixture)
     EPS_BYTES, PILLOW_DEFAULT_MAX_IMAGE_PIXELS, RED_PNG, network, png_declaring,
 )
 
