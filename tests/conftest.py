@@ -89,6 +89,34 @@ def tiny_moda_dir(tmp_path_factory, tiny_model_and_processor):
     return path
 
 
+@pytest.fixture(scope="module")
+def handler_folder(tiny_moda_dir, tmp_path_factory):
+    """A copy of the tiny MODA folder with its card, handler.py and the image_io_moda.py it imports, as pushed."""
+    import shutil
+
+    from hub_card import prepare_model_folder
+
+    folder = shutil.copytree(tiny_moda_dir, tmp_path_factory.mktemp("endpoint") / "model")
+    prepare_model_folder(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def handler_module(handler_folder):
+    """The handler.py inside the model folder, imported from its file as Inference Endpoints does."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("moda_endpoint_handler", handler_folder / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def endpoint_handler(handler_module, handler_folder):
+    return handler_module.EndpointHandler(str(handler_folder))
+
+
 @pytest.fixture
 def red_image():
     from PIL import Image

@@ -7,39 +7,14 @@ pipeline passes its `generate_kwargs` on: the handler takes only allow-listed op
 MODA's generate refuses `custom_generate` and `trust_remote_code` wherever its caller comes from.
 """
 
-import importlib.util
 import io
-import shutil
 
 import pytest
 from PIL import Image
 from transformers import GenerationMixin, pipeline
 
-from hub_card import prepare_model_folder
 
 MODA_REFUSES = r"MODA's generate refuses \['custom_generate', 'trust_remote_code'\]: .* code the caller chooses"
-
-
-@pytest.fixture(scope="module")
-def handler_folder(tiny_moda_dir, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("endpoint") / "model"
-    shutil.copytree(tiny_moda_dir, folder)
-    prepare_model_folder(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def handler_module(handler_folder):
-    """The handler.py inside the model folder, imported as Inference Endpoints does."""
-    spec = importlib.util.spec_from_file_location("moda_endpoint_parameters_handler", handler_folder / "handler.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def endpoint_handler(handler_module, handler_folder):
-    return handler_module.EndpointHandler(str(handler_folder))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ folder with an empty cache and the repo not importable, loads by repo id and pin
 import ast
 import base64
 import copy
-import importlib.util
 import io
 import json
 import os
@@ -317,22 +316,6 @@ def test_card_refuses_eval_reports_without_usable_scores(tiny_moda_dir, tmp_path
 
 
 # --- the endpoint handler ----------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def handler_folder(tiny_moda_dir, tmp_path_factory):
-    folder = copy_model(tiny_moda_dir, tmp_path_factory.mktemp("handler") / "model")
-    prepare_model_folder(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def endpoint_handler(handler_folder):
-    """EndpointHandler imported from the handler.py inside the model folder, as Inference Endpoints does."""
-    spec = importlib.util.spec_from_file_location("moda_endpoint_handler", handler_folder / "handler.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.EndpointHandler(str(handler_folder))
-
 
 def png_bytes(image):
     buffer = io.BytesIO()

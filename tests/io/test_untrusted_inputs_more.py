@@ -13,7 +13,6 @@
 """
 
 import base64
-import importlib.util
 import io
 import json
 import os
@@ -28,7 +27,6 @@ import pytest
 from PIL import Image
 
 import image_io_moda
-from hub_card import prepare_model_folder
 from image_io_moda import ImageInputError, address_problem, decode_image, fetch_url
 from tests.conftest import HIDE_REPO, SHARED_DATA
 from tests.model_files.test_remote_code import tf457_python
@@ -163,26 +161,6 @@ def test_public_addresses_still_pass():
 # ---------------------------------------------------------------------------------------------------------------
 # The endpoint handler, imported from a model folder as Inference Endpoints does
 # ---------------------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def handler_folder(tiny_moda_dir, tmp_path_factory):
-    folder = shutil.copytree(tiny_moda_dir, tmp_path_factory.mktemp("endpoint-more") / "model")
-    prepare_model_folder(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def handler_module(handler_folder):
-    spec = importlib.util.spec_from_file_location("untrusted_inputs_more_handler", handler_folder / "handler.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def endpoint_handler(handler_module, handler_folder):
-    return handler_module.EndpointHandler(str(handler_folder))
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Huge strings
@@ -364,7 +342,7 @@ def test_the_app_restricts_pillow_before_it_serves(tiny_moda_dir, tmp_path, monk
     """Gradio decodes an upload (gr.Image(type="pil")) with plain Pillow before describe() sees it: the app's process
     keeps Pillow to MODA's formats and pixel limit before it serves, and not before (its tests run in-process)."""
     import app
-    import moda.search
+    import moda.catalog.search
     from PIL import Image as PILImage
 
     saved = (PILImage.MAX_IMAGE_PIXELS, dict(PILImage.OPEN), list(PILImage.ID))
@@ -374,7 +352,7 @@ def test_the_app_restricts_pillow_before_it_serves(tiny_moda_dir, tmp_path, monk
         def launch(self, **kwargs):
             seen.update(limit=PILImage.MAX_IMAGE_PIXELS, formats=set(PILImage.OPEN))
 
-    monkeypatch.setattr(moda.search.CatalogIndex, "load", staticmethod(lambda directory: "index"))
+    monkeypatch.setattr(moda.catalog.search.CatalogIndex, "load", staticmethod(lambda directory: "index"))
     monkeypatch.setattr(app, "build_demo", lambda *args, **kwargs: Demo())
     try:
         assert app.main(["--model", str(tiny_moda_dir), "--index", str(tmp_path / "index")]) == 0
