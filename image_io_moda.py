@@ -248,8 +248,8 @@ def resolve_url(url: str, allow_private=None):
     return parts, addresses
 
 
-class DeadlineBoundSocket(socket.socket):
-    """A socket whose every read waits at most READ_TIMEOUT_S and never past the fetch's deadline, so a server that
+class DeadlineBound:
+    """Makes a socket's every read wait at most READ_TIMEOUT_S and never past the fetch's deadline, so a server that
     sends one byte at a time (each read answered in time) is still cut off when the whole fetch is due."""
 
     deadline = None  # time.monotonic() value
@@ -270,20 +270,12 @@ class DeadlineBoundSocket(socket.socket):
         return super().recv_into(*args)
 
 
-class DeadlineBoundSSLSocket(ssl.SSLSocket):
-    """DeadlineBoundSocket's bound, for https (the TLS layer reads through its own methods)."""
+class DeadlineBoundSocket(DeadlineBound, socket.socket):
+    """A plain TCP socket under DeadlineBound."""
 
-    deadline = None
-    read_timeout = READ_TIMEOUT_S
-    _arm = DeadlineBoundSocket._arm
 
-    def recv(self, *args):
-        self._arm()
-        return super().recv(*args)
-
-    def recv_into(self, *args):
-        self._arm()
-        return super().recv_into(*args)
+class DeadlineBoundSSLSocket(DeadlineBound, ssl.SSLSocket):
+    """A TLS socket under DeadlineBound (the TLS layer also reads through its own `read`)."""
 
     def read(self, *args):
         self._arm()
