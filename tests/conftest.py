@@ -15,6 +15,8 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tests.model_files.model_tester import randomize_weights  # noqa: E402  (the model files only)
+
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 # Prepended to scripts that run in a fresh interpreter as a user would: the workshop may be pip-installed there
@@ -36,29 +38,6 @@ CAPTIONS = [
     "What colour is this item?",
     "What kind of product is this?",
 ]
-
-
-def moda_around_opt(text_config):
-    """A MODA (eval mode) of a one-layer 32-px vision tower with 24-d image embeddings around the given OPT config:
-    for tests of decoder layouts that the "test" size does not have."""
-    from transformers import CLIPVisionConfig
-
-    from configuration_moda import MODAConfig
-    from modeling_moda import MODAForConditionalGeneration
-
-    vision = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                              num_attention_heads=2, projection_dim=24)
-    return MODAForConditionalGeneration(MODAConfig(vision_config=vision, text_config=text_config)).eval()
-
-
-def randomize_weights(model, std=0.3, seed=0):
-    """Random init gives near-constant greedy output; bigger random weights make tokens differ per image."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" not in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * std)
-    return model
 
 
 @pytest.fixture(scope="session")

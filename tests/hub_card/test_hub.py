@@ -24,7 +24,8 @@ from PIL import Image
 from hub_card import prepare_model_folder, write_model_card
 from hub_card.push import main as push_main
 from moda.model.loading import load_captioner
-from tests.conftest import HIDE_REPO, REPO_ROOT, randomize_weights
+from tests.conftest import HIDE_REPO, REPO_ROOT
+from tests.model_files.model_tester import randomize_weights
 from tests.hub_card.hub_server import LocalHub
 
 PUSH_SCRIPT = r'''
