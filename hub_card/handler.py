@@ -99,7 +99,11 @@ class EndpointHandler:
         self.max_new_tokens = config.text_config.max_position_embeddings - (config.num_image_tokens + 1) + 1
         # What a request that names no length or beams gets: the model's generation defaults.
         defaults = self.captioner.model.generation_config
-        self.default_new_tokens = min(defaults.max_new_tokens or self.max_new_tokens, self.max_new_tokens)
+        # Without max_new_tokens, MODA's generate writes up to max_length (transformers' 20 where unset) less the
+        # image prefix and BOS, as its own count does.
+        prefix = config.num_image_tokens + 1
+        length = defaults.max_new_tokens if defaults.max_new_tokens is not None else (defaults.max_length or 20) - prefix
+        self.default_new_tokens = max(1, min(length, self.max_new_tokens))
         self.default_sequences = max(defaults.num_beams or 1, defaults.num_return_sequences or 1)
 
     def __call__(self, data: dict) -> list:

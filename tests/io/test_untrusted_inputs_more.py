@@ -446,3 +446,20 @@ def test_a_requests_generation_work_is_bounded_before_any_image_is_read(handler_
         endpoint_handler({"inputs": urls, "parameters": {"num_beams": 8, "max_new_tokens": 4}})
     assert network["lookups"] == [] and network["connections"] == []
     assert len(endpoint_handler({"inputs": [RED_PNG] * 2, "parameters": {"num_beams": 2, "max_new_tokens": 4}})) == 2
+
+
+def test_a_model_without_a_max_new_tokens_default_is_counted_at_its_max_length(handler_module, handler_folder,
+                                                                                 tmp_path):
+    """A model whose generation config sets no max_new_tokens writes up to max_length less the image prefix and BOS
+    (MODA's generate counts so): the request budget counts that, not the decoder's whole room."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(handler_folder, tmp_path / "model")
+    settings = json.loads((folder / "generation_config.json").read_text())
+    settings.pop("max_new_tokens", None)
+    settings["max_length"] = 12
+    (folder / "generation_config.json").write_text(json.dumps(settings))
+    handler = handler_module.EndpointHandler(str(folder))
+    prefix = handler.captioner.model.config.num_image_tokens + 1
+    assert handler.default_new_tokens == 12 - prefix < handler.max_new_tokens
