@@ -40,7 +40,8 @@ from moda.data.catalog import (BadRowError, BadRows, columns_of, load_imagefolde
                                without_location)
 from moda.io.images import image_files, load_image
 from moda.io.locks import exclusive_lock
-from moda.io.paths import confined_path, confined_source, is_url, replacing_atomically, write_atomically
+from image_io_moda import is_url
+from moda.io.paths import confined_path, confined_source, replacing_atomically, write_atomically
 from moda.io.records import check_or_save_settings, csv_bytes, json_objects
 from moda.model.text_generation import generated_text, load_text_generator
 

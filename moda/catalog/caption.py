@@ -32,7 +32,8 @@ from moda.data.catalog import read_splits
 from moda.evaluate.describe import describe_images
 from moda.io.images import IMAGE_EXTENSIONS, image_files, load_image
 from moda.io.locks import exclusive_lock
-from moda.io.paths import is_url, write_atomically
+from image_io_moda import is_url
+from moda.io.paths import write_atomically
 from moda.io.records import check_or_save_settings, jsonl_bytes, read_jsonl
 from moda.model.loading import check_model_code
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moda.data.attributes import columns_for
-from moda.io.paths import confined_source, is_url, looks_like_a_path
+from image_io_moda import is_url
+from moda.io.paths import confined_source, looks_like_a_path
 
 MODA_CAPTION_TEMPLATE = "{Colour} {Usage} {ProductType} for {Gender} - {Category} {SubCategory}"
 SPLIT_NAMES = ("train", "validation", "test")

@@ -4,8 +4,7 @@ URLs are fetched, which bytes are decoded: formats, file size and pixels, checke
 import hashlib
 from pathlib import Path
 
-from image_io_moda import ImageInputError, decode_image, load_url_image, read_image_file, to_rgb
-from moda.io.paths import is_url
+from image_io_moda import ImageInputError, decode_image, is_url, load_url_image, read_image_file, to_rgb
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 

@@ -5,8 +5,8 @@
     write_atomically(path, lambda handle: handle.write(data))       # temp file, fsync, rename; no litter
     with replacing_atomically(path) as temp: os.link(source, temp)  # the same, for a file made another way
 
-And what a name from the user or from data is: an http(s) URL (is_url), or a local path rather than a Hub id
-(looks_like_a_path).
+And whether a name from the user is a local path rather than a Hub id (looks_like_a_path); whether it is an http(s)
+URL is image_io_moda.is_url's to say.
 """
 
 import os
@@ -88,11 +88,6 @@ def write_atomically(path, write) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-
-
-def is_url(value) -> bool:
-    """An http(s) URL: an image read as it is (moda.io.images.load_image), never as a path."""
-    return isinstance(value, str) and value.startswith(("http://", "https://"))
 
 
 # File suffixes that say "a local table", not a Hub id (Hub ids may hold dots too: "owner/moda-v1.0", "opt-1.3b").
