@@ -145,6 +145,8 @@ def check_json_types(path, values: dict, dataclass_types) -> None:
 
 
 TRAINING_ARGUMENT_DEFAULTS = {argument.name: argument.default for argument in fields(TrainingArguments)}
+
+
 def check_arguments(model_args, data_args, training_args, given) -> None:
     """Arguments that would be ignored or would fail late (or quietly do something else) stop the run at once."""
     require_counts_of_at_least_one(model_args, data_args)

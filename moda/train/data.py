@@ -68,6 +68,8 @@ def drop_overlong_examples(model, processor, splits, bad_rows):
             bad_rows.report(example["row"].get("_where", "row"), f"{what}: {length} tokens with BOS and EOS, more "
                             f"than the {room} the decoder has after the image")
     return kept
+
+
 def load_examples(data_args, seed: int):
     """
     The catalog (split -> rows), its (image, prompt, description) examples per split, and the bad rows met: at most

@@ -59,6 +59,8 @@ def resolve_epochs(model_args, data_args, training_args, given, num_train_exampl
     training_args.num_train_epochs = max(1, round(TINY_EXAMPLES_SEEN / max(1, num_train_examples)))
     logger.info(f"--model_size {model_args.model_size} from scratch: {training_args.num_train_epochs:g} epochs of "
                 f"{num_train_examples} examples (set --num_train_epochs to change).")
+
+
 def resolve_defaults(model_args, data_args, training_args, given) -> None:
     """The defaults known before the catalog is read: the demo's, a from-scratch model's rate, the device's."""
     resolve_demo_defaults(model_args, data_args, training_args, given)

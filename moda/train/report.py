@@ -20,6 +20,8 @@ def describe_examples(model, processor, examples, feature_name, batch_size=64, m
         ids = model.generate(**inputs, max_new_tokens=max_new_tokens)
         texts += [text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True)]
     return texts
+
+
 def report_held_out(model, processor, splits, feature_name, vocabulary) -> dict:
     """
     Describes the held-out split (test, else validation), prints a few descriptions next to the truth, the exact

@@ -67,6 +67,8 @@ def save_loss_curves(log_history, path):
     fig.tight_layout()
     write_atomically(path, lambda handle: fig.savefig(handle, format="png", dpi=120))
     plt.close(fig)
+
+
 def write_summary(output_dir, summary: dict) -> None:
     write_atomically(output_dir / "training_summary.json",
                      lambda handle: handle.write(json.dumps(summary, indent=2).encode("utf-8")))

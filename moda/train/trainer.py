@@ -41,6 +41,8 @@ class EpochToDataset(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.dataset.set_epoch(int(state.epoch + 1e-6))  # at a resume, state.epoch is e.g. 1.25: epoch 1
+
+
 def take_over_push(training_args) -> bool:
     """Whether to push: the Trainer itself pushes nothing, the finished folder is pushed once, whole, at the end."""
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
