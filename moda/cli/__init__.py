@@ -2,7 +2,8 @@
 caption-image`), each parsing and checking its arguments and handing them to the library that does the work.
 
 A subcommand's module is imported only when that command runs, so `moda --help` imports neither torch nor
-transformers. An input error is one "<command>: error: <message>" line and exit status 1 (moda.io.errors.run_command).
+transformers. An input error is one "<command>: error: <message>" line and exit status 1 (moda.io.errors.run_command),
+but for `moda index` and `moda search`, which report it through argparse (the usage line, then the error; exit 2).
 """
 
 import importlib

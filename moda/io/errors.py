@@ -1,6 +1,7 @@
 """How a command reports a bad input: one "<command>: error: <message>" line and exit status 1, never a traceback.
 
-Every command shares it: the `moda` subcommands (moda.cli), `python train_hf.py` and `moda push` (hub_card.push).
+The `moda` subcommands (moda.cli) share it, but for `moda index` and `moda search` (argparse's usage line and exit 2),
+and so do `python train_hf.py` and `moda push` (hub_card.push).
 """
 
 import sys
