@@ -26,6 +26,13 @@ import sys
 from pathlib import Path
 sys.meta_path[:] = [finder for finder in sys.meta_path if not str(getattr(finder, "__module__", "")).startswith("__editable__")]
 sys.path[:] = [entry for entry in sys.path if not (Path(entry) / "modeling_moda.py").exists()]
+for name in ("modeling_moda", "image_io_moda", "moda", "hub_card"):  # what only a saved folder or the Hub may hold
+    try:
+        __import__(name)
+    except ImportError:
+        pass
+    else:
+        raise SystemExit(f"{name} is importable: the test must load only the saved remote code")
 """
 
 CAPTIONS = [
