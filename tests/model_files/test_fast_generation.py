@@ -20,7 +20,7 @@ from fast_generation_moda import (ONEDNN_OP_PATHS, OPTLayerPlan, PackedLinears, 
                                   fast_path_off_reason, first_max_function, packed_dtypes, packed_modules,
                                   reset_fast_path, vision_linears)
 from modeling_moda import MODAForConditionalGeneration
-from tests.model_files.model_tester import MODAModelTester, moda_around_opt
+from tests.model_files.model_tester import moda_around_opt
 
 PROMPT_LENGTHS = (6, 0, 7, 1)  # four images, prompts of different lengths (none in the second row)
 
@@ -42,17 +42,6 @@ def copy_of(model):
     copied.load_state_dict(model.state_dict())
     copied.generation_config = model.generation_config
     return copied
-
-
-@pytest.fixture(scope="module")
-def tester():
-    return MODAModelTester()
-
-
-@pytest.fixture(scope="module")
-def model(tester):
-    """The module's tiny model (eval mode, randomized weights); tests that change its weights or dtype copy it."""
-    return tester.create_model()
 
 
 @pytest.fixture(autouse=True)

@@ -25,17 +25,6 @@ from tests.model_files.model_tester import IGNORE_INDEX, MODAModelTester, moda_a
 
 
 @pytest.fixture(scope="module")
-def tester():
-    return MODAModelTester()
-
-
-@pytest.fixture(scope="module")
-def model(tester):
-    """The module's tiny model (eval mode, randomized weights). Tests that change it use one of their own."""
-    return tester.create_model()
-
-
-@pytest.fixture(scope="module")
 def saved_model_dir(tmp_path_factory, model):
     """The tiny model saved (model.save_pretrained alone: no processor)."""
     path = tmp_path_factory.mktemp("tiny-moda-model")
