@@ -5,6 +5,8 @@ its options to is replaced here by a recorder: what is checked is what the comma
 import pytest
 
 import moda.cli.caption_image
+import moda.cli.index
+import moda.cli.search
 from moda.cli import main
 from moda.cli.build_dataset import parse_arguments as build_dataset_arguments
 from moda.cli.caption import parse_arguments as caption_arguments
@@ -99,11 +101,63 @@ def test_caption_image_without_a_model_is_one_error(described, capsys):
         "(or MODEL IMAGE...)")
 
 
+@pytest.mark.parametrize("argv", [
+    ["--captions", "c.jsonl", "--output_dir", "ix", "--model_name_or_path", "m", "--revision", "r", "--dataset", "d",
+     "--image_column", "photo", "--exact_up_to", "9"],
+    ["--captions", "c.jsonl", "--output-dir", "ix", "--model-name-or-path", "m", "--revision", "r",
+     "--dataset-name", "d", "--image-column", "photo", "--exact-up-to", "9"],
+    ["--captions", "c.jsonl", "--output", "ix", "--image_model", "m", "--revision", "r", "--catalog", "d",
+     "--image_column", "photo", "--exact_up_to", "9"],
+], ids=["canonical", "kebab-case", "older names"])
+def test_index_options(monkeypatch, capsys, argv):
+    calls = []
+
+    def update_index(captions, output, **options):
+        calls.append((captions, output, options))
+        return {"added": 0, "already": 0, "unreadable": 0, "undescribed": 0, "total": 0, "kind": "empty",
+                "embedder": "e"}
+
+    monkeypatch.setattr(moda.cli.index, "update_index", update_index)
+    assert main(["index", *argv]) == 0
+    (captions, output, options), = calls
+    assert (captions, output) == ("c.jsonl", "ix")
+    assert {name: options[name] for name in ("image_model", "revision", "catalog", "image_column", "exact_up_to")} == {
+        "image_model": "m", "revision": "r", "catalog": "d", "image_column": "photo", "exact_up_to": 9}
+    assert capsys.readouterr().out.startswith("ix: added 0 item(s)")
+
+
+@pytest.mark.parametrize("model_option", ["--model_name_or_path", "--model-name-or-path", "--model", "--image_model",
+                                          "--image-model"])
+def test_search_options(monkeypatch, model_option):
+    embedded = []
+
+    class IndexWithImages:
+        images = [[1.0]]
+
+        @classmethod
+        def load(cls, directory):
+            return cls()
+
+        def search_by_image_embedding(self, embedding, k):
+            return []
+
+    def image_embeddings_for(images, model, revision=None, trust_remote_code=False):
+        embedded.append((images, model, revision, trust_remote_code))
+        return [[1.0]]
+
+    monkeypatch.setattr(moda.cli.search, "CatalogIndex", IndexWithImages)
+    monkeypatch.setattr(moda.cli.search, "image_embeddings_for", image_embeddings_for)
+    assert main(["search", "ix", "--image", "q.png", model_option, "m", "--revision", "r"]) == 0
+    assert embedded == [(["q.png"], "m", "r", False)]
+
+
 @pytest.mark.parametrize("command, shown", [
     ("eval", "the random seed of --max_samples (default: 42)"),
     ("build-dataset", "--max_samples N, --max-samples N, --limit N"),
     ("caption", "--output_file FILE, --output-file FILE, --output FILE"),
     ("caption-image", "--model_name_or_path MODEL, --model-name-or-path MODEL, --model MODEL"),
+    ("index", "--output_dir OUTPUT_DIR, --output-dir OUTPUT_DIR, --output OUTPUT_DIR"),
+    ("search", "how many hits (default: 5)"),
 ])
 def test_help_names_the_command_and_shows_defaults(command, shown, capsys):
     with pytest.raises(SystemExit) as raised:
