@@ -7,7 +7,7 @@ import pytest
 import moda.cli.caption_image
 import moda.cli.index
 import moda.cli.search
-from moda.cli import main
+from moda.cli import COMMANDS, main
 from moda.cli.build_dataset import parse_arguments as build_dataset_arguments
 from moda.cli.caption import parse_arguments as caption_arguments
 from moda.cli.eval import parse_arguments as eval_arguments
@@ -151,6 +151,23 @@ def test_search_options(monkeypatch, model_option):
     assert embedded == [(["q.png"], "m", "r", False)]
 
 
+@pytest.mark.parametrize("argv", [
+    ["--revision", "exp", "--commit_message", "msg", "--training_info", "t.json", "--private"],
+    ["--revision", "exp", "--commit-message", "msg", "--training-info", "t.json", "--private"],
+    ["--branch", "exp", "--commit_message", "msg", "--training_info", "t.json", "--private"],
+], ids=["canonical", "kebab-case", "older names"])
+def test_push_options(monkeypatch, argv):
+    import hub_card.push
+
+    pushed = []
+    monkeypatch.setattr(hub_card.push, "push", lambda args: pushed.append(args) or 0)
+    assert main(["push", "folder", "me/moda", *argv]) == 0
+    (args,) = pushed
+    assert chosen(args, ["folder", "repo_id", "revision", "commit_message", "training_info", "private"]) == {
+        "folder": "folder", "repo_id": "me/moda", "revision": "exp", "commit_message": "msg",
+        "training_info": "t.json", "private": True}
+
+
 @pytest.mark.parametrize("command, shown", [
     ("eval", "the random seed of --max_samples (default: 42)"),
     ("build-dataset", "--max_samples N, --max-samples N, --limit N"),
@@ -158,6 +175,7 @@ def test_search_options(monkeypatch, model_option):
     ("caption-image", "--model_name_or_path MODEL, --model-name-or-path MODEL, --model MODEL"),
     ("index", "--output_dir OUTPUT_DIR, --output-dir OUTPUT_DIR, --output OUTPUT_DIR"),
     ("search", "how many hits (default: 5)"),
+    ("push", "--revision REVISION, --branch REVISION"),
 ])
 def test_help_names_the_command_and_shows_defaults(command, shown, capsys):
     with pytest.raises(SystemExit) as raised:
@@ -167,3 +185,9 @@ def test_help_names_the_command_and_shows_defaults(command, shown, capsys):
     assert text.startswith(f"usage: moda {command} ")
     assert shown in text
     assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_every_command_but_train_is_covered_here():
+    """`moda train` is train_hf.py's parser (HfArgumentParser), with its own names; a new command belongs above."""
+    covered = {"eval", "build-dataset", "caption", "caption-image", "index", "search", "push"}
+    assert set(COMMANDS) - {"train"} == covered
