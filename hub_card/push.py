@@ -1,13 +1,12 @@
 """`moda push FOLDER USER/NAME`: upload a trained MODA folder to the Hub with its card and endpoint handler.
 
     moda push moda-demo user/moda-demo
-    moda push out user/moda --branch experiment --private --commit_message "Epoch 12"
+    moda push out user/moda --revision experiment --private --commit_message "Epoch 12"
 
 Prints the commit hash: pin it with `revision=` when loading, since `trust_remote_code` runs the repo's code.
 The Hub address comes from huggingface_hub (HF_ENDPOINT), the token from HF_TOKEN or `hf auth login`.
 """
 
-import argparse
 import importlib
 import json
 import sys
@@ -20,6 +19,7 @@ from transformers.dynamic_module_utils import get_relative_imports
 from hub_card.card import (CARD_NAME, HANDLER_NAME, IMAGE_IO_NAME, PLACEHOLDER_REPO_ID, read_moda_config,
                            write_handler, write_image_io, write_model_card)
 from moda.io.errors import run_command
+from moda.io.options import add_option, command_parser
 from moda.io.paths import write_atomically
 
 # Never uploaded: Trainer checkpoints and logs inside an output folder, and pickles (a MODA folder's weights
@@ -111,16 +111,15 @@ def push_model_folder(folder, repo_id: str, revision: str = None, private: bool 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="moda push", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("push", __doc__)
     parser.add_argument("folder", help="a MODA model folder (as train_hf.py leaves one)")
     parser.add_argument("repo_id", help="the Hub repository, namespace/name")
-    parser.add_argument("--revision", "--branch", dest="revision", default=None,
-                        help="the branch to push to (created when missing; default: main)")
-    parser.add_argument("--private", action="store_true", default=None, help="create the repository private")
-    parser.add_argument("--commit_message", default=None)
-    parser.add_argument("--training_info", default=None,
-                        help="a JSON file of training facts for a new card (keys: hub_card.TRAINING_INFO_KEYS)")
+    add_option(parser, "revision", "branch", default=None,
+               help="the branch to push to (created when missing; default: main)")
+    add_option(parser, "private", action="store_true", default=None, help="create the repository private")
+    add_option(parser, "commit_message", default=None, help="default: Upload MODA model from FOLDER")
+    add_option(parser, "training_info", default=None,
+               help="a JSON file of training facts for a new card (keys: hub_card.TRAINING_INFO_KEYS)")
     args = parser.parse_args(argv)
     return run_command("moda push", push, args)
 

@@ -1,7 +1,7 @@
 """`moda build-dataset`: training descriptions written by teacher models (the MODA write-up's data pipeline).
 
-    moda build-dataset --images ../shared/data/fashion-images/train --output_dir described          # offline
-    moda build-dataset --images photos/ --metadata items.csv --output_dir described \\
+    moda build-dataset --dataset ../shared/data/fashion-images/train --output_dir described          # offline
+    moda build-dataset --dataset photos/ --metadata items.csv --output_dir described \\
         --teacher_model microsoft/Phi-3-vision-128k-instruct --refiner_model microsoft/Phi-3-mini-4k-instruct \\
         --trust_remote_code
 
@@ -37,7 +37,7 @@ from pathlib import Path, PurePosixPath
 from moda.data.attributes import (MYNTRA_COLUMNS, SMALL_COLUMNS, SYNONYMS, AttributeVocabulary, columns_for,
                                   extract_attributes, is_missing, words)
 from moda.data.catalog import (BadRowError, BadRows, columns_of, load_imagefolder, read_table, rows_with_image_paths,
-                               without_location)
+                               sample_rows, without_location)
 from moda.io.images import image_files, load_image
 from moda.io.locks import exclusive_lock
 from image_io_moda import is_url
@@ -368,7 +368,7 @@ def read_input_rows(images: str, metadata: str = None) -> list:
     """
     root = Path(images)
     if not root.is_dir():
-        raise FileNotFoundError(f"--images {images!r} is not a folder")
+        raise FileNotFoundError(f"--dataset {images!r} is not a folder")
     if metadata:
         table = Path(metadata)
         if not table.is_file():
@@ -381,11 +381,11 @@ def read_input_rows(images: str, metadata: str = None) -> list:
         return load_imagefolder(root)["train"]
     splits = load_imagefolder(root)
     if splits:
-        raise ValueError(f"--images {images!r} holds split folders {sorted(splits)}: pass one of them "
-                         f"(e.g. --images {root / sorted(splits)[0]}) and an --output_dir for it")
+        raise ValueError(f"--dataset {images!r} holds split folders {sorted(splits)}: pass one of them "
+                         f"(e.g. --dataset {root / sorted(splits)[0]}) and an --output_dir for it")
     files = image_files(root)
     if not files:
-        raise ValueError(f"--images {images!r} holds no metadata.csv and no images")
+        raise ValueError(f"--dataset {images!r} holds no metadata.csv and no images")
     return [{"file_name": p.relative_to(root).as_posix(), "image": str(p), "_where": str(p)} for p in files]
 
 
@@ -494,7 +494,7 @@ def prepare_output_dir(output_dir: Path, settings: dict, overwrite: bool) -> Non
 def load_batch(rows: list, images_root: Path, output_dir: Path, bad_rows: BadRows) -> tuple:
     """
     The rows whose file name stays inside the output's images/ folder, whose image is a file inside `images_root`
-    (--images; followed through symbolic links, so a link to a private file elsewhere is neither read nor copied into
+    (--dataset; followed through symbolic links, so a link to a private file elsewhere is neither read nor copied into
     the output) and opens, their images and the paths their images go to; the others are reported as bad rows. A
     usable row's "image" becomes its real path, the file that place_image copies.
     """
@@ -512,7 +512,7 @@ def load_batch(rows: list, images_root: Path, output_dir: Path, bad_rows: BadRow
         try:
             if is_url(row["image"]):
                 raise ValueError(f"file_name {row['image']!r} is a URL: build-dataset copies image files, so it "
-                                 f"takes files inside --images")
+                                 f"takes files inside --dataset")
             source = confined_source(images_root, row["image"], "file_name")
         except ValueError as err:
             bad_rows.report(where, str(err))
@@ -549,7 +549,7 @@ def build_rows(pending: list, args, teacher, refiner, output_dir: Path, columns:
             tqdm(total=len(pending), unit="item", desc="describing", dynamic_ncols=True) as progress:
         for start in range(0, len(pending), args.batch_size):
             batch = pending[start:start + args.batch_size]
-            rows, images, destinations = load_batch(batch, Path(args.images), output_dir, bad_rows)
+            rows, images, destinations = load_batch(batch, Path(args.dataset), output_dir, bad_rows)
             results = []
             described = _describe_or_report(rows, images, args, teacher, refiner, bad_rows)
             for row, destination, result in zip(rows, destinations, described):
@@ -593,17 +593,18 @@ def _describe_or_report(rows, images, args, teacher, refiner, bad_rows) -> list:
 def require_something_to_describe(args, rows: list, columns: list) -> None:
     """Without a teacher, descriptions come from metadata: items with none would all be bad rows."""
     if rows and not args.teacher_model and columns == ["file_name"]:
-        raise ValueError(f"--images {args.images!r}: its {len(rows)} item(s) have no metadata (no metadata.csv in the "
-                         "folder, no --metadata, or one with only a file_name column), and without --teacher_model "
+        raise ValueError(f"--dataset {args.dataset!r}: its {len(rows)} item(s) have no metadata (no metadata.csv in "
+                         "the folder, no --metadata, or one with only a file_name column), and without --teacher_model "
                          "there is nothing to describe them from: give --metadata or --teacher_model")
 
 
 def build_dataset(args) -> int:
     output_dir = Path(args.output_dir)
-    rows = read_input_rows(args.images, args.metadata)[:args.limit]
+    rows = sample_rows(read_input_rows(args.dataset, args.metadata), args.max_samples, args.seed)
     columns = check_rows(rows)
     require_something_to_describe(args, rows, columns)
-    settings = {"images": str(Path(args.images).resolve()),
+    # "images": the key earlier runs' settings files hold (the option was --images), so they resume
+    settings = {"images": str(Path(args.dataset).resolve()),
                 "metadata": str(Path(args.metadata).resolve()) if args.metadata else None,
                 "teacher_model": args.teacher_model, "refiner_model": args.refiner_model,
                 "max_new_tokens": args.max_new_tokens if args.teacher_model else None}
@@ -631,7 +632,7 @@ def build_locked(args, output_dir: Path, rows: list, columns: list, settings: di
     write_atomically(output_dir / BAD_ROWS_FILE, lambda handle: handle.write(csv_bytes(bad, ["where", "reason"])))
     if rows and not finished:  # an empty imagefolder would only fail later, in training
         where, reason = bad_rows.rows[0]
-        raise ValueError(f"no item of --images {args.images!r} could be described: all {len(rows)} were bad rows "
+        raise ValueError(f"no item of --dataset {args.dataset!r} could be described: all {len(rows)} were bad rows "
                          f"(listed in {output_dir / BAD_ROWS_FILE}; the first: {where}: {reason})")
     write_atomically(output_dir / "metadata.csv", lambda handle: handle.write(csv_bytes(finished, columns
                                                                                       + list(NEW_COLUMNS))))

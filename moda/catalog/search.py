@@ -1,6 +1,6 @@
 """Text search over a captioned catalog: sentence-transformers embeddings of the descriptions in a FAISS index.
 
-    moda index --captions captions.jsonl --output index/        # again with more captions: adds the new ids
+    moda index --captions captions.jsonl --output_dir index/    # again with more captions: adds the new ids
     moda search index/ "red sports shoes for women" -k 5
 
 Embeddings are L2-normalised, so inner product is cosine similarity. A small catalog gets an exact index
@@ -180,7 +180,7 @@ class CatalogIndex:
 
     def search_by_image_embedding(self, embedding, k: int = 5) -> list:
         if self.images is None:
-            raise ValueError("This index holds no image embeddings (build it with --image_model).")
+            raise ValueError("This index holds no image embeddings (build it with moda index --model_name_or_path).")
         return self._hits(self.images, normalized(np.atleast_2d(embedding)), k)
 
     def save(self, directory) -> None:
@@ -247,9 +247,10 @@ def has_description(row: dict) -> bool:
 
 
 def image_embeddings_for(images: list, model_name: str, names: list = None, batch_size: int = 64,
-                         trust_remote_code: bool = False) -> np.ndarray:
+                         trust_remote_code: bool = False, revision: str = None) -> np.ndarray:
     """MODA's image embeddings (`get_image_features`) of images given as paths, URLs or bytes; `names` (one per image,
-    default: the path) are what an error about an image calls it. `trust_remote_code`: as for load_captioner."""
+    default: the path) are what an error about an image calls it. `trust_remote_code`, `revision`: as for
+    load_captioner."""
     import torch
 
     from moda.data.features import image_embedding_encoder
@@ -257,7 +258,7 @@ def image_embeddings_for(images: list, model_name: str, names: list = None, batc
     from moda.model.loading import load_captioner
 
     names = names or [image if isinstance(image, str) else f"image {i}" for i, image in enumerate(images)]
-    captioner = load_captioner(model_name, trust_remote_code=trust_remote_code)
+    captioner = load_captioner(model_name, revision=revision, trust_remote_code=trust_remote_code)
     encode = image_embedding_encoder(captioner.model, captioner.processor)
     chunks = []
     with torch.no_grad():
@@ -282,13 +283,13 @@ def images_of(rows: list, catalog: str = None, image_column: str = "image") -> l
             raise ValueError(
                 f"item {missing[0]['id']!r}: {missing[0]['file']!r} is not an image file on disk ({len(missing)} "
                 "item(s) like it); if the captioned catalog holds its images as bytes (e.g. a Hub dataset), give "
-                "--catalog with that catalog"
+                "--dataset with that catalog"
             )
         return [row["file"] for row in rows]
     images = {item["id"]: item["image"] for item in list_catalog_items(catalog, image_column)}
     missing = [str(row["id"]) for row in rows if str(row["id"]) not in images]
     if missing:
-        raise ValueError(f"--catalog {catalog!r} has no item with id {missing[0]!r} ({len(missing)} caption id(s) "
+        raise ValueError(f"--dataset {catalog!r} has no item with id {missing[0]!r} ({len(missing)} caption id(s) "
                          "not in it): give the catalog that was captioned")
     return [images[str(row["id"])] for row in rows]
 
@@ -298,14 +299,14 @@ def images_of(rows: list, catalog: str = None, image_column: str = "image") -> l
 
 def update_index(captions, output, embedder: str = None, exact_up_to: int = None, image_model: str = None,
                  catalog: str = None, image_column: str = None, rebuild: bool = False,
-                 trust_remote_code: bool = False) -> dict:
+                 trust_remote_code: bool = False, revision: str = None) -> dict:
     """
     Builds the index folder `output` over the captions file `captions`, or adds the file's new ids to the index there
     (unless `rebuild`). `embedder` and `exact_up_to` (None: the defaults, or an existing index's) are fixed when an
-    index is built; `image_model` also indexes MODA's image embeddings, read from `catalog` (its `image_column`) by
-    id when given, else from the image files the captions name. Items are only ever added. Every refusal is a
-    ValueError naming the input and its problem, raised before the index folder changes. Returns the counts:
-    added, already (indexed), unreadable, undescribed, total, kind (exact, hnsw or empty) and embedder.
+    index is built; `image_model` (at `revision`) also indexes MODA's image embeddings, read from `catalog` (its
+    `image_column`) by id when given, else from the image files the captions name. Items are only ever added. Every
+    refusal is a ValueError naming the input and its problem, raised before the index folder changes. Returns the
+    counts: added, already (indexed), unreadable, undescribed, total, kind (exact, hnsw or empty) and embedder.
     """
     require_image_options(image_model, catalog, image_column)
     rows = read_caption_rows(captions)
@@ -321,11 +322,11 @@ def update_index(captions, output, embedder: str = None, exact_up_to: int = None
         try:
             names = [f"item {row['id']!r}" for row in new_rows]
             images = image_embeddings_for(images_of(new_rows, catalog, image_column or "image"), image_model, names,
-                                          trust_remote_code=trust_remote_code)
+                                          trust_remote_code=trust_remote_code, revision=revision)
         except OSError as err:  # a missing catalog or image file (an unreadable image is a ValueError already)
             raise ValueError(str(err)) from err
     if images is None and index.images is not None and new_rows:
-        raise ValueError(f"{output} holds image embeddings: give --image_model to add items to it")
+        raise ValueError(f"{output} holds image embeddings: give --model_name_or_path to add items to it")
     added = index.add(new_rows, images)
     if len(index):
         index.save(output)
@@ -335,11 +336,11 @@ def update_index(captions, output, embedder: str = None, exact_up_to: int = None
 
 
 def require_image_options(image_model, catalog, image_column) -> None:
-    """--catalog is read for image embeddings only, and --image_column names one of its columns."""
+    """--dataset (the catalog) is read for image embeddings only, and --image_column names one of its columns."""
     if catalog and not image_model:
-        raise ValueError("--catalog is read for image embeddings only: give --image_model too")
+        raise ValueError("--dataset is read for image embeddings only: give --model_name_or_path too")
     if image_column and not catalog:
-        raise ValueError(f"--image_column {image_column!r} names a column of --catalog: give --catalog too")
+        raise ValueError(f"--image_column {image_column!r} names a column of --dataset: give --dataset too")
 
 
 def read_caption_rows(captions) -> list:
@@ -397,7 +398,7 @@ def require_same_exact_up_to(index: CatalogIndex, output, exact_up_to) -> None:
 
 def require_image_embeddings(index: CatalogIndex, output, image_model) -> None:
     if image_model and len(index) and index.images is None:
-        raise ValueError(f"{output} was built without --image_model, so its items have no image embeddings: use "
+        raise ValueError(f"{output} was built without --model_name_or_path, so its items have no image embeddings: use "
                          "--rebuild to index them with image embeddings")
 
 

@@ -9,6 +9,8 @@ but for `moda index` and `moda search`, which report it through argparse (the us
 import importlib
 import sys
 
+from moda.io.options import add_option
+
 # subcommand -> (module, function, one-line help). Each function takes the remaining argv.
 COMMANDS = {
     "caption-image": ("moda.cli.caption_image", "main", "describe one image with a MODA model"),
@@ -24,8 +26,8 @@ COMMANDS = {
 
 def add_trust_remote_code_argument(parser) -> None:
     """--trust_remote_code (or --trust-remote-code), off by default, for a command that loads a user-given model."""
-    parser.add_argument(
-        "--trust_remote_code", "--trust-remote-code", action="store_true",
+    add_option(
+        parser, "trust_remote_code", action="store_true",
         help="allow a model that needs its own Python code (a model_type transformers does not know, or an auto_map in "
              "its config.json) to run that code; only for a model whose code you trust. Without it such a model is "
              "refused before any of its code is read. A MODA model always loads with the installed MODA code.",

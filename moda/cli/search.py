@@ -2,22 +2,24 @@
 embeddings).
 
     moda search index/ "red sports shoes for women" -k 5
-    moda search index/ --image photo.jpg --image_model ./moda-demo
+    moda search index/ --image photo.jpg --model_name_or_path ./moda-demo
 """
-
-import argparse
 
 from moda.catalog.search import CatalogIndex, image_embeddings_for
 from moda.cli import add_trust_remote_code_argument
+from moda.io.options import add_model_option, add_option, add_revision_option, command_parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="moda search", description="Search a catalog index by text or image.")
+    parser = command_parser("search", "Search a catalog index by text or image.")
     parser.add_argument("index", help="an index folder from moda index")
     parser.add_argument("query", nargs="?", help='e.g. "red sports shoes for women"')
     parser.add_argument("-k", type=int, default=5, help="how many hits")
-    parser.add_argument("--image", default=None, help="search by this image instead (index built with --image_model)")
-    parser.add_argument("--image_model", "--image-model", default=None, help="the MODA model for --image")
+    add_option(parser, "image", default=None,
+               help="search by this image instead (an index built with moda index --model_name_or_path)")
+    add_model_option(parser, "image_model", required=False,
+                     help="the MODA model for --image (the one that embedded the catalog)")
+    add_revision_option(parser)
     add_trust_remote_code_argument(parser)
     args = parser.parse_args(argv)
     if args.k < 1:
@@ -31,12 +33,13 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as err:
         parser.error(str(err))
     if args.image:
-        if not args.image_model:
-            parser.error("--image needs --image_model (the MODA model that embedded the catalog)")
+        if not args.model_name_or_path:
+            parser.error("--image needs --model_name_or_path (the MODA model that embedded the catalog)")
         if index.images is None:  # checked before the model is loaded and the image embedded
-            parser.error(f"{args.index} holds no image embeddings: build it with moda index --image_model")
+            parser.error(f"{args.index} holds no image embeddings: build it with moda index --model_name_or_path")
         try:
-            embedding = image_embeddings_for([args.image], args.image_model, trust_remote_code=args.trust_remote_code)
+            embedding = image_embeddings_for([args.image], args.model_name_or_path, revision=args.revision,
+                                             trust_remote_code=args.trust_remote_code)
         except ValueError as err:
             parser.error(str(err))
         hits = index.search_by_image_embedding(embedding, args.k)

@@ -40,8 +40,8 @@ def choose_split(catalog: dict, split: str = None, data: str = "the catalog") ->
     raise ValueError(f"{data!r} has no split {DEFAULT_SPLIT!r}; it has {sorted(catalog)}: pick one with --split.")
 
 
-def split_rows(catalog: dict, split: str, limit: int = None) -> list:
-    rows = sample_rows(catalog[split], limit, seed=0)
+def split_rows(catalog: dict, split: str, max_samples: int = None, seed: int = 0) -> list:
+    rows = sample_rows(catalog[split], max_samples, seed)
     if not rows:
         raise ValueError(f"Split {split!r} of the catalog is empty.")
     return rows
@@ -76,16 +76,16 @@ def reference_captions_for(rows, caption_column=None, caption_template=MODA_CAPT
 def evaluate(args) -> int:
     output_dir = Path(args.output_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    eval_model_type(args.model, args.revision)  # before the split's images are read
+    eval_model_type(args.model_name_or_path, args.revision)  # before the split's images are read
 
     # The splits as the data holds them: load_catalog would set aside a random tenth of a lone train split as
     # validation (for training), and scoring a file would then leave rows out unsaid.
-    catalog = read_catalog_splits(args.data, image_column=args.image_column)
+    catalog = read_catalog_splits(args.dataset, image_column=args.image_column)
     if args.caption_column or args.caption_template != MODA_CAPTION_TEMPLATE:  # named by the user: must exist (the
         # default template only skips the text metrics on catalogs without its columns, with the reason printed)
-        require_caption_columns(catalog, args.data, args.caption_column, args.caption_template)
-    split, split_note = choose_split(catalog, args.split, args.data)
-    rows = split_rows(catalog, split, args.limit)
+        require_caption_columns(catalog, args.dataset, args.caption_column, args.caption_template)
+    split, split_note = choose_split(catalog, args.split, args.dataset)
+    rows = split_rows(catalog, split, args.max_samples, args.seed)
     # The vocabulary covers every split: a value named in a description but absent from this split is still a fact.
     vocabulary = AttributeVocabulary.from_rows([row for part in catalog.values() for row in part], args.columns)
     bad_rows = BadRows(args.on_bad_row)
@@ -93,7 +93,7 @@ def evaluate(args) -> int:
     if not rows:
         raise ValueError(f"No item of split {split!r} has a readable image:\n{bad_rows.summary()}")
 
-    model, processor = load_model_and_processor(args.model, args.revision)
+    model, processor = load_model_and_processor(args.model_name_or_path, args.revision)
     model.to(device)
     descriptions = describe_images(model, processor, images, args.batch_size, args.max_new_tokens, progress=True)
 

@@ -25,13 +25,14 @@ def build_report(args, selection, rows, descriptions, captions, result, baseline
             "wrong_details": item["wrong_details"],
         })
     return {
-        "model": args.model,
-        "data": args.data,
+        "model": args.model_name_or_path,
+        "data": args.dataset,
         "split": selection["split"],
         "split_note": selection["split_note"],
         "split_rows": selection["split_rows"],
-        "limit": args.limit,
-        "num_items": len(rows),  # the items scored: the split's rows (a --limit sample of them), less the skipped ones
+        "max_samples": args.max_samples,
+        "seed": args.seed,
+        "num_items": len(rows),  # the items scored: the split's rows (a --max_samples sample), less the skipped ones
         "skipped_items": [{"where": where, "reason": reason} for where, reason in bad_rows.rows],
         "reference_captions": f"column {args.caption_column}" if args.caption_column else args.caption_template,
         "scores": result["scores"],
@@ -51,7 +52,8 @@ def _number(value, digits=2):
 def summary_table(report: dict) -> str:
     lines = [f"{report['model']} on {report['data']} [{report['split']}], {report['num_items']} items scored of "
              f"the split's {report['split_rows']} rows"
-             + (f" (a sample of {report['limit']})" if report["limit"] and report["limit"] < report["split_rows"] else "")
+             + (f" (a sample of {report['max_samples']}, seed {report['seed']})"
+                if report["max_samples"] and report["max_samples"] < report["split_rows"] else "")
              + (f" ({len(report['skipped_items'])} skipped: see report.json)" if report["skipped_items"] else "")]
     if report["split_note"]:
         lines.append(f"note: {report['split_note']}")

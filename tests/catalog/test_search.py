@@ -89,10 +89,10 @@ def test_save_load_round_trip_records_the_embedder(tmp_path, embedder):
 def test_index_and_search_commands(tmp_path, capsys):
     captions = tmp_path / "captions.jsonl"
     write_output(captions, ROWS[:3] + [{"id": "broken", "file": "broken.jpg", "error": "Image file is empty"}])
-    assert index_main(["--captions", str(captions), "--output", str(tmp_path / "index")]) == 0
+    assert index_main(["--captions", str(captions), "--output_dir", str(tmp_path / "index")]) == 0
     assert "added 3 item(s)" in capsys.readouterr().out
     write_output(captions, ROWS)  # the catalog grew by one item: only that one is embedded and added
-    assert index_main(["--captions", str(captions), "--output", str(tmp_path / "index")]) == 0
+    assert index_main(["--captions", str(captions), "--output_dir", str(tmp_path / "index")]) == 0
     out = capsys.readouterr().out
     assert "added 1 item(s), 3 already indexed" in out and "4 in all (exact index" in out
     assert search_main([str(tmp_path / "index"), "red sports shoes for women", "-k", "2"]) == 0
@@ -113,10 +113,10 @@ def test_index_with_moda_image_embeddings_finds_the_same_photo(tmp_path, tiny_mo
     captions = tmp_path / "captions.csv"
     write_output(captions, rows)
     index_dir = str(tmp_path / "index")
-    assert index_main(["--captions", str(captions), "--output", index_dir, "--image_model", str(tiny_moda_dir)]) == 0
+    assert index_main(["--captions", str(captions), "--output_dir", index_dir, "--model", str(tiny_moda_dir)]) == 0
     assert json.loads((tmp_path / "index" / "meta.json").read_text())["image_dim"] > 0
     capsys.readouterr()
-    assert search_main([index_dir, "--image", rows[2]["file"], "--image_model", str(tiny_moda_dir), "-k", "1"]) == 0
+    assert search_main([index_dir, "--image", rows[2]["file"], "--model", str(tiny_moda_dir), "-k", "1"]) == 0
     assert capsys.readouterr().out.split()[2] == rows[2]["id"]
 
 
@@ -138,35 +138,35 @@ def test_image_embeddings_of_a_catalog_of_image_bytes_come_from_the_catalog(tmp_
     captions = tmp_path / "captions.jsonl"
     write_output(captions, [dict(row, file=hub["_where"]) for row, hub in zip(ROWS, hub_rows)])
     index_dir = str(tmp_path / "index")
-    base = ["--captions", str(captions), "--output", index_dir, "--image_model", str(tiny_moda_dir)]
+    base = ["--captions", str(captions), "--output_dir", index_dir, "--model", str(tiny_moda_dir)]
 
     with pytest.raises(SystemExit):
         index_main(base)
     error = capsys.readouterr().err
-    assert "'shop/items[train] row 0' is not an image file on disk" in error and "--catalog" in error
+    assert "'shop/items[train] row 0' is not an image file on disk" in error and "--dataset" in error
     assert not (tmp_path / "index").exists()
     complete = list(hub_rows)
     hub_rows[:] = complete[:2]  # a catalog that lacks one of the captioned items
     with pytest.raises(SystemExit):
-        index_main(base + ["--catalog", "shop/items"])
+        index_main(base + ["--dataset", "shop/items"])
     assert "has no item with id 'shirt'" in capsys.readouterr().err
 
     with pytest.raises(SystemExit):  # a catalog file that is not there: an error, not a traceback
-        index_main(base + ["--catalog", str(tmp_path / "missing.csv")])
+        index_main(base + ["--dataset", str(tmp_path / "missing.csv")])
     assert "missing.csv" in capsys.readouterr().err
     hub_rows[:] = complete[:2] + [dict(complete[2], image=b"not an image")]
     with pytest.raises(SystemExit):
-        index_main(base + ["--catalog", "shop/items"])
+        index_main(base + ["--dataset", "shop/items"])
     assert "item 'shirt': not a readable image" in capsys.readouterr().err
 
     hub_rows[:] = complete
-    assert index_main(base + ["--catalog", "shop/items"]) == 0
+    assert index_main(base + ["--dataset", "shop/items"]) == 0
     capsys.readouterr()
     product_images[2].save(tmp_path / "query.png")
-    assert search_main([index_dir, "--image", str(tmp_path / "query.png"), "--image_model", str(tiny_moda_dir)]) == 0
+    assert search_main([index_dir, "--image", str(tmp_path / "query.png"), "--model", str(tiny_moda_dir)]) == 0
     assert capsys.readouterr().out.split()[2] == ROWS[2]["id"]
     with pytest.raises(SystemExit):
-        search_main([index_dir, "--image", str(tmp_path / "gone.png"), "--image_model", str(tiny_moda_dir)])
+        search_main([index_dir, "--image", str(tmp_path / "gone.png"), "--model", str(tiny_moda_dir)])
     assert "gone.png" in capsys.readouterr().err
 
 
@@ -174,18 +174,18 @@ def test_index_command_names_the_captions_file_and_its_problem(tmp_path, capsys)
     index_dir = str(tmp_path / "index")
     missing = tmp_path / "missing.jsonl"
     with pytest.raises(SystemExit):
-        index_main(["--captions", str(missing), "--output", index_dir])
+        index_main(["--captions", str(missing), "--output_dir", index_dir])
     assert "missing.jsonl" in capsys.readouterr().err
     repeated = tmp_path / "repeated.jsonl"
     write_output(repeated, ROWS + [dict(ROWS[1], file="other.jpg")])
     with pytest.raises(SystemExit):
-        index_main(["--captions", str(repeated), "--output", index_dir])
+        index_main(["--captions", str(repeated), "--output_dir", index_dir])
     error = capsys.readouterr().err
     assert "repeated.jsonl" in error and "id 'dress' more than once" in error
     no_ids = tmp_path / "no_ids.csv"
     write_output(no_ids, [{"file": row["file"], "description": row["description"]} for row in ROWS])
     with pytest.raises(SystemExit):
-        index_main(["--captions", str(no_ids), "--output", index_dir])
+        index_main(["--captions", str(no_ids), "--output_dir", index_dir])
     error = capsys.readouterr().err
     assert "no_ids.csv" in error and "row 1 has no id" in error
     assert not (tmp_path / "index").exists()
@@ -194,7 +194,7 @@ def test_index_command_names_the_captions_file_and_its_problem(tmp_path, capsys)
 def test_an_item_the_model_wrote_nothing_for_is_left_out_and_counted(tmp_path, capsys):
     captions = tmp_path / "captions.jsonl"
     write_output(captions, ROWS[:2] + [dict(ROWS[2], description="", descriptions={"": ""})])
-    assert index_main(["--captions", str(captions), "--output", str(tmp_path / "index")]) == 0
+    assert index_main(["--captions", str(captions), "--output_dir", str(tmp_path / "index")]) == 0
     out = capsys.readouterr().out
     assert "added 2 item(s)" in out and "1 undescribed item(s) left out" in out
 
@@ -203,15 +203,15 @@ def test_items_captioned_again_are_not_left_with_their_old_descriptions(tmp_path
     captions = tmp_path / "captions.jsonl"
     index_dir = tmp_path / "index"
     write_output(captions, ROWS)
-    assert index_main(["--captions", str(captions), "--output", str(index_dir)]) == 0
+    assert index_main(["--captions", str(captions), "--output_dir", str(index_dir)]) == 0
     recaptioned = [dict(row, description=f"Blue {row['description']}") if row["id"] == "shirt" else row
                    for row in ROWS]
     write_output(captions, recaptioned)  # moda caption --overwrite with another model, say
     with pytest.raises(SystemExit):
-        index_main(["--captions", str(captions), "--output", str(index_dir)])
+        index_main(["--captions", str(captions), "--output_dir", str(index_dir)])
     error = capsys.readouterr().err
     assert "1 item(s)" in error and "'shirt'" in error and "--rebuild" in error
-    assert index_main(["--captions", str(captions), "--output", str(index_dir), "--rebuild"]) == 0
+    assert index_main(["--captions", str(captions), "--output_dir", str(index_dir), "--rebuild"]) == 0
     items = [json.loads(line) for line in (index_dir / "items.jsonl").read_text().splitlines()]
     assert [item["description"] for item in items] == [row["description"] for row in recaptioned]
 
@@ -220,14 +220,14 @@ def test_image_options_on_a_text_only_index_are_refused_before_any_model_loads(t
     captions = tmp_path / "captions.jsonl"
     index_dir = str(tmp_path / "index")
     write_output(captions, ROWS)
-    assert index_main(["--captions", str(captions), "--output", index_dir]) == 0
+    assert index_main(["--captions", str(captions), "--output_dir", index_dir]) == 0
     capsys.readouterr()
     no_model = str(tmp_path / "no-model")  # never loaded: the refusal comes first
     with pytest.raises(SystemExit):  # it would say "added 0 item(s)" and leave the index without image embeddings
-        index_main(["--captions", str(captions), "--output", index_dir, "--image_model", no_model])
-    assert "built without --image_model" in capsys.readouterr().err
+        index_main(["--captions", str(captions), "--output_dir", index_dir, "--model", no_model])
+    assert "built without --model_name_or_path" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        search_main([index_dir, "--image", "shoe.jpg", "--image_model", no_model])
+        search_main([index_dir, "--image", "shoe.jpg", "--model", no_model])
     assert "holds no image embeddings" in capsys.readouterr().err
 
 
@@ -238,7 +238,7 @@ def test_search_command_errors_name_the_problem(tmp_path, capsys):
     assert "nowhere" in error and "not a search index" in error
     captions = tmp_path / "captions.jsonl"
     write_output(captions, ROWS)
-    assert index_main(["--captions", str(captions), "--output", str(tmp_path / "index")]) == 0
+    assert index_main(["--captions", str(captions), "--output_dir", str(tmp_path / "index")]) == 0
     with pytest.raises(SystemExit):
         search_main([str(tmp_path / "index"), "  "])
     assert "the search query is empty" in capsys.readouterr().err
@@ -248,19 +248,20 @@ def test_a_different_exact_up_to_on_an_existing_index_is_refused_not_ignored(tmp
     captions = tmp_path / "captions.jsonl"
     index_dir = tmp_path / "index"
     write_output(captions, ROWS[:2])
-    assert index_main(["--captions", str(captions), "--output", str(index_dir), "--exact_up_to", "2"]) == 0
+    assert index_main(["--captions", str(captions), "--output_dir", str(index_dir), "--exact_up_to", "2"]) == 0
     write_output(captions, ROWS)
     with pytest.raises(SystemExit):  # it used to add the items under the saved value, 2, without a word
-        index_main(["--captions", str(captions), "--output", str(index_dir), "--exact_up_to", "3"])
+        index_main(["--captions", str(captions), "--output_dir", str(index_dir), "--exact_up_to", "3"])
     error = capsys.readouterr().err
     assert "--exact_up_to 2, not 3" in error and "--rebuild" in error
     assert json.loads((index_dir / "meta.json").read_text())["count"] == 2
     # The same value, or none, updates the index under the value it was built with.
-    assert index_main(["--captions", str(captions), "--output", str(index_dir), "--exact_up_to", "2"]) == 0
-    assert index_main(["--captions", str(captions), "--output", str(index_dir)]) == 0
+    assert index_main(["--captions", str(captions), "--output_dir", str(index_dir), "--exact_up_to", "2"]) == 0
+    assert index_main(["--captions", str(captions), "--output_dir", str(index_dir)]) == 0
     meta = json.loads((index_dir / "meta.json").read_text())
     assert meta["exact_up_to"] == 2 and meta["count"] == 4 and meta["kind"] == "hnsw"
-    assert index_main(["--captions", str(captions), "--output", str(index_dir), "--exact_up_to", "3", "--rebuild"]) == 0
+    assert index_main(["--captions", str(captions), "--output_dir", str(index_dir), "--exact_up_to", "3",
+                       "--rebuild"]) == 0
     meta = json.loads((index_dir / "meta.json").read_text())
     assert meta["exact_up_to"] == 3 and meta["count"] == 4
 
@@ -270,13 +271,13 @@ def test_the_default_embedder_asked_for_by_name_on_an_index_of_another_is_refuse
 
     captions, index_dir = tmp_path / "captions.jsonl", tmp_path / "index"
     write_output(captions, ROWS[:2])
-    assert index_main(["--captions", str(captions), "--output", str(index_dir)]) == 0
+    assert index_main(["--captions", str(captions), "--output_dir", str(index_dir)]) == 0
     meta = json.loads((index_dir / "meta.json").read_text())
     (index_dir / "meta.json").write_text(json.dumps({**meta, "embedder": "someone/other-embedder"}))
     with pytest.raises(SystemExit):  # it was taken for "no --embedder given" and the other embedder kept, silently
-        index_main(["--captions", str(captions), "--output", str(index_dir), "--embedder", DEFAULT_EMBEDDER])
+        index_main(["--captions", str(captions), "--output_dir", str(index_dir), "--embedder", DEFAULT_EMBEDDER])
     assert f"built with 'someone/other-embedder', not {DEFAULT_EMBEDDER!r}" in capsys.readouterr().err
-    assert index_main(["--captions", str(captions), "--output", str(index_dir)]) == 0  # none given: the index's own
+    assert index_main(["--captions", str(captions), "--output_dir", str(index_dir)]) == 0  # none given: the index's own
 
 
 def test_index_reads_the_catalog_image_column_it_is_given(tmp_path, tiny_moda_dir, product_images, capsys):
@@ -289,18 +290,18 @@ def test_index_reads_the_catalog_image_column_it_is_given(tmp_path, tiny_moda_di
     captions = tmp_path / "captions.jsonl"
     write_output(captions, [dict(row, file=f"catalog.csv row {i + 2}") for i, row in enumerate(ROWS)])  # no files
     index_dir = str(tmp_path / "index")
-    base = ["--captions", str(captions), "--output", index_dir, "--image_model", str(tiny_moda_dir),
-            "--catalog", str(catalog)]
+    base = ["--captions", str(captions), "--output_dir", index_dir, "--model", str(tiny_moda_dir),
+            "--dataset", str(catalog)]
 
     with pytest.raises(SystemExit):
         index_main(base)
     assert "image column 'image' is not a column of" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        index_main(["--captions", str(captions), "--output", index_dir, "--image_column", "photo"])
-    assert "--image_column 'photo' names a column of --catalog" in capsys.readouterr().err
+        index_main(["--captions", str(captions), "--output_dir", index_dir, "--image_column", "photo"])
+    assert "--image_column 'photo' names a column of --dataset" in capsys.readouterr().err
     assert index_main(base + ["--image_column", "photo"]) == 0
     capsys.readouterr()
-    assert search_main([index_dir, "--image", photos[1], "--image_model", str(tiny_moda_dir), "-k", "1"]) == 0
+    assert search_main([index_dir, "--image", photos[1], "--model", str(tiny_moda_dir), "-k", "1"]) == 0
     assert capsys.readouterr().out.split()[2] == ROWS[1]["id"]
 
 
@@ -348,9 +349,9 @@ def test_update_index_is_the_library_call_behind_moda_index(tmp_path):
 
     captions = tmp_path / "captions.jsonl"
     index_dir = tmp_path / "index"
-    with pytest.raises(ValueError, match="--catalog is read for image embeddings only"):
+    with pytest.raises(ValueError, match="--dataset is read for image embeddings only"):
         update_index(captions, index_dir, catalog="shop/items")
-    with pytest.raises(ValueError, match="names a column of --catalog"):
+    with pytest.raises(ValueError, match="names a column of --dataset"):
         update_index(captions, index_dir, image_column="picture")
     with pytest.raises(ValueError, match="cannot be read"):
         update_index(captions, index_dir)

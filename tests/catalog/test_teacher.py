@@ -14,7 +14,7 @@ from moda.catalog.build_dataset import (EXIT_AFTER_ITEMS_ENV, PROGRESS_FILE, bra
                                         item_attributes, kept_words, load_models, parse_teacher_answer, read_progress,
                                         remove_printed_text, template_description)
 from moda.cli.build_dataset import main
-from moda.data.catalog import BadRowError, BadRows, examples_from_rows, load_catalog
+from moda.data.catalog import BadRowError, BadRows, examples_from_rows, load_catalog, sample_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MYNTRA_ROWS = [
@@ -235,7 +235,7 @@ def test_gibberish_teacher_answer_falls_back_to_the_template():
 
 def test_template_mode_writes_an_imagefolder_train_hf_reads(catalog_dir, tmp_path):
     output = tmp_path / "out"
-    assert main(["--images", str(catalog_dir), "--output_dir", str(output)]) == 0
+    assert main(["--dataset", str(catalog_dir), "--output_dir", str(output)]) == 0
     rows = read_csv(output / "metadata.csv")
     assert list(rows[0]) == list(MYNTRA_ROWS[0]) + OUTPUT_COLUMNS
     assert [row["description"] for row in rows] == EXPECTED_TEMPLATES
@@ -265,10 +265,26 @@ def test_images_folder_with_a_separate_metadata_csv(tmp_path, product_images):
         image.save(photos / row["file_name"])
     write_csv(tmp_path / "items.csv", rows)
     output = tmp_path / "out"
-    assert main(["--images", str(photos), "--metadata", str(tmp_path / "items.csv"), "--output_dir", str(output),
+    assert main(["--dataset", str(photos), "--metadata", str(tmp_path / "items.csv"), "--output_dir", str(output),
                  "--limit", "1"]) == 0
     written = read_csv(output / "metadata.csv")
     assert [(row["file_name"], row["description"]) for row in written] == [("images/p0.png", "Black tshirts for men.")]
+
+
+def test_max_samples_draws_the_rows_at_random_as_eval_and_training_do(catalog_dir, tmp_path):
+    """--max_samples N (alias --limit): N rows drawn by moda.data.catalog.sample_rows with --seed, in catalog order,
+    not the first N (a catalog file is often grouped)."""
+    all_names = [row["file_name"] for row in MYNTRA_ROWS]
+
+    def written(*options):
+        output = tmp_path / "-".join(options)
+        assert main(["--dataset", str(catalog_dir), "--output_dir", str(output), *options]) == 0
+        return [row["file_name"] for row in read_csv(output / "metadata.csv")]
+
+    sample = written("--max_samples", "2")
+    assert sample == sample_rows(all_names, 2, 42) and sample != all_names[:2]
+    assert written("--limit", "2") == sample
+    assert written("--max-samples", "2", "--seed", "0") == sample_rows(all_names, 2, 0) != sample
 
 
 def test_metadata_columns_of_every_jsonl_row_are_kept(tmp_path, product_images):
@@ -280,7 +296,7 @@ def test_metadata_columns_of_every_jsonl_row_are_kept(tmp_path, product_images):
         image.save(photos / row["file_name"])
     (tmp_path / "items.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     output = tmp_path / "out"
-    assert main(["--images", str(photos), "--metadata", str(tmp_path / "items.jsonl"),
+    assert main(["--dataset", str(photos), "--metadata", str(tmp_path / "items.jsonl"),
                  "--output_dir", str(output)]) == 0
     written = read_csv(output / "metadata.csv")
     assert [(row["articleType"], row["description"]) for row in written] == [("", "Black item for men."),
@@ -297,7 +313,7 @@ def run_cli(args, env_extra=None):
 
 def test_a_killed_run_resumes_with_each_item_once(catalog_dir, tmp_path):
     output = tmp_path / "out"
-    args = ["--images", str(catalog_dir), "--output_dir", str(output), "--batch_size", "3"]
+    args = ["--dataset", str(catalog_dir), "--output_dir", str(output), "--batch_size", "3"]
     killed = run_cli(args, {EXIT_AFTER_ITEMS_ENV: "2"})
     assert killed.returncode == 137, killed.stderr
     assert not (output / "metadata.csv").exists()
@@ -314,8 +330,8 @@ def test_a_killed_run_resumes_with_each_item_once(catalog_dir, tmp_path):
 
 def test_other_settings_do_not_resume(catalog_dir, tmp_path, capsys):
     output = tmp_path / "out"
-    assert main(["--images", str(catalog_dir), "--output_dir", str(output), "--limit", "1"]) == 0
-    assert main(["--images", str(catalog_dir), "--output_dir", str(output), "--teacher_model", "x"]) == 1
+    assert main(["--dataset", str(catalog_dir), "--output_dir", str(output), "--limit", "1"]) == 0
+    assert main(["--dataset", str(catalog_dir), "--output_dir", str(output), "--teacher_model", "x"]) == 1
     assert "other settings" in capsys.readouterr().err
 
 
@@ -335,7 +351,7 @@ def catalog_with_bad_rows(catalog_dir):
 
 def test_bad_rows_are_skipped_and_listed(catalog_with_bad_rows, tmp_path):
     output = tmp_path / "out"
-    assert main(["--images", str(catalog_with_bad_rows), "--output_dir", str(output)]) == 0
+    assert main(["--dataset", str(catalog_with_bad_rows), "--output_dir", str(output)]) == 0
     assert [row["description"] for row in read_csv(output / "metadata.csv")] == EXPECTED_TEMPLATES
     bad = read_csv(output / "bad_rows.csv")
     assert len(bad) == 3
@@ -347,7 +363,7 @@ def test_bad_rows_are_skipped_and_listed(catalog_with_bad_rows, tmp_path):
 
 def test_bad_rows_stop_the_run_with_fail(catalog_with_bad_rows, tmp_path, capsys):
     output = tmp_path / "out"
-    assert main(["--images", str(catalog_with_bad_rows), "--output_dir", str(output), "--on_bad_row", "fail",
+    assert main(["--dataset", str(catalog_with_bad_rows), "--output_dir", str(output), "--on_bad_row", "fail",
                  "--batch_size", "2"]) == 1
     err = capsys.readouterr().err
     assert "missing.jpg" in err and "metadata.csv row 6" in err
@@ -355,11 +371,11 @@ def test_bad_rows_stop_the_run_with_fail(catalog_with_bad_rows, tmp_path, capsys
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--images", "nowhere"], "is not a folder"),
+    (["--dataset", "nowhere"], "is not a folder"),
     (["--metadata", "nowhere.csv"], "does not exist"),
 ])
 def test_missing_inputs_are_named(catalog_dir, tmp_path, capsys, args, message):
-    full = ["--images", str(catalog_dir), "--output_dir", str(tmp_path / "out")] + args
+    full = ["--dataset", str(catalog_dir), "--output_dir", str(tmp_path / "out")] + args
     assert main(full) == 1
     assert message in capsys.readouterr().err
 
@@ -368,7 +384,7 @@ def test_a_root_with_split_folders_asks_for_one(tmp_path, catalog_dir, capsys):
     root = tmp_path / "root"
     root.mkdir()
     catalog_dir.rename(root / "train")
-    assert main(["--images", str(root), "--output_dir", str(tmp_path / "out")]) == 1
+    assert main(["--dataset", str(root), "--output_dir", str(tmp_path / "out")]) == 1
     assert "split folders ['train']" in capsys.readouterr().err
 
 
@@ -378,7 +394,7 @@ def test_a_root_with_split_folders_asks_for_one(tmp_path, catalog_dir, capsys):
 
 def test_tiny_teacher_and_refiner_run_end_to_end(catalog_dir, tmp_path, tiny_teacher_dir, tiny_refiner_dir):
     output = tmp_path / "out"
-    args = ["--images", str(catalog_dir), "--output_dir", str(output), "--teacher_model", str(tiny_teacher_dir),
+    args = ["--dataset", str(catalog_dir), "--output_dir", str(output), "--teacher_model", str(tiny_teacher_dir),
             "--refiner_model", str(tiny_refiner_dir), "--batch_size", "2", "--max_new_tokens", "8",
             "--device", "cpu"]
     assert main(args) == 0

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer, TrainerControl, TrainerState, TrainingAr
 from hub_card import prepare_model_folder, write_model_card
 from moda.cli.eval import main
 from moda.data.attributes import AttributeVocabulary
-from moda.data.catalog import load_catalog
+from moda.data.catalog import load_catalog, sample_rows
 from moda.evaluate.describe import describe_images
 from moda.evaluate.description_scores import majority_baseline, score_descriptions
 from moda.evaluate.judge import JudgeOutputError, build_judge_prompt, judge_descriptions, parse_judge_output
@@ -63,7 +63,7 @@ def eval_error(capsys, argv) -> str:
 
 def test_eval_command_writes_the_report(tiny_moda_dir, tiny_catalog, tmp_path, capsys):
     output_dir = tmp_path / "eval"
-    assert main(["--model", str(tiny_moda_dir), "--data", str(tiny_catalog), "--split", "test",
+    assert main(["--model_name_or_path", str(tiny_moda_dir), "--dataset", str(tiny_catalog), "--split", "test",
                  "--output_dir", str(output_dir), "--batch_size", "3", "--max_new_tokens", "6"]) == 0
     report = json.loads((output_dir / "report.json").read_text())
     assert report["num_items"] == 4 and report["skipped_items"] == []
@@ -90,7 +90,7 @@ def test_eval_command_writes_the_report(tiny_moda_dir, tiny_catalog, tmp_path, c
 def test_eval_command_reports_unreadable_images(tiny_moda_dir, tiny_catalog, tmp_path, capsys):
     (tiny_catalog / "test" / "images" / "2.jpg").write_bytes(b"not a jpeg")
     output_dir = tmp_path / "eval"
-    main(["--model", str(tiny_moda_dir), "--data", str(tiny_catalog), "--output_dir", str(output_dir),
+    main(["--model_name_or_path", str(tiny_moda_dir), "--dataset", str(tiny_catalog), "--output_dir", str(output_dir),
           "--max_new_tokens", "4"])
     report = json.loads((output_dir / "report.json").read_text())
     assert report["num_items"] == report["split_rows"] - 1
@@ -98,32 +98,32 @@ def test_eval_command_reports_unreadable_images(tiny_moda_dir, tiny_catalog, tmp
     assert "1 skipped" in capsys.readouterr().out
     assert "Skipped items" in (output_dir / "report.md").read_text()
     assert "not a readable image" in eval_error(capsys, [
-        "--model", str(tiny_moda_dir), "--data", str(tiny_catalog), "--output_dir", str(output_dir),
+        "--model_name_or_path", str(tiny_moda_dir), "--dataset", str(tiny_catalog), "--output_dir", str(output_dir),
         "--on_bad_row", "fail"])
 
 
 def test_eval_command_names_a_missing_split(tiny_moda_dir, tiny_catalog, tmp_path, capsys):
-    error = eval_error(capsys, ["--model", str(tiny_moda_dir), "--data", str(tiny_catalog), "--split", "dev",
-                                "--output_dir", str(tmp_path / "eval")])
+    error = eval_error(capsys, ["--model_name_or_path", str(tiny_moda_dir), "--dataset", str(tiny_catalog),
+                                "--split", "dev", "--output_dir", str(tmp_path / "eval")])
     assert re.search(r"no split 'dev'.*'test'", error)
 
 
 def test_eval_command_names_a_missing_or_empty_model_folder(tiny_catalog, tmp_path, capsys):
-    common = ["--data", str(tiny_catalog), "--output_dir", str(tmp_path / "eval")]
-    error = eval_error(capsys, ["--model", str(tmp_path / "no-such-model")] + common)
+    common = ["--dataset", str(tiny_catalog), "--output_dir", str(tmp_path / "eval")]
+    error = eval_error(capsys, ["--model_name_or_path", str(tmp_path / "no-such-model")] + common)
     assert re.match(r"--model '.*no-such-model': no such model folder", error)
     (tmp_path / "empty").mkdir()
-    error = eval_error(capsys, ["--model", str(tmp_path / "empty")] + common)
+    error = eval_error(capsys, ["--model_name_or_path", str(tmp_path / "empty")] + common)
     assert re.match(r"--model '.*empty' is a folder without config.json", error)
     # A name that is no local folder is looked up on the Hub (offline here): one error line that names it too.
-    error = eval_error(capsys, ["--model", "no-such-model"] + common)
+    error = eval_error(capsys, ["--model_name_or_path", "no-such-model"] + common)
     assert error.startswith("--model 'no-such-model': no local model folder of that name, and no Hub model")
     # Hub ids may hold dots: looked up, not taken for a missing local file
-    error = eval_error(capsys, ["--model", "someone/moda-v1.0"] + common)
+    error = eval_error(capsys, ["--model_name_or_path", "someone/moda-v1.0"] + common)
     assert error.startswith("--model 'someone/moda-v1.0': no local model folder of that name, and no Hub model")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
-    error = eval_error(capsys, ["--model", str(tmp_path / "broken")] + common)
+    error = eval_error(capsys, ["--model_name_or_path", str(tmp_path / "broken")] + common)
     assert re.match(r"--model '.*broken': its config.json cannot be read", error)
 
 
@@ -134,7 +134,7 @@ def test_eval_command_names_a_missing_model_before_reading_the_images(tiny_catal
         raise AssertionError("the split's images were read before --model was checked")
 
     monkeypatch.setattr(moda.evaluate.evaluation, "readable_items", no_reading)
-    error = eval_error(capsys, ["--model", str(tmp_path / "no-such-model"), "--data", str(tiny_catalog),
+    error = eval_error(capsys, ["--model_name_or_path", str(tmp_path / "no-such-model"), "--dataset", str(tiny_catalog),
                                 "--output_dir", str(tmp_path / "eval")])
     assert "no such model folder" in error
 
@@ -142,8 +142,8 @@ def test_eval_command_names_a_missing_model_before_reading_the_images(tiny_catal
 def test_eval_command_errors_are_one_line_as_build_dataset_gives_them(tiny_moda_dir, tmp_path, capsys):
     from moda.cli import main as moda_main
 
-    common = ["--model", str(tiny_moda_dir), "--output_dir", str(tmp_path / "eval")]
-    assert moda_main(["eval", "--data", str(tmp_path / "no-such-catalog")] + common) == 1
+    common = ["--model_name_or_path", str(tiny_moda_dir), "--output_dir", str(tmp_path / "eval")]
+    assert moda_main(["eval", "--dataset", str(tmp_path / "no-such-catalog")] + common) == 1
     assert capsys.readouterr().err == f"moda eval: error: Catalog not found: no file or folder " \
                                       f"'{tmp_path / 'no-such-catalog'}'\n"
 
@@ -156,13 +156,14 @@ def test_eval_command_keeps_the_traceback_of_an_unexpected_error(tiny_moda_dir, 
 
     monkeypatch.setattr("moda.evaluate.evaluation.load_model_and_processor", fail)
     with pytest.raises(type(unexpected)):
-        main(["--model", str(tiny_moda_dir), "--data", str(tiny_catalog), "--output_dir", str(tmp_path / "eval")])
+        main(["--model_name_or_path", str(tiny_moda_dir), "--dataset", str(tiny_catalog),
+              "--output_dir", str(tmp_path / "eval")])
 
 
-@pytest.mark.parametrize("option", ["--batch_size", "--max_new_tokens", "--judge_limit"])
+@pytest.mark.parametrize("option", ["--max_samples", "--batch_size", "--max_new_tokens", "--judge_limit"])
 def test_eval_command_checks_counts_before_reading_anything(option, capsys):
     with pytest.raises(SystemExit):
-        main(["--model", "unused", "--data", "unused", option, "0"])
+        main(["--model_name_or_path", "unused", "--dataset", "unused", option, "0"])
     assert f"{option} must be at least 1, got 0" in capsys.readouterr().err
 
 
@@ -182,7 +183,7 @@ def test_eval_command_scores_every_row_of_a_file(tiny_moda_dir, product_images, 
     # Eight rows: load_catalog would set one aside as validation (a tenth, at least one) and leave seven.
     data = write_csv_catalog(tmp_path / "catalog.csv", product_images * 2, ITEMS * 2)
     all_rows = [f"{data} row {i + 2}" for i in range(8)]
-    common = ["--model", str(tiny_moda_dir), "--data", str(data), "--max_new_tokens", "4"]
+    common = ["--model_name_or_path", str(tiny_moda_dir), "--dataset", str(data), "--max_new_tokens", "4"]
 
     assert main(common + ["--output_dir", str(tmp_path / "default")]) == 0  # no --split: the file's rows
     report = json.loads((tmp_path / "default" / "report.json").read_text())
@@ -196,15 +197,20 @@ def test_eval_command_scores_every_row_of_a_file(tiny_moda_dir, product_images, 
     report = json.loads((tmp_path / "train" / "report.json").read_text())
     assert [item["where"] for item in report["items"]] == all_rows and report["split_note"] is None
 
-    main(common + ["--limit", "3", "--output_dir", str(tmp_path / "limit")])
-    report = json.loads((tmp_path / "limit" / "report.json").read_text())
-    assert report["num_items"] == 3 and report["split_rows"] == 8 and report["limit"] == 3
-    assert "3 items scored of the split's 8 rows (a sample of 3)" in capsys.readouterr().out
+    main(common + ["--max_samples", "3", "--output_dir", str(tmp_path / "sample")])
+    report = json.loads((tmp_path / "sample" / "report.json").read_text())
+    assert report["num_items"] == 3 and report["split_rows"] == 8
+    assert report["max_samples"] == 3 and report["seed"] == 42
+    assert "3 items scored of the split's 8 rows (a sample of 3, seed 42)" in capsys.readouterr().out
     sample = [item["where"] for item in report["items"]]
-    assert sample != all_rows[:3] and sample == sorted(sample, key=all_rows.index)  # drawn, in the split's order
-    main(common + ["--limit", "3", "--output_dir", str(tmp_path / "limit_again")])
-    again = json.loads((tmp_path / "limit_again" / "report.json").read_text())
+    # drawn by the one sampling function (training's and build-dataset's too), kept in the split's order
+    assert sample == sample_rows(all_rows, 3, 42) and sample != all_rows[:3]
+    main(common + ["--limit", "3", "--output_dir", str(tmp_path / "limit")])  # the old name: the same sample
+    again = json.loads((tmp_path / "limit" / "report.json").read_text())
     assert [item["where"] for item in again["items"]] == sample  # the same sample every time
+    main(common + ["--max_samples", "3", "--seed", "0", "--output_dir", str(tmp_path / "seed")])
+    other = [item["where"] for item in json.loads((tmp_path / "seed" / "report.json").read_text())["items"]]
+    assert other == sample_rows(all_rows, 3, 0) and other != sample
 
     error = eval_error(capsys, common + ["--split", "test", "--output_dir", str(tmp_path / "test")])
     assert re.search(r"catalog.csv' has no split 'test'.*leave out --split", error)
@@ -220,7 +226,7 @@ def test_card_reads_the_report_moda_eval_writes(tiny_moda_dir, tiny_catalog, tmp
     folder = tmp_path / "model"
     shutil.copytree(tiny_moda_dir, folder)
     # Where the README says the card (and so `moda push`, which writes a missing card) looks for it.
-    main(["--model", str(folder), "--data", str(tiny_catalog), "--output_dir", str(folder / "eval"),
+    main(["--model_name_or_path", str(folder), "--dataset", str(tiny_catalog), "--output_dir", str(folder / "eval"),
           "--max_new_tokens", "6"])
     report = json.loads((folder / "eval" / "report.json").read_text())
     expected = {**report["scores"], **{f"{name} hit rate": rate for name, rate in report["hit_rates"].items()},

@@ -200,7 +200,7 @@ def test_search_by_image_passes_its_flag_to_the_loader(tmp_path, monkeypatch):
 
     seen = []
 
-    def image_embeddings_for(images, model_name, names=None, batch_size=64, trust_remote_code=False):
+    def image_embeddings_for(images, model_name, names=None, batch_size=64, trust_remote_code=False, revision=None):
         seen.append(trust_remote_code)
         raise ValueError("stop here: the flag is what is tested")
 
