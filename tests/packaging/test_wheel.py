@@ -51,15 +51,17 @@ def test_the_wheel_holds_the_model_files_the_packages_and_their_data(wheel):
                for path in (REPO_ROOT / folder).rglob("*.py") if "__pycache__" not in path.parts}
     assert sources <= names, sorted(sources - names)  # moda/metrics' metric script among them, as package data
     assert {"hub_card/template.md", "moda/metrics/fashion_attributes/fashion_attributes.py"} <= names
+    assert f"moda_vlm-{moda.__version__}.dist-info/licenses/LICENSE" in names
     assert not any(name.startswith(("tests/", "benchmarks/")) or name == "app.py" for name in names)
     with zipfile.ZipFile(wheel) as archive:
         entry_points = archive.read(f"moda_vlm-{moda.__version__}.dist-info/entry_points.txt").decode()
     assert "moda = moda.cli:main" in entry_points
 
 
-def test_the_wheel_metadata_names_the_distribution_and_requirements(wheel):
+def test_the_wheel_metadata_names_the_distribution_licence_and_requirements(wheel):
     metadata = wheel_metadata(wheel)
     assert metadata["Name"] == "moda-vlm" and metadata["Version"] == moda.__version__
+    assert metadata["License-Expression"] == "Apache-2.0"
     requirements = metadata.get_all("Requires-Dist")
     assert "torch>=2.1" in requirements  # no upper cap: pip never has to replace an installed torch
     assert "transformers<6,>=5.0" in requirements
