@@ -9,6 +9,7 @@ but for `moda index` and `moda search`, which report it through argparse (the us
 import importlib
 import sys
 
+from moda import __version__
 from moda.io.options import add_option
 
 # subcommand -> (module, function, one-line help). Each function takes the remaining argv.
@@ -35,7 +36,7 @@ def add_trust_remote_code_argument(parser) -> None:
 
 
 def usage() -> str:
-    lines = ["usage: moda <command> [options]", "", "commands:"]
+    lines = ["usage: moda <command> [options]", "       moda --version", "", "commands:"]
     lines += [f"  {name:<14} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     lines += ["", "`moda <command> --help` shows a command's options."]
     return "\n".join(lines)
@@ -45,6 +46,9 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"moda {__version__}")
         return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from moda.cli import COMMANDS, main
+from moda.cli import COMMANDS, main, usage
 from tests.conftest import REPO_ROOT
 
 
@@ -18,6 +18,15 @@ def test_help_lists_every_command_without_importing_torch_or_transformers():
     for name in COMMANDS:
         assert f"  {name} " in result.stdout
     assert "heavy: []" in result.stdout
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_prints_the_package_version(capsys, flag):
+    import moda
+
+    assert main([flag]) == 0
+    assert capsys.readouterr().out == f"moda {moda.__version__}\n"
+    assert "moda --version" in usage()
 
 
 def test_unknown_command_is_named_with_the_usage(capsys):
