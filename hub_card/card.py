@@ -17,14 +17,18 @@ What the card reads, first found wins:
   dicts of numbers become `name/sub` rows.
 """
 
+import io
 import json
 import math
+import random
 import re
 from pathlib import Path
 
 import image_io_moda
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from moda import __version__
+from moda.data.synthetic import draw_item
 from moda.io.paths import write_atomically
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
@@ -39,16 +43,28 @@ TRAINING_INFO_NAME = "moda_training.json"
 EVAL_REPORT_PATH = Path("eval") / "report.json"
 # The score groups of a `moda eval` report (moda/evaluate/report.py build_report); its other fields describe the run.
 MODA_EVAL_SCORE_KEYS = ("scores", "hit_rates")
-# The name a card's snippets use until the repository is known.
+# The names a card's snippets use until the repository is known, and until a push knows its commit (hub_card.push
+# names it in a second commit).
 PLACEHOLDER_REPO_ID = "your-username/moda"
 PLACEHOLDER_REVISION = "<commit hash>"
 
 TAGS = ["fashion", "e-commerce", "vision-language", "image-captioning", "moda", "custom_code"]
-# Public sample pictures for the Hub's widget when the training gave none (any photo works; the card's
-# limitations say what the model makes of non-catalog pictures).
-DEFAULT_WIDGET_IMAGES = [
-    "https://huggingface.co/datasets/mishig/sample_images/resolve/main/teapot.jpg",
-]
+HUB_URL = "https://huggingface.co"
+# The Hub widget's example photos, written into the folder (examples/) with the card: products drawn as the offline
+# demo catalog draws them (moda/data/synthetic.py), at the vision tower's input size.
+EXAMPLES_DIR = "examples"
+EXAMPLE_SIZE = 224
+EXAMPLE_PRODUCTS = {
+    "shirt.jpg": {"ProductType": "Shirts", "Colour": "Blue", "Gender": "Men", "Usage": "Formal", "Pattern": "Solid"},
+    "sports-shoes.jpg": {"ProductType": "Sports Shoes", "Colour": "Black", "Gender": "Men", "Usage": "Sports",
+                         "Pattern": "Solid"},
+    "dress.jpg": {"ProductType": "Dresses", "Colour": "Red", "Gender": "Women", "Usage": "Casual", "Pattern": "Dotted"},
+}
+# OPT-125m's weights come under Meta's OPT-175B licence agreement (non-commercial research use), and so do weights
+# trained from them: the licence of a MODA whose decoder started from OPT's. The Hub asks `other` for a name and link.
+OPT_LICENSE = {"license": "other", "license_name": "opt-175b-license",
+               "license_link": "https://github.com/facebookresearch/metaseq/blob/main/projects/OPT/MODEL_LICENSE.md"}
+CODE_LICENSE = "apache-2.0"  # MODA's code (LICENSE), and weights trained from scratch
 
 TRAINING_INFO_KEYS = {
     "vision_model": "CLIP checkpoint the vision tower started from (Hub id or folder); None: from scratch",
@@ -60,8 +76,11 @@ TRAINING_INFO_KEYS = {
     "hyperparameters": "dict of hyper-parameter name -> value",
     "train_runtime_s": "wall-clock training time in seconds",
     "hardware": "what it trained on, e.g. '1x NVIDIA H100' (see describe_hardware())",
-    "license": "license of the weights (default 'other': OPT-125m's weights come under the OPT license)",
-    "widget_images": "http(s) URLs of example photos for the Hub widget",
+    "license": "licence of the weights, as the Hub names it (default: 'other', the OPT-175B licence, for a decoder "
+               "started from OPT's weights; 'apache-2.0' for one trained from scratch)",
+    "license_name": "for a license 'other': its short name (the Hub asks for it)",
+    "license_link": "for a license 'other': a link to its text (the Hub asks for it)",
+    "widget_images": "http(s) URLs of example photos for the Hub widget (default: examples/ in the folder)",
 }
 # train_hf.py's TrainingArguments / ModelArguments worth a row in the card (the optimizer is always AdamW with
 # StepLR: TrainingArguments' optim and lr_scheduler_type are not used).
@@ -104,11 +123,61 @@ def write_image_io(model_dir) -> Path:
 
 def write_model_card(model_dir, training_info=None, eval_report=None, repo_id=None) -> Path:
     """Fills hub_card/template.md from the folder (see the module docstring) and writes it as README.md (replaced
-    whole, or not at all: an earlier card is never left half-written)."""
+    whole, or not at all: an earlier card is never left half-written), with the widget's example photos."""
     card = build_model_card(model_dir, training_info, eval_report, repo_id=repo_id)
+    write_example_images(model_dir)
     path = Path(model_dir) / CARD_NAME
     write_atomically(path, lambda handle: handle.write(str(card).encode("utf-8")))
     return path
+
+
+def write_example_images(model_dir) -> list:
+    """Draws the widget's example photos into examples/ (each replaced whole; the same bytes every time)."""
+    folder = Path(model_dir) / EXAMPLES_DIR
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for name, product in EXAMPLE_PRODUCTS.items():
+        buffer = io.BytesIO()
+        draw_item(product, EXAMPLE_SIZE, random.Random(name)).save(buffer, format="JPEG", quality=90)
+        paths.append(folder / name)
+        write_atomically(paths[-1], lambda handle: handle.write(buffer.getvalue()))
+    return paths
+
+
+def example_widget(repo_id: str) -> list:
+    """The widget entries of the example photos, by their address in the repository."""
+    return [{"src": f"{HUB_URL}/{repo_id}/resolve/main/{EXAMPLES_DIR}/{name}",
+             "example_title": "{Colour} {ProductType} for {Gender}".format(**product)}
+            for name, product in EXAMPLE_PRODUCTS.items()]
+
+
+def license_fields(info: dict, text_model) -> dict:
+    """The weights' licence: the one training_info gives, else OPT's terms for a decoder started from OPT's weights,
+    else the code's."""
+    if "license" not in info:
+        return dict(OPT_LICENSE) if text_model else {"license": CODE_LICENSE}
+    fields = {key: info[key] for key in ("license", "license_name", "license_link") if info.get(key)}
+    if fields.get("license") == "other" and not {"license_name", "license_link"} <= set(fields):
+        raise ValueError("training_info's license 'other' needs license_name and license_link too: the Hub asks "
+                         "for them.")
+    return fields
+
+
+def license_text(fields: dict, vision_model, text_model) -> str:
+    """What the card's Licence section says of the weights."""
+    if fields == OPT_LICENSE:
+        text = (f"The decoder started from {_source_text(text_model)}, whose weights Meta releases under the "
+                f"[OPT-175B licence agreement]({OPT_LICENSE['license_link']}): non-commercial research use only. "
+                "These weights are trained from them, so the same terms apply to them: read the agreement before "
+                "you use or share this model.")
+    elif fields == {"license": CODE_LICENSE}:
+        text = "The weights were trained from scratch, from no pretrained weights, and come under Apache-2.0 too."
+    else:
+        link = f" ({fields['license_link']})" if fields.get("license_link") else ""
+        text = f"The weights come under the licence `{fields.get('license_name') or fields['license']}`{link}."
+    if vision_model:
+        text += f" The vision tower started from {_source_text(vision_model)}: its licence applies to that part."
+    return text
 
 
 def build_model_card(model_dir, training_info=None, eval_report=None, repo_id=None) -> ModelCard:
@@ -129,6 +198,9 @@ def build_model_card(model_dir, training_info=None, eval_report=None, repo_id=No
     model_name = repo_id.split("/")[-1] if repo_id else model_dir.resolve().name
     dataset = info.get("dataset") or (report or {}).get("dataset")
     eval_dataset = (report or {}).get("dataset") or (report or {}).get("data") or dataset  # moda eval: "data"
+    weights_license = license_fields(info, text_model)
+    widget = ([{"src": url, "example_title": f"example {i + 1}"} for i, url in enumerate(info["widget_images"])]
+              if info.get("widget_images") else example_widget(repo_id or PLACEHOLDER_REPO_ID))
 
     card_data = ModelCardData(
         model_name=model_name,
@@ -137,13 +209,11 @@ def build_model_card(model_dir, training_info=None, eval_report=None, repo_id=No
         tags=list(TAGS),
         base_model=[m for m in (vision_model, text_model) if _is_hub_id(m)] or None,
         datasets=[dataset] if _is_hub_id(dataset) else None,
-        license=info.get("license", "other"),
+        language="en",
+        **weights_license,
         metrics=sorted({metric_type(name) for name in numbers}) or None,
         eval_results=eval_results(numbers, report or {}, eval_dataset) or None,
-        widget=[
-            {"src": url, "example_title": f"example {i + 1}"}
-            for i, url in enumerate(info.get("widget_images") or DEFAULT_WIDGET_IMAGES)
-        ],
+        widget=widget,
     )
     return ModelCard.from_template(
         card_data,
@@ -157,6 +227,8 @@ def build_model_card(model_dir, training_info=None, eval_report=None, repo_id=No
         dataset_text=_dataset_text(dataset),
         eval_text=eval_text(report or {}, eval_dataset, metrics),
         eval_rows=[(name, _format_number(value)) for name, value in metrics.items()],
+        license_text=license_text(weights_license, vision_model, text_model),
+        moda_version=__version__,
     )
 
 

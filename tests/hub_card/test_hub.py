@@ -21,6 +21,7 @@ import pytest
 from huggingface_hub import ModelCard
 from PIL import Image
 
+import moda
 from hub_card import prepare_model_folder, write_model_card
 from hub_card.push import main as push_main
 from moda.model.loading import load_captioner
@@ -124,18 +125,35 @@ def test_card_has_hub_metadata_and_sections(tiny_moda_dir, tmp_path):
     assert {"fashion", "e-commerce", "vision-language", "image-captioning"} <= set(data["tags"])
     assert data["base_model"] == ["patrickjohncyh/fashion-clip", "facebook/opt-125m"]
     assert data["datasets"] == ["ashraq/fashion-product-images-small"]
-    assert data["license"]
-    assert data["widget"] and all(entry["src"].startswith("https://") for entry in data["widget"])
+    # the decoder started from OPT-125m: its weights' licence carries over, named as the Hub asks for `other`
+    assert data["license"] == "other" and data["license_name"] == "opt-175b-license"
+    assert data["license_link"].startswith("https://github.com/facebookresearch/metaseq/")
+    assert data["language"] == "en"
+    # the widget shows fashion photos the card's folder holds, by their address in the repository
+    assert [entry["src"] for entry in data["widget"]] == [
+        f"https://huggingface.co/someone/moda-small/resolve/main/examples/{name}"
+        for name in ("shirt.jpg", "sports-shoes.jpg", "dress.jpg")]
+    assert data["widget"][0]["example_title"] == "Blue Shirts for Men"
+    for entry in data["widget"]:
+        with Image.open(folder / "examples" / entry["src"].rsplit("/", 1)[1]) as image:
+            assert image.format == "JPEG" and image.size == (224, 224)
     metrics = {m["name"]: m["value"] for m in data["model-index"][0]["results"][0]["metrics"]}
     assert metrics == {"bleu": 0.3125, "cider": 1.5, "attribute_accuracy/Colour": 0.81, "attribute_accuracy/Gender": 0.93}
     body = card.text
-    for section in ("## Architecture", "## How to use", "## Training", "## Evaluation", "## Limitations and bias"):
+    for section in ("## Architecture", "## How to try it", "## How to use", "## Training", "## Evaluation",
+                    "## Limitations and bias", "## Licence", "## Citation"):
         assert section in body
+    assert "serverless Inference API does not run custom code" in body and "handler.py" in body
+    assert "OPT-175B licence agreement" in body and "non-commercial research use only" in body
+    for key in ("@software{moda,", "@article{zhang2022opt,", "@inproceedings{radford2021clip,",
+                "@article{chia2022fashionclip,", f'version = "{moda.__version__}"'):
+        assert key in body, key
     assert "| bleu | 0.3125 |" in body and "| attribute_accuracy/Gender | 0.9300 |" in body
     assert "| learning_rate | 0.001 |" in body
     assert "1 h 2 min" in body and "1x NVIDIA H100" in body and "18,016" in body
     for snippet in ("AutoModel.from_pretrained(\"someone/moda-small\"", "AutoProcessor.from_pretrained(",
-                    'pipeline("image-to-text"', 'pipeline("image-text-to-text"', "revision="):
+                    'pipeline("image-to-text"', 'pipeline("image-text-to-text"', "revision=",
+                    "return_full_text=False"):
         assert snippet in body
 
 
@@ -176,6 +194,18 @@ def test_card_lists_the_optimizer_settings_the_run_used(tiny_moda_dir, tmp_path)
     card = ModelCard.load(write_model_card(folder))
     assert "| adam_beta2 | 0.95 |" in card.text and "| learning_rate | 0.001 |" in card.text
     assert "| optim |" not in card.text
+
+
+def test_weights_trained_from_scratch_come_under_the_codes_licence(tiny_moda_dir, tmp_path):
+    folder = copy_model(tiny_moda_dir, tmp_path / "model")
+    card = ModelCard.load(write_model_card(folder, training_info={"model_size": "tiny"}))
+    assert card.data.to_dict()["license"] == "apache-2.0" and "license_name" not in card.data.to_dict()
+    assert "trained from scratch, from no pretrained weights, and come under Apache-2.0" in card.text
+    given = {"license": "other", "license_name": "acme-weights", "license_link": "https://example.com/licence"}
+    data = ModelCard.load(write_model_card(folder, training_info=given)).data.to_dict()
+    assert {key: data[key] for key in given} == given
+    with pytest.raises(ValueError, match="license 'other' needs license_name and license_link"):
+        write_model_card(folder, training_info={"license": "other"})
 
 
 def test_card_reads_eval_report_json_in_folder(tiny_moda_dir, tmp_path):
