@@ -16,7 +16,8 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 from transformers.dynamic_module_utils import get_relative_imports
 
-from hub_card.card import (CARD_NAME, HANDLER_NAME, IMAGE_IO_NAME, PLACEHOLDER_REPO_ID, read_moda_config,
+from hub_card.card import (CARD_NAME, EXAMPLE_PRODUCTS, EXAMPLES_DIR, HANDLER_NAME, IMAGE_IO_NAME,
+                           PLACEHOLDER_REPO_ID, PLACEHOLDER_REVISION, read_moda_config, write_example_images,
                            write_handler, write_image_io, write_model_card)
 from moda.io.errors import run_command
 from moda.io.options import add_option, command_parser
@@ -73,6 +74,8 @@ def push_model_folder(folder, repo_id: str, revision: str = None, private: bool 
 
     The card (README.md) and handler.py are written first where the folder has none; an existing card is kept
     (it may have been edited by hand), but for its usage examples' placeholder repo id, which becomes `repo_id`.
+    Where the card's usage examples name the placeholder revision, a second commit names the returned hash there
+    instead (the folder's card keeps the placeholder, for its next push).
     `training_info` and `eval_report` fill a new card: with an existing one they are refused, not dropped.
     `revision` is a branch, created from main when missing.
     """
@@ -91,6 +94,10 @@ def push_model_folder(folder, repo_id: str, revision: str = None, private: bool 
     elif PLACEHOLDER_REPO_ID in card.read_text(encoding="utf-8"):
         text = card.read_text(encoding="utf-8").replace(PLACEHOLDER_REPO_ID, repo_id)
         write_atomically(card, lambda handle: handle.write(text.encode("utf-8")))
+    card_text = card.read_text(encoding="utf-8")
+    if f"/{EXAMPLES_DIR}/" in card_text and not all((folder / EXAMPLES_DIR / name).is_file()
+                                                    for name in EXAMPLE_PRODUCTS):
+        write_example_images(folder)  # a kept card whose widget shows them, from a folder that lacks them
     if not (folder / HANDLER_NAME).is_file():
         write_handler(folder)
     elif not (folder / IMAGE_IO_NAME).is_file():  # a handler kept from a folder saved without it: it imports it
@@ -107,6 +114,15 @@ def push_model_folder(folder, repo_id: str, revision: str = None, private: bool 
         commit_message=commit_message or f"Upload MODA model from {folder.resolve().name}",
         ignore_patterns=IGNORE_PATTERNS,
     )
+    if PLACEHOLDER_REVISION in card_text:
+        api.upload_file(
+            path_or_fileobj=card_text.replace(PLACEHOLDER_REVISION, commit.oid).encode("utf-8"),
+            path_in_repo=CARD_NAME,
+            repo_id=repo_id,
+            revision=revision,
+            commit_message=f"Pin the card's usage examples to {commit.oid}",
+            parent_commit=commit.oid,  # refused if another commit came in between: the card names this one
+        )
     return commit.oid
 
 

@@ -12,6 +12,7 @@ import copy
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,21 @@ for repo_id, revision in targets:
         "pipeline": [output[0]["generated_text"] for output in captioner(images)],
     }
 print("RESULT" + json.dumps(result))
+'''
+
+# Runs the card's Python snippets as a user pasting them into Python's prompt would (each expression's value shown),
+# in a folder holding shirt.jpg, with only the repo's remote code importable.
+SNIPPETS_SCRIPT = HIDE_REPO + r'''
+import ast, contextlib, io, json, sys
+
+outputs = []
+for snippet in json.loads(sys.argv[1]):
+    namespace, output = {"__name__": "__main__"}, io.StringIO()
+    with contextlib.redirect_stdout(output):
+        for statement in ast.parse(snippet).body:
+            exec(compile(ast.Interactive([statement]), "<card snippet>", "single"), namespace)
+    outputs.append(output.getvalue())
+print("RESULT" + json.dumps(outputs))
 '''
 
 TRAINING_INFO = {
@@ -217,21 +233,12 @@ def test_card_reads_eval_report_json_in_folder(tiny_moda_dir, tmp_path):
     assert card.data.to_dict()["metrics"] == ["meteor", "rouge_l"]
 
 
-def test_the_handler_always_gets_the_image_io_module_it_imports(tiny_moda_dir, tmp_path, monkeypatch):
-    """handler.py imports image_io_moda.py from its folder: a folder saved by a MODA without it gets it too."""
+@pytest.fixture
+def recorded_upload(monkeypatch):
+    """hub_card.push's HfApi replaced by one that records the upload: {"files": the folder's top-level names,
+    "pinned": the file of the second commit, if any}."""
     import hub_card.push
 
-    folder = copy_model(tiny_moda_dir, tmp_path / "model")
-    (folder / "image_io_moda.py").unlink()
-    prepare_model_folder(folder)
-    assert (folder / "image_io_moda.py").read_bytes() == (REPO_ROOT / "image_io_moda.py").read_bytes()
-
-    # A folder saved before image_io_moda.py existed: its model code does not import it (an absolute import is not
-    # one transformers copies), but the handler.py it keeps (perhaps edited) does.
-    (folder / "image_io_moda.py").unlink()
-    for name in ("modeling_moda.py", "processing_moda.py"):
-        code = (folder / name).read_text()
-        (folder / name).write_text(code.replace("from .image_io_moda import", "from image_io_moda import"))
     uploaded = {}
 
     class RecordingApi:
@@ -245,9 +252,47 @@ def test_the_handler_always_gets_the_image_io_module_it_imports(tiny_moda_dir, t
             uploaded.update(files=sorted(path.name for path in Path(folder_path).iterdir()))
             return type("Commit", (), {"oid": "0" * 40})()
 
+        def upload_file(self, path_in_repo, **kwargs):  # the card, pinned to the commit above
+            uploaded.update(pinned=path_in_repo)
+
     monkeypatch.setattr(hub_card.push, "HfApi", RecordingApi)
-    hub_card.push.push_model_folder(folder, "me/model")
-    assert "image_io_moda.py" in uploaded["files"] and "handler.py" in uploaded["files"]
+    return uploaded
+
+
+def test_the_handler_always_gets_the_image_io_module_it_imports(tiny_moda_dir, tmp_path, recorded_upload):
+    """handler.py imports image_io_moda.py from its folder: a folder saved by a MODA without it gets it too."""
+    from hub_card.push import push_model_folder
+
+    folder = copy_model(tiny_moda_dir, tmp_path / "model")
+    (folder / "image_io_moda.py").unlink()
+    prepare_model_folder(folder)
+    assert (folder / "image_io_moda.py").read_bytes() == (REPO_ROOT / "image_io_moda.py").read_bytes()
+
+    # A folder saved before image_io_moda.py existed: its model code does not import it (an absolute import is not
+    # one transformers copies), but the handler.py it keeps (perhaps edited) does.
+    (folder / "image_io_moda.py").unlink()
+    for name in ("modeling_moda.py", "processing_moda.py"):
+        code = (folder / name).read_text()
+        (folder / name).write_text(code.replace("from .image_io_moda import", "from image_io_moda import"))
+    push_model_folder(folder, "me/model")
+    assert "image_io_moda.py" in recorded_upload["files"] and "handler.py" in recorded_upload["files"]
+
+
+def test_a_kept_card_gets_its_widget_photos_and_the_pushed_hash(tiny_moda_dir, tmp_path, recorded_upload):
+    from hub_card.push import push_model_folder
+
+    folder = copy_model(tiny_moda_dir, tmp_path / "model")
+    prepare_model_folder(folder)
+    shutil.rmtree(folder / "examples")  # a folder whose card names them, but lacks them
+    push_model_folder(folder, "me/model")
+    assert "examples" in recorded_upload["files"] and recorded_upload["pinned"] == "README.md"
+    assert sorted(path.name for path in (folder / "examples").iterdir()) == ["dress.jpg", "shirt.jpg",
+                                                                            "sports-shoes.jpg"]
+    # a card without the placeholder revision (edited by hand) needs no second commit
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n# My MODA\n")
+    recorded_upload.clear()
+    push_model_folder(folder, "me/model")
+    assert "files" in recorded_upload and "pinned" not in recorded_upload
 
 
 def test_prepare_model_folder_is_idempotent(tiny_moda_dir, tmp_path):
@@ -508,20 +553,26 @@ def test_push_then_load_by_repo_id_with_pinned_revisions(
     commits = store.repos["local-user/moda"]["commits"]
     sha_of = {commit["message"]: sha for sha, commit in commits.items()}
     first_sha, second_sha = sha_of["Upload MODA model from first"], sha_of["New weights"]
-    assert all(f"at commit {sha}" in push_output for sha in sha_of.values() if sha != sha_of["initial commit"])
-    assert commits[second_sha]["parent"] == first_sha
+    exp_sha = sha_of["Old on a branch"]
+    # each push: the upload, then a commit whose card's usage examples name the upload's hash
+    pinned = {sha: sha_of[f"Pin the card's usage examples to {sha}"] for sha in (first_sha, second_sha, exp_sha)}
+    assert all(commits[card_sha]["parent"] == sha for sha, card_sha in pinned.items())
+    assert all(f"at commit {sha}" in push_output for sha in pinned)
+    assert commits[second_sha]["parent"] == pinned[first_sha]
     assert "moda push: error: the Hub refused the upload of" in push_output and "401" in push_output  # no token
-    assert store.repos["local-user/moda"]["branches"] == {"main": second_sha, "exp": sha_of["Old on a branch"]}
+    assert store.repos["local-user/moda"]["branches"] == {"main": pinned[second_sha], "exp": pinned[exp_sha]}
     pushed = store.files("local-user/moda", first_sha)
     assert {"README.md", "handler.py", "loss_curves.png", "model.safetensors", "modeling_moda.py",
             "processing_moda.py", "pipeline_moda.py", "configuration_moda.py", "fast_generation_moda.py",
-            "image_io_moda.py",
+            "image_io_moda.py", "examples/shirt.jpg", "examples/sports-shoes.jpg", "examples/dress.jpg",
             "tokenizer.json"} <= set(pushed)
     assert not any(path.startswith("checkpoint-") or path.endswith(".bin") for path in pushed)
-    card = store.blob_path(pushed["README.md"]).read_text()
-    assert 'AutoModel.from_pretrained("local-user/moda"' in card
-    second_card = store.blob_path(store.files("local-user/moda", second_sha)["README.md"]).read_text()
-    assert 'AutoModel.from_pretrained("local-user/moda"' in second_card and "your-username" not in second_card
+    cards = {sha: store.blob_path(store.files("local-user/moda", card_sha)["README.md"]).read_text()
+             for sha, card_sha in pinned.items()}
+    for sha, card in cards.items():
+        assert 'AutoModel.from_pretrained("local-user/moda"' in card and "your-username" not in card
+        assert card.count(f'revision="{sha}"') == 4 and "<commit hash>" not in card
+    assert "<commit hash>" in (first / "README.md").read_text()  # the folder's card, for its next push
 
     image_paths = []
     for i, image in enumerate(product_images):
@@ -543,3 +594,25 @@ def test_push_then_load_by_repo_id_with_pinned_revisions(
         "local-user/moda@exp": first_captions,
     }
     assert loaded == {key: {"generate": captions, "pipeline": captions} for key, captions in expected.items()}
+
+    # Every Python snippet of the card on main runs as pasted, on the repo's example shirt, at the commit it names.
+    snippets = re.findall(r"```python\n(.*?)```", cards[second_sha], re.DOTALL)
+    assert len(snippets) == 3
+    snippet_dir = tmp_path / "snippets"
+    snippet_dir.mkdir()
+    shirt = snippet_dir / "shirt.jpg"
+    shutil.copyfile(store.blob_path(store.files("local-user/moda", second_sha)["examples/shirt.jpg"]), shirt)
+    requests_before = len(store.requests)
+    outputs, _ = run_script(SNIPPETS_SCRIPT, [json.dumps(snippets)],
+                            hub_env(local_hub, tmp_path / "snippet-home", token=False), cwd=snippet_dir)
+    downloads = [path for _, path in store.requests[requests_before:] if "/resolve/" in path]
+    assert downloads and all(path.startswith(f"/local-user/moda/resolve/{second_sha}/") for path in downloads)
+    with Image.open(shirt) as image:
+        (caption,) = local_captions(second, [image.convert("RGB")])
+    pipeline_output, generate_output, vqa_output = (ast.literal_eval(line) for output in outputs
+                                                    for line in output.splitlines()[:1])
+    assert pipeline_output == [{"generated_text": caption}]
+    assert outputs[0].splitlines()[1].startswith("[{'generated_text': ")  # the same photo, asked a question
+    assert len(generate_output) == 1 and generate_output[0].startswith(caption)  # 32 new tokens, not 8
+    question = "What colour is this item?"
+    assert len(vqa_output) == 1 and not vqa_output[0]["generated_text"].startswith(question)  # the answer alone
