@@ -242,8 +242,8 @@ def test_killed_run_resumed_from_its_checkpoint_ends_with_the_same_weights(tmp_p
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0)
 
 
-# What train_hf.py leaves in its output folder at the end of a run (without checkpoints).
-FINAL_FOLDER_FILES = ["README.md", "config.json", "configuration_moda.py", "fast_generation_moda.py",
+# What train_hf.py leaves in its output folder at the end of a run (without checkpoints); examples/: the card's photos.
+FINAL_FOLDER_FILES = ["README.md", "config.json", "configuration_moda.py", "examples", "fast_generation_moda.py",
                       "generation_config.json", "handler.py", "image_io_moda.py",
                       "loss_curves.png", "model.safetensors", "modeling_moda.py", "pipeline_moda.py",
                       "processing_moda.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -262,8 +262,8 @@ def test_a_final_save_failing_half_way_leaves_the_earlier_model_whole(tmp_path, 
     common = ("--model_name_or_path", str(tiny_moda_dir), "--max_steps", "1", "--eval_strategy", "no",
               "--save_strategy", "no", "--learning_rate", "0.01")
     output, _ = run(tmp_path, catalog_dir, *common)
-    earlier = {path.name: path.read_bytes() for path in output.iterdir()}
-    assert sorted(earlier) == FINAL_FOLDER_FILES
+    assert sorted(path.name for path in output.iterdir()) == FINAL_FOLDER_FILES
+    earlier = {path.name: path.read_bytes() for path in output.iterdir() if path.is_file()}
 
     def disk_fills_half_way(tensors, filename, metadata=None):
         save_file(tensors, filename, metadata=metadata)
@@ -274,7 +274,7 @@ def test_a_final_save_failing_half_way_leaves_the_earlier_model_whole(tmp_path, 
     monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_fills_half_way)
     with pytest.raises(OSError, match="No space left on device"):
         run(tmp_path, catalog_dir, *common, "--seed", "7")
-    assert {path.name: path.read_bytes() for path in output.iterdir()} == earlier
+    assert {path.name: path.read_bytes() for path in output.iterdir() if path.is_file()} == earlier
     monkeypatch.undo()
 
     # A save killed half-way (SIGKILL: nothing cleans up) leaves its staging folder: the next save starts afresh.
