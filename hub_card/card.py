@@ -29,7 +29,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from moda import __version__
 from moda.data.synthetic import draw_item
-from moda.io.paths import write_atomically
+from moda.io.paths import confined_path, write_atomically
 
 TEMPLATE_PATH = Path(__file__).with_name("template.md")
 HANDLER_SOURCE = Path(__file__).with_name("handler.py")
@@ -132,15 +132,14 @@ def write_model_card(model_dir, training_info=None, eval_report=None, repo_id=No
 
 
 def write_example_images(model_dir) -> list:
-    """Draws the widget's example photos into examples/ (each replaced whole; the same bytes every time)."""
-    folder = Path(model_dir) / EXAMPLES_DIR
-    folder.mkdir(exist_ok=True)
-    paths = []
-    for name, product in EXAMPLE_PRODUCTS.items():
+    """Draws the widget's example photos into examples/ (each replaced whole; the same bytes every time). An examples
+    folder that leads out of the model folder (a symbolic link) is refused: nothing is written through it."""
+    paths = [confined_path(model_dir, f"{EXAMPLES_DIR}/{name}", "example photo") for name in EXAMPLE_PRODUCTS]
+    (Path(model_dir) / EXAMPLES_DIR).mkdir(exist_ok=True)
+    for path, product in zip(paths, EXAMPLE_PRODUCTS.values()):
         buffer = io.BytesIO()
-        draw_item(product, EXAMPLE_SIZE, random.Random(name)).save(buffer, format="JPEG", quality=90)
-        paths.append(folder / name)
-        write_atomically(paths[-1], lambda handle: handle.write(buffer.getvalue()))
+        draw_item(product, EXAMPLE_SIZE, random.Random(path.name)).save(buffer, format="JPEG", quality=90)
+        write_atomically(path, lambda handle: handle.write(buffer.getvalue()))
     return paths
 
 

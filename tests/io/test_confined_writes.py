@@ -129,6 +129,18 @@ def test_a_model_card_whose_writing_fails_leaves_the_earlier_card(tmp_path, tiny
     assert not [p.name for p in folder.iterdir() if ".tmp-" in p.name]
 
 
+def test_the_cards_example_photos_are_never_written_through_a_link_out_of_the_folder(tmp_path, tiny_moda_dir):
+    from hub_card.card import write_model_card
+
+    folder, outside = tmp_path / "model", tmp_path / "outside"
+    shutil.copytree(tiny_moda_dir, folder)
+    outside.mkdir()
+    (folder / "examples").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ValueError, match="example photo 'examples/shirt.jpg' leads out of .* through a symbolic link"):
+        write_model_card(folder)
+    assert list(outside.iterdir()) == [] and not (folder / "README.md").exists()
+
+
 def test_loss_curves_whose_writing_fails_leave_the_earlier_picture(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
