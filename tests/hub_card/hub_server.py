@@ -23,6 +23,7 @@ raises its usual exceptions. Writes need an `Authorization: Bearer` header; any 
 import base64
 import hashlib
 import json
+import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -345,6 +346,28 @@ class LocalHub:
     def __enter__(self):
         self.thread.start()
         return self
+
+    def add_folder(self, repo_id: str, folder, message: str = "Upload folder") -> str:
+        """Puts every file under `folder` into `repo_id` (created when missing) on main, in one commit, without a
+        client: a fixture's model, ready to load. Returns the commit sha."""
+        folder = Path(folder)
+        with self.store.lock:
+            if repo_id not in self.store.repos:
+                self.store.create_repo(repo_id, private=False)
+            files = dict(self.store.files(repo_id, self.store.resolve(repo_id, "main")))
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    files[path.relative_to(folder).as_posix()] = self.store.put_blob(path.read_bytes())
+            return self.store.commit(repo_id, "main", message, files)
+
+    def environment(self, home, token: bool = True) -> dict:
+        """os.environ for a client process of this Hub: HF_ENDPOINT here, online, an own cache under `home`, no
+        PYTHONPATH; HF_TOKEN set (any token is accepted) or, with token=False, none."""
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_TOKEN")}
+        env.update(HF_ENDPOINT=self.url, HF_HUB_OFFLINE="0", HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1")
+        if token:
+            env["HF_TOKEN"] = "hf_local_test_token"
+        return env
 
     def __exit__(self, *exc_info):
         self.server.shutdown()
