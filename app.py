@@ -7,8 +7,8 @@
 MODA_MODEL, MODA_INDEX and MODA_REVISION set what --model, --index and --revision leave unset (e.g. a Space's
 variables). A model folder works offline; a Hub id is loaded from the Hub (HF_ENDPOINT), or only from the local cache
 under HF_HUB_OFFLINE=1. With no --index, a small synthetic catalog (moda/data/synthetic.py) is captioned with the model
-and indexed once, under .cache/. Nothing else reaches the network: no
-analytics, no share link, system fonts. A Space that needs no moda package: `moda space` (hub_card/space.py).
+and indexed once, under .cache/, where a few example photos, drawn the same way, are written too. Nothing else reaches
+the network: no analytics, no share link, system fonts. A Space that needs no moda package: `moda space` (hub_card/space.py).
 """
 
 import argparse
@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO_ROOT))
 DEMO_MODEL = "moda-demo"
 DEMO_CACHE = Path(".cache/moda-app")
 DEMO_CATALOG_ITEMS = 120
+DEMO_EXAMPLES = 4
 GALLERY_SIZE = 8
 # option -> the environment variable that sets it when the command line does not
 ENVIRONMENT = {"model": "MODA_MODEL", "index": "MODA_INDEX", "revision": "MODA_REVISION"}
@@ -62,9 +63,16 @@ def gallery_items(index, query: str, k: int = GALLERY_SIZE) -> list:
     return pairs
 
 
-def build_demo(captioner, index, vocabulary=None, k: int = GALLERY_SIZE):
-    """The Gradio app: a describe tab (image -> description, attributes) and a search tab (query -> gallery)."""
+def build_demo(captioner, index, vocabulary=None, k: int = GALLERY_SIZE, examples=()):
+    """The Gradio app: a describe tab (image -> description, attributes; `examples`: photo paths to click) and a
+    search tab (query -> gallery)."""
     import gradio as gr
+
+    def on_describe(picture):
+        return describe(captioner, picture, vocabulary)
+
+    def on_search(text):
+        return gallery_items(index, text, k)
 
     with gr.Blocks(title="MODA: fashion product descriptions", analytics_enabled=False) as demo:
         gr.Markdown("# MODA\nDescribe a fashion product photo, or search the catalog by text.")
@@ -75,16 +83,14 @@ def build_demo(captioner, index, vocabulary=None, k: int = GALLERY_SIZE):
                     description = gr.Textbox(label="Description", interactive=False, elem_id="description")
                     attributes = gr.JSON(label="Attributes", elem_id="attributes")
             describe_button = gr.Button("Describe", variant="primary", elem_id="describe")
+            if examples:
+                gr.Examples([[str(path)] for path in examples], inputs=image, outputs=[description, attributes],
+                            fn=on_describe, run_on_click=True, cache_examples=False, label="Example photos",
+                            elem_id="examples")
         with gr.Tab("Search"):
             query = gr.Textbox(label="Search the catalog", placeholder="red sports shoes for women", elem_id="query")
             search_button = gr.Button("Search", variant="primary", elem_id="search")
             gallery = gr.Gallery(label="Matching items", columns=4, elem_id="gallery")
-
-        def on_describe(picture):
-            return describe(captioner, picture, vocabulary)
-
-        def on_search(text):
-            return gallery_items(index, text, k)
 
         describe_button.click(on_describe, inputs=image, outputs=[description, attributes])
         image.upload(on_describe, inputs=image, outputs=[description, attributes])
@@ -180,8 +186,10 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as err:
         sys.exit(f"app.py: error: {err}")
     from image_io_moda import restrict_pillow
+    from moda.data.synthetic import draw_examples
 
-    demo = build_demo(captioner, index, vocabulary)
+    examples = draw_examples(DEMO_CACHE / "examples", num_items=DEMO_EXAMPLES)
+    demo = build_demo(captioner, index, vocabulary, examples=examples)
     # This process is the demo's own: Gradio decodes an upload with plain Pillow before describe() sees it, so Pillow
     # itself keeps to MODA's formats and pixel limit here.
     restrict_pillow()

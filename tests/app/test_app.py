@@ -81,16 +81,23 @@ def test_describe_and_gallery_functions(captioner, catalog_index, red_image):
 def test_app_in_headless_chromium(captioner, catalog_index, vocabulary, red_image, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from app import build_demo, offline_theme
+    from PIL import Image
+
+    from app import build_demo, describe, offline_theme
+    from moda.data.synthetic import draw_examples
     from moda.evaluate.describe import describe_images
 
-    demo = build_demo(captioner, catalog_index, vocabulary, k=3)
+    examples = draw_examples(tmp_path / "examples", num_items=2)
+    with Image.open(examples[1]) as example:
+        expected_for_example = describe(captioner, example)[0]
+    demo = build_demo(captioner, catalog_index, vocabulary, k=3, examples=examples)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, share=False, quiet=True,
                 theme=offline_theme())
     photo = tmp_path / "red.png"
     red_image.save(photo)
     expected = describe_images(captioner.model, captioner.processor, [red_image], max_new_tokens=None)[0]
+    assert expected_for_example != expected, "the example must be described otherwise to show that its click ran"
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -100,6 +107,11 @@ def test_app_in_headless_chromium(captioner, catalog_index, vocabulary, red_imag
             page.locator("#describe").click()
             description = page.locator("#description textarea")
             expect(description).to_have_value(expected, timeout=60_000)
+            # a click on an example photo shows it and describes it
+            example_buttons = page.locator("#examples button.gallery-item")
+            expect(example_buttons).to_have_count(2, timeout=60_000)
+            example_buttons.nth(1).click()
+            expect(description).to_have_value(expected_for_example, timeout=60_000)
 
             page.get_by_role("tab", name="Search").click()
             page.locator("#query textarea").fill("red dress")
@@ -228,3 +240,23 @@ def test_the_app_loads_a_pinned_hub_model_named_by_the_environment(moda_on_local
     assert result == {"description": describe(captioner, red_image)[0], "hits": ["dress", "kurta"]}
     # downloaded from the loopback Hub at the pinned commit, into the process's own cache
     assert (home / "hub" / f"models--{MODA_REPO_ID.replace('/', '--')}" / "snapshots" / sha / "config.json").is_file()
+
+
+def test_the_app_shows_example_photos(tiny_moda_dir, catalog_index, tmp_path, monkeypatch):
+    import app
+    import image_io_moda
+
+    monkeypatch.chdir(tmp_path)  # the demo's cache, examples included, is under the working folder
+    catalog_index.save(tmp_path / "index")
+    built = {}
+
+    class Demo:
+        def launch(self, **kwargs):
+            built.update(launched=True)
+
+    monkeypatch.setattr(app, "build_demo", lambda *args, **kwargs: built.update(kwargs) or Demo())
+    monkeypatch.setattr(image_io_moda, "restrict_pillow", lambda: None)  # Pillow's limits stay this process's own
+    assert app.main(["--model", str(tiny_moda_dir), "--index", str(tmp_path / "index")]) == 0
+    assert built["launched"] and len(built["examples"]) == app.DEMO_EXAMPLES
+    folder = (tmp_path / app.DEMO_CACHE / "examples").resolve()
+    assert all(path.is_file() and path.resolve().parent == folder for path in built["examples"])
