@@ -99,13 +99,6 @@ def build_demo(captioner, index, vocabulary=None, k: int = GALLERY_SIZE, example
     return demo
 
 
-def offline_theme():
-    """Gradio's default look with system fonts, so that the page never asks Google Fonts for anything."""
-    import gradio as gr
-
-    return gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-
-
 def build_demo_index(model: str, revision: str = None, cache: Path = DEMO_CACHE, trust_remote_code: bool = False):
     """The no-argument demo's catalog: synthetic items captioned by the model and indexed (once; then reused)."""
     from moda.cli.caption import main as caption_main
@@ -185,6 +178,7 @@ def main(argv=None) -> int:
         captioner, index, vocabulary = load_app(args)
     except (OSError, ValueError) as err:
         sys.exit(f"app.py: error: {err}")
+    from hub_card.space_app import offline_theme  # the Space's look: system fonts
     from image_io_moda import restrict_pillow
     from moda.data.synthetic import draw_examples
 

