@@ -212,7 +212,7 @@ def test_a_model_that_cannot_be_loaded_is_one_error(tiny_moda_dir, catalog_index
     assert "\n" not in str(info.value)
 
 
-APP_FROM_THE_HUB = r"""
+LOAD_APP = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from PIL import Image
@@ -224,6 +224,15 @@ print("RESULT" + json.dumps({"description": description, "hits": [hit["id"] for 
 """
 
 
+def load_app_in_a_process(env: dict, image_path: Path, cwd: Path) -> dict:
+    """app.load_app in a fresh process with `env` (this one is offline): the description of the image, the index's
+    hits for "red dress"."""
+    proc = subprocess.run([sys.executable, "-c", LOAD_APP, str(REPO_ROOT), str(image_path)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))[len("RESULT"):])
+
+
 def test_the_app_loads_a_pinned_hub_model_named_by_the_environment(moda_on_local_hub, captioner, catalog_index,
                                                                     red_image, tmp_path):
     hub, sha = moda_on_local_hub
@@ -232,10 +241,7 @@ def test_the_app_loads_a_pinned_hub_model_named_by_the_environment(moda_on_local
     home = tmp_path / "hf-home"
     env = {**hub.environment(home, token=False), "MODA_MODEL": MODA_REPO_ID, "MODA_REVISION": sha,
            "MODA_INDEX": str(tmp_path / "index")}
-    proc = subprocess.run([sys.executable, "-c", APP_FROM_THE_HUB, str(REPO_ROOT), str(tmp_path / "red.png")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))[len("RESULT"):])
+    result = load_app_in_a_process(env, tmp_path / "red.png", cwd=tmp_path)
     from app import describe
 
     assert result == {"description": describe(captioner, red_image)[0], "hits": ["dress", "kurta"]}
@@ -261,6 +267,25 @@ def test_the_app_shows_example_photos(tiny_moda_dir, catalog_index, tmp_path, mo
     assert built["launched"] and len(built["examples"]) == app.DEMO_EXAMPLES
     folder = (tmp_path / app.DEMO_CACHE / "examples").resolve()
     assert all(path.is_file() and path.resolve().parent == folder for path in built["examples"])
+
+
+
+def test_a_model_folder_loads_without_asking_the_hub(moda_on_local_hub, tiny_moda_dir, captioner, catalog_index,
+                                                      red_image, tmp_path):
+    """No offline mode is forced any more: with the Hub reachable (the loopback one, which records every request), a
+    model folder and an index still load without a single request."""
+    hub, _ = moda_on_local_hub
+    catalog_index.save(tmp_path / "index")
+    red_image.save(tmp_path / "red.png")
+    env = {**hub.environment(tmp_path / "hf-home", token=False), "MODA_MODEL": str(tiny_moda_dir),
+           "MODA_INDEX": str(tmp_path / "index")}
+    env.pop("HF_HUB_OFFLINE")
+    requests_before = len(hub.store.requests)
+    result = load_app_in_a_process(env, tmp_path / "red.png", cwd=tmp_path)
+    from app import describe
+
+    assert result["description"] == describe(captioner, red_image)[0]
+    assert hub.store.requests[requests_before:] == []
 
 
 # The Space's app.py run as a Space runs it, in a process where neither moda nor the repository's model files can be
