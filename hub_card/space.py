@@ -133,10 +133,11 @@ def space_card(model: str, model_commit: str, license_name: str, space_id: str) 
 
 
 def push_space(folder, space_id: str, model: str, model_commit: str, private: bool = None, token: str = None) -> str:
-    """Creates the Gradio Space `space_id` (if needed) and uploads `folder` to it in one commit; returns its hash."""
+    """Creates the Gradio Space `space_id` (if needed) and uploads `folder` to it in one commit; returns its hash.
+    Example photos already in the Space are replaced by the folder's; other files its owner added stay."""
     api = HfApi(token=token)
     api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
     commit = api.upload_folder(folder_path=folder, repo_id=space_id, repo_type="space",
                                commit_message=f"MODA Space for {model} at {model_commit[:12]}",
-                               ignore_patterns=IGNORE_PATTERNS)
+                               ignore_patterns=IGNORE_PATTERNS, delete_patterns=[f"{EXAMPLES_NAME}/*"])
     return commit.oid

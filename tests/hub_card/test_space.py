@@ -51,14 +51,20 @@ def test_moda_space_creates_a_space_that_needs_no_moda_package(moda_on_local_hub
     assert "\nlicense: other\n" in card
     (licensed / "README.md").write_text(card.replace("\nlicense: other\n", "\nlicense: mit\n"))
     licensed_commit = hub.add_folder("local-user/moda-mit", licensed)
+    hub.store.create_repo("spaces/local-user/old-space", private=False, sdk="gradio")  # a Space written before
+    (tmp_path / "old-space" / "examples").mkdir(parents=True)
+    (tmp_path / "old-space" / "examples" / "stale.png").write_bytes(b"an example no longer drawn")
+    (tmp_path / "old-space" / "notes.md").write_text("the owner's own file")
+    hub.add_folder("spaces/local-user/old-space", tmp_path / "old-space")
     statuses, output = run_space_commands(
         hub, tmp_path / "home", tmp_path,
         [MODA_REPO_ID, "local-user/moda-space"],
         ["--model", "local-user/moda-mit", "local-user/moda-mit-space", "--private"],
         ["--model-name-or-path", MODA_REPO_ID, "local-user/not-pushed", "--output-dir", str(tmp_path / "written")],
         [MODA_REPO_ID, "local-user/moda-space", "--revision", "no-such-branch"],
+        [MODA_REPO_ID, "local-user/old-space"],
     )
-    assert statuses == [0, 0, 0, 1], output
+    assert statuses == [0, 0, 0, 1, 0], output
     assert "pushed the Space local-user/moda-space at commit " in output and f"at commit {model_commit}" in output
     assert "moda space: error: MODEL 'local-user/moda' at revision 'no-such-branch' cannot be found" in output
 
@@ -90,6 +96,11 @@ def test_moda_space_creates_a_space_that_needs_no_moda_package(moda_on_local_hub
     mit_space = "spaces/local-user/moda-mit-space"
     assert front_matter(read("README.md", mit_space).decode())["license"] == "mit"  # the model card's license
     assert json.loads(read("space.json", mit_space)) == {"model": "local-user/moda-mit", "revision": licensed_commit}
+
+    old_space = "spaces/local-user/old-space"
+    old_files = store.files(old_space, store.repos[old_space]["branches"]["main"])
+    assert "examples/stale.png" not in old_files and "notes.md" in old_files and "space.json" in old_files
+    assert sorted(path for path in old_files if path.startswith("examples/")) == examples
 
     written = tmp_path / "written"
     assert sorted(path.relative_to(written).as_posix() for path in written.rglob("*") if path.is_file()) == \
