@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 
-import gradio
 import PIL
 import pytest
 import torch
@@ -20,6 +19,9 @@ from PIL import Image
 from hub_card.space import NUM_EXAMPLES
 from moda.cli import main as moda_main
 from tests.conftest import MODA_REPO_ID, REPO_ROOT
+
+# the Space's sdk_version is the installed gradio's, and its app is a Gradio app
+gradio = pytest.importorskip("gradio", reason="gradio is not installed (pip install -e '.[app]')")
 
 SPACE_SCRIPT = r"""
 import json, sys
