@@ -35,6 +35,8 @@ for name in ("modeling_moda", "image_io_moda", "moda", "hub_card"):  # what only
         raise SystemExit(f"{name} is importable: the test must load only the saved remote code")
 """
 
+MODA_REPO_ID = "local-user/moda"  # where moda_on_local_hub puts the tiny MODA
+
 CAPTIONS = [
     "White Casual Shirts for Boys - Apparel Topwear",
     "Black Sports Shoes for Men - Footwear Shoes",
@@ -101,6 +103,16 @@ def handler_module(handler_folder):
 @pytest.fixture(scope="module")
 def endpoint_handler(handler_module, handler_folder):
     return handler_module.EndpointHandler(str(handler_folder))
+
+
+@pytest.fixture(scope="module")
+def moda_on_local_hub(handler_folder, tmp_path_factory):
+    """(hub, commit sha): a loopback Hub (tests/hub_card/hub_server.py) whose repo MODA_REPO_ID holds the tiny MODA as
+    `moda push` uploads it. Clients reach it in a subprocess with hub.environment(...): this process is offline."""
+    from tests.hub_card.hub_server import LocalHub
+
+    with LocalHub(tmp_path_factory.mktemp("local-hub")) as hub:
+        yield hub, hub.add_folder(MODA_REPO_ID, handler_folder, "Upload MODA")
 
 
 @pytest.fixture

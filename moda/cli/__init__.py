@@ -22,6 +22,7 @@ COMMANDS = {
     "index": ("moda.cli.index", "main", "build or extend a search index over captions (and image embeddings)"),
     "search": ("moda.cli.search", "main", "search a catalog index by text or by a photo"),
     "push": ("moda.cli.push", "main", "push a model folder to the Hub with its card"),
+    "space": ("moda.cli.space", "main", "write a Gradio Space for a MODA model on the Hub, and push it"),
 }
 
 

@@ -1,6 +1,7 @@
 """The offline demo catalog: product pictures drawn with PIL, with Myntra-style metadata and MODA captions.
 
     make_catalog("data/synthetic", num_items=3000, image_size=64, seed=0)
+    draw_examples("examples", num_items=4)            # a few example photos, of different product types
     python -m moda.data.synthetic data/synthetic --num_items 3000
 
 Writes an `imagefolder` layout (train/validation/test, each with metadata.csv and images/*.png) with the columns of
@@ -301,6 +302,29 @@ def make_catalog(output_dir, num_items: int = 3000, image_size: int = 64, seed: 
             writer.writerows(items)
     (output_dir / MARKER).write_text(settings)
     return output_dir
+
+
+def draw_examples(output_dir, num_items: int = 4, image_size: int = 64, seed: int = 0) -> list:
+    """Draws `num_items` products of different types, as make_catalog draws them, into `output_dir` (created if
+    needed; files of the same names are replaced) as <caption in lower case, dashes>.png; returns their paths.
+
+    The demo's example photos: the app shows them, and `moda space` ships them with a Space."""
+    if isinstance(num_items, bool) or not isinstance(num_items, int) or not 1 <= num_items <= len(PRODUCTS):
+        raise ValueError(f"num_items must be an integer from 1 to {len(PRODUCTS)} (one item per product type), "
+                         f"got {num_items!r}.")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rng, rows, index = random.Random(seed), {}, 0
+    while len(rows) < num_items:  # the first item of each product type drawn, until there are enough
+        row = _sample_item(rng, index)
+        rows.setdefault(row["ProductType"], row)
+        index += 1
+    paths = []
+    for row in rows.values():
+        name = "-".join(row["caption"].replace("-", " ").lower().split())
+        paths.append(output_dir / f"{name}.png")
+        draw_item(row, image_size, random.Random(f"{seed}-{row['ProductId']}")).save(paths[-1])
+    return paths
 
 
 def main(argv=None) -> int:

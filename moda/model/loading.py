@@ -143,5 +143,7 @@ def load_captioner(model: str, revision: str = None, device: str = None, trust_r
             "image-to-text", model=model, revision=revision, device=device, trust_remote_code=run_own_code,
             pipeline_class=MODAImageToTextPipeline,
         )
-    except OSError as err:  # e.g. a folder without weights, or a config.json that is not JSON
+    except (OSError, ValueError) as err:
+        # e.g. a folder without weights (transformers' "Could not load model ... with any of the following classes",
+        # a ValueError of several lines), or a config.json that is not JSON (an OSError)
         raise model_load_error(model, err, "the folder cannot be loaded as a model", label="model") from err

@@ -176,6 +176,7 @@ def test_push_options(monkeypatch, argv):
     ("index", "--output_dir OUTPUT_DIR, --output-dir OUTPUT_DIR, --output OUTPUT_DIR"),
     ("search", "how many hits (default: 5)"),
     ("push", "--revision REVISION, --branch REVISION"),
+    ("space", "--output_dir OUTPUT_DIR, --output-dir OUTPUT_DIR"),
 ])
 def test_help_names_the_command_and_shows_defaults(command, shown, capsys):
     with pytest.raises(SystemExit) as raised:
@@ -189,5 +190,21 @@ def test_help_names_the_command_and_shows_defaults(command, shown, capsys):
 
 def test_every_command_but_train_is_covered_here():
     """`moda train` is train_hf.py's parser (HfArgumentParser), with its own names; a new command belongs above."""
-    covered = {"eval", "build-dataset", "caption", "caption-image", "index", "search", "push"}
+    covered = {"eval", "build-dataset", "caption", "caption-image", "index", "search", "push", "space"}
     assert set(COMMANDS) - {"train"} == covered
+
+
+@pytest.mark.parametrize("argv", [
+    ["me/moda", "me/space", "--revision", "r", "--output_dir", "out"],
+    ["me/space", "--model-name-or-path", "me/moda", "--revision", "r", "--output-dir", "out"],
+    ["me/space", "--model", "me/moda", "--revision", "r", "--output_dir", "out"],
+], ids=["positional", "kebab-case", "alias"])
+def test_space_options(monkeypatch, argv):
+    import moda.cli.space
+
+    made = []
+    monkeypatch.setattr(moda.cli.space, "space", lambda args: made.append(args) or 0)
+    assert main(["space", *argv]) == 0
+    (args,) = made
+    assert (args.model or args.model_option, args.space_id, args.revision, args.output_dir) == (
+        "me/moda", "me/space", "r", "out")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from moda.data.synthetic import CAPTION_TEMPLATE, COLOURS, MARKER, PRODUCTS, SPLITS, main, make_catalog, split_sizes
+from moda.data.synthetic import (CAPTION_TEMPLATE, COLOURS, MARKER, PRODUCTS, SPLITS, draw_examples, main,
+                                 make_catalog, split_sizes)
 
 COLUMNS = ["file_name", "ProductId", "Gender", "Category", "SubCategory", "ProductType", "Colour", "Usage",
            "Pattern", "ProductTitle", "caption"]
@@ -212,3 +213,20 @@ def test_command_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path / "bad"), "--num_items", "1"])
     assert "num_items must be at least 3" in capsys.readouterr().err
+
+
+def test_examples_are_products_of_different_types_named_by_their_captions(tmp_path):
+    paths = draw_examples(tmp_path / "examples", num_items=5, image_size=48, seed=2)
+    assert [path.parent for path in paths] == [tmp_path / "examples"] * 5
+    captions = [path.stem for path in paths]
+    product_types = {next(name for name in PRODUCTS if f"-{name.lower().replace(' ', '-')}-for-" in caption)
+                     for caption in captions}
+    assert len(product_types) == 5, captions
+    assert all(caption == caption.lower() and " " not in caption for caption in captions)
+    with Image.open(paths[0]) as image:
+        assert image.mode == "RGB" and image.size == (48, 48)
+    again = draw_examples(tmp_path / "again", num_items=5, image_size=48, seed=2)
+    assert [path.read_bytes() for path in again] == [path.read_bytes() for path in paths]
+    for bad in (0, len(PRODUCTS) + 1, "4", True):
+        with pytest.raises(ValueError, match="num_items must be an integer from 1 to"):
+            draw_examples(tmp_path / "bad", num_items=bad)

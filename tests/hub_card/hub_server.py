@@ -7,15 +7,17 @@ Repos live in memory with git-like history: every commit is a full snapshot {pat
 40-hex sha; branches point at commits; file contents are blobs on disk named by their git blob sha1. Files resolve
 by branch name or commit sha, so a pinned revision keeps serving the old files after new commits.
 
-Routes (model repos only), as huggingface_hub 2.x calls them:
-    POST /api/repos/create                              create_repo (409 when it exists)
+Routes (model repos, and Space repos under spaces/), as huggingface_hub 2.x calls them:
+    POST /api/repos/create                              create_repo (409 when it exists; a Space records its sdk)
     POST /api/validate-yaml                             README.md metadata check before a commit
-    GET  /api/models/{repo}[/revision/{rev}]            repo_info / model_info
+    GET  /api/models/{repo}[/revision/{rev}]            repo_info / model_info (cardData: README.md's metadata)
     GET  /api/models/{repo}/tree/{rev}[/{path}]         list_repo_tree (one page)
     POST /api/models/{repo}/preupload/{rev}             upload modes: always "regular" (base64 in the commit)
     POST /api/models/{repo}/commit/{rev}                NDJSON commit: header, file, deletedFile, deletedFolder
     POST /api/models/{repo}/branch/{branch}             create_branch
     HEAD|GET /{repo}/resolve/{rev}/{path}               file download with ETag, X-Repo-Commit, Content-Length
+    the same under /api/spaces/{repo}/... and /spaces/{repo}/resolve/...
+A Space is stored as the repo "spaces/{namespace}/{name}" (store.repos, store.files), as its URLs name it.
 Errors carry X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound) as the Hub's do, so huggingface_hub
 raises its usual exceptions. Writes need an `Authorization: Bearer` header; any token is accepted.
 """
@@ -23,6 +25,7 @@ raises its usual exceptions. Writes need an `Authorization: Bearer` header; any 
 import base64
 import hashlib
 import json
+import os
 import threading
 import time
 from datetime import datetime, timezone
@@ -39,6 +42,11 @@ class HubError(Exception):
     def __init__(self, status: int, message: str, code: str = None):
         super().__init__(message)
         self.status, self.message, self.code = status, message, code
+
+
+def hub_date(date: datetime) -> str:
+    """A UTC date as the Hub writes it, and huggingface_hub parses it: 2026-01-31T12:00:00.000000Z."""
+    return date.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def git_blob_id(content: bytes) -> str:
@@ -65,10 +73,11 @@ class HubStore:
     def blob_path(self, blob_id: str) -> Path:
         return self.blob_dir / blob_id
 
-    def create_repo(self, repo_id: str, private: bool) -> None:
+    def create_repo(self, repo_id: str, private: bool, sdk: str = None) -> None:
+        """`repo_id`: namespace/name for a model, spaces/namespace/name for a Space (which has an `sdk`)."""
         if repo_id in self.repos:
-            raise HubError(409, "You already created this model repo")
-        self.repos[repo_id] = {"private": bool(private), "branches": {}, "commits": {},
+            raise HubError(409, "You already created this repo")
+        self.repos[repo_id] = {"private": bool(private), "branches": {}, "commits": {}, "sdk": sdk,
                                "created": datetime.now(timezone.utc)}
         self.commit(repo_id, "main", "initial commit", {".gitattributes": self.put_blob(GITATTRIBUTES)}, new_branch=True)
 
@@ -147,8 +156,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if method == "GET" and parts[:2] == ["api", "whoami-v2"]:
             self._require_token()
             return self._send_json(200, {"type": "user", "name": "local-user", "orgs": []})
-        if parts[:2] == ["api", "models"] and len(parts) >= 4:
-            repo_id, action, rest = f"{parts[2]}/{parts[3]}", parts[4] if len(parts) > 4 else None, parts[5:]
+        if parts[:2] in (["api", "models"], ["api", "spaces"]) and len(parts) >= 4:
+            repo_id = f"{parts[2]}/{parts[3]}" if parts[1] == "models" else f"spaces/{parts[2]}/{parts[3]}"
+            action, rest = parts[4] if len(parts) > 4 else None, parts[5:]
             if method == "GET" and action is None:
                 return self._repo_info(repo_id, "main")
             if method == "GET" and action == "revision" and rest:
@@ -163,6 +173,8 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 return self._create_branch(repo_id, "/".join(rest))
         if method in ("GET", "HEAD") and len(parts) >= 5 and parts[2] == "resolve":
             return self._resolve_file(method, f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]))
+        if method in ("GET", "HEAD") and len(parts) >= 6 and parts[0] == "spaces" and parts[3] == "resolve":
+            return self._resolve_file(method, "/".join(parts[:3]), parts[4], "/".join(parts[5:]))
         raise HubError(404, f"The local Hub does not serve {method} {self.path}")
 
     # --- helpers --------------------------------------------------------------------------------------------
@@ -196,13 +208,18 @@ class HubRequestHandler(BaseHTTPRequestHandler):
     def _create_repo(self):
         self._require_token()
         payload = self._json_body()
-        if payload.get("type", "model") != "model":
-            raise HubError(400, "The local Hub stores model repos only")
+        repo_type = payload.get("type", "model")
+        if repo_type not in ("model", "space"):
+            raise HubError(400, "The local Hub stores model and Space repos only")
+        if repo_type == "space" and not payload.get("sdk"):
+            raise HubError(400, "A Space needs an sdk")
         repo_id = f"{payload.get('organization') or 'local-user'}/{payload['name']}"
+        if repo_type == "space":
+            repo_id = f"spaces/{repo_id}"
         private = payload.get("private") or payload.get("visibility") == "private"
         url = f"http://{self.headers['Host']}/{repo_id}"
         try:
-            self.store.create_repo(repo_id, private)
+            self.store.create_repo(repo_id, private, payload.get("sdk"))
         except HubError as err:
             return self._send_json(err.status, {"error": err.message, "url": url})
         self._send_json(200, {"url": url, "name": repo_id, "id": hashlib.sha1(repo_id.encode()).hexdigest()[:24]})
@@ -220,22 +237,32 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         repo = self.store.repo(repo_id)
         sha = self.store.resolve(repo_id, revision)
         files = self.store.files(repo_id, sha)
+        name = repo_id.removeprefix("spaces/")
         self._send_json(200, {
-            "id": repo_id,
-            "modelId": repo_id,
-            "author": repo_id.split("/")[0],
+            "id": name,
+            "modelId": name,
+            "author": name.split("/")[0],
             "sha": sha,
+            "sdk": repo["sdk"],
+            "cardData": self._card_data(files),
             "private": repo["private"],
             "disabled": False,
             "gated": False,
             "tags": [],
-            "createdAt": repo["created"].isoformat(),
-            "lastModified": repo["commits"][sha]["date"].isoformat(),
+            "createdAt": hub_date(repo["created"]),
+            "lastModified": hub_date(repo["commits"][sha]["date"]),
             "siblings": [
                 {"rfilename": path, "size": self.store.blob_path(blob_id).stat().st_size, "blobId": blob_id}
                 for path, blob_id in sorted(files.items())
             ],
         })
+
+    def _card_data(self, files: dict):
+        """README.md's YAML metadata, as the Hub serves it with a repo's info (None without one)."""
+        if "README.md" not in files:
+            return None
+        text = self.store.blob_path(files["README.md"]).read_text(encoding="utf-8")
+        return yaml.safe_load(text.split("---")[1]) if text.startswith("---") else None
 
     def _tree(self, repo_id: str, revision: str, folder: str, query: dict):
         files = self.store.files(repo_id, self.store.resolve(repo_id, revision))
@@ -345,6 +372,28 @@ class LocalHub:
     def __enter__(self):
         self.thread.start()
         return self
+
+    def add_folder(self, repo_id: str, folder, message: str = "Upload folder") -> str:
+        """Puts every file under `folder` into `repo_id` (created when missing) on main, in one commit, without a
+        client: a fixture's model, ready to load. Returns the commit sha."""
+        folder = Path(folder)
+        with self.store.lock:
+            if repo_id not in self.store.repos:
+                self.store.create_repo(repo_id, private=False)
+            files = dict(self.store.files(repo_id, self.store.resolve(repo_id, "main")))
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    files[path.relative_to(folder).as_posix()] = self.store.put_blob(path.read_bytes())
+            return self.store.commit(repo_id, "main", message, files)
+
+    def environment(self, home, token: bool = True) -> dict:
+        """os.environ for a client process of this Hub: HF_ENDPOINT here, online, an own cache under `home`, no
+        PYTHONPATH; HF_TOKEN set (any token is accepted) or, with token=False, none."""
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_TOKEN")}
+        env.update(HF_ENDPOINT=self.url, HF_HUB_OFFLINE="0", HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1")
+        if token:
+            env["HF_TOKEN"] = "hf_local_test_token"
+        return env
 
     def __exit__(self, *exc_info):
         self.server.shutdown()

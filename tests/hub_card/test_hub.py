@@ -11,7 +11,6 @@ import base64
 import copy
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -111,14 +110,6 @@ def copy_model(source, target):
 def local_captions(model_dir, images):
     captioner = load_captioner(str(model_dir))
     return [output[0]["generated_text"] for output in captioner(images)]
-
-
-def hub_env(hub, home, token=True):
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HF_TOKEN")}
-    env.update(HF_ENDPOINT=hub.url, HF_HUB_OFFLINE="0", HF_HOME=str(home), HF_HUB_DISABLE_TELEMETRY="1")
-    if token:
-        env["HF_TOKEN"] = "hf_local_test_token"
-    return env
 
 
 def run_script(script, args, env, cwd):
@@ -547,7 +538,7 @@ def test_push_then_load_by_repo_id_with_pinned_revisions(
     first_captions, second_captions = local_captions(first, product_images), local_captions(second, product_images)
     assert first_captions != second_captions, "the second weights must describe differently to test pinning"
 
-    _, push_output = run_script(PUSH_SCRIPT, [REPO_ROOT, first, second], hub_env(local_hub, tmp_path / "push-home"),
+    _, push_output = run_script(PUSH_SCRIPT, [REPO_ROOT, first, second], local_hub.environment(tmp_path / "push-home"),
                                 cwd=REPO_ROOT)
     store = local_hub.store
     commits = store.repos["local-user/moda"]["commits"]
@@ -585,7 +576,7 @@ def test_push_then_load_by_repo_id_with_pinned_revisions(
     load_dir = tmp_path / "elsewhere"
     load_dir.mkdir()
     loaded, _ = run_script(LOAD_SCRIPT, [json.dumps(targets), *image_paths],
-                           hub_env(local_hub, tmp_path / "fresh-home", token=False), cwd=load_dir)
+                           local_hub.environment(tmp_path / "fresh-home", token=False), cwd=load_dir)
 
     expected = {
         f"local-user/moda-transformers@{transformers_sha}": first_captions,
@@ -604,7 +595,7 @@ def test_push_then_load_by_repo_id_with_pinned_revisions(
     shutil.copyfile(store.blob_path(store.files("local-user/moda", second_sha)["examples/shirt.jpg"]), shirt)
     requests_before = len(store.requests)
     outputs, _ = run_script(SNIPPETS_SCRIPT, [json.dumps(snippets)],
-                            hub_env(local_hub, tmp_path / "snippet-home", token=False), cwd=snippet_dir)
+                            local_hub.environment(tmp_path / "snippet-home", token=False), cwd=snippet_dir)
     downloads = [path for _, path in store.requests[requests_before:] if "/resolve/" in path]
     assert downloads and all(path.startswith(f"/local-user/moda/resolve/{second_sha}/") for path in downloads)
     with Image.open(shirt) as image:

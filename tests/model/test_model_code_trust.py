@@ -165,7 +165,7 @@ def test_the_app_refuses_a_model_that_needs_its_own_code(evil_model, tmp_path, m
     with pytest.raises(SystemExit) as info:
         app.main(["--model", str(folder), "--index", str(tmp_path / "index")])
     message = str(info.value)
-    assert message.startswith("app.py: --model ") and repr(str(folder)) in message and "needs its own code" in message
+    assert message.startswith("app.py: error: --model ") and repr(str(folder)) in message and "needs its own code" in message
     assert not marker.exists()
     assert not (tmp_path / "index").exists()
 
