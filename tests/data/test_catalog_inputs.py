@@ -4,6 +4,7 @@ Each must stop with an error that names the input and the problem, never drop ev
 """
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,49 @@ def test_qa_from_metadata_asks_about_each_catalogs_own_columns(row, template, an
     examples = examples_from_rows([{"image": "a.png", **row}], BadRows(), caption_template=template or MODA_CAPTION_TEMPLATE,
                                   qa_from_metadata=True)
     assert [(e["prompt"], e["description"]) for e in examples[1:]] == list(zip(QUESTIONS.values(), answers))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Catalog files read through datasets
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_csv_cells_are_read_as_the_text_they_hold(tmp_path):
+    """datasets' csv builder would guess types: "007" would become 7 and "NA" or an empty cell None."""
+    (tmp_path / "cat.csv").write_text("image,ProductId,Usage,year\na.png,007,NA,2012\nb.png,8,,\n")
+    rows = read_splits(str(tmp_path / "cat.csv"))["train"]
+    assert [(row["ProductId"], row["Usage"], row["year"]) for row in rows] == [("007", "NA", "2012"), ("8", "", "")]
+
+
+def test_an_edited_catalog_file_is_read_again_even_with_its_old_mtime(tmp_path, monkeypatch):
+    """datasets' cache takes a local file to be unchanged while its mtime is; a catalog rewritten within the file
+    system's timestamp tick, or copied with its times, must still be read anew. And no Arrow cache is left behind."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    table = tmp_path / "cat.csv"
+    table.write_text("image,Colour\na.png,Red\n")
+    assert read_splits(str(table))["train"][0]["Colour"] == "Red"
+    times = table.stat().st_atime_ns, table.stat().st_mtime_ns
+    table.write_text("image,Colour\na.png,Blue\n")
+    os.utime(table, ns=times)
+    assert read_splits(str(table))["train"][0]["Colour"] == "Blue"
+    assert list((tmp_path / "hf-cache").rglob("*.arrow")) == []
+
+
+@pytest.mark.parametrize("name, text", [("cat.csv", "image,id\nb.png,\"1\n"), ("cat.jsonl", '{"image": \n')])
+def test_a_malformed_catalog_file_is_one_error_naming_it(tmp_path, name, text):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=rf"Catalog file .*{name}' cannot be read as"):
+        read_splits(str(tmp_path / name))
+
+
+def test_streaming_reads_the_same_rows_as_they_are_taken(tmp_path, small_csv):
+    import types
+
+    (tmp_path / "split" / "train").mkdir(parents=True)
+    write_csv(tmp_path / "split" / "train" / "metadata.csv", [{"file_name": "a.png", **ROW}, {"file_name": "b.png", **ROW}])
+    for source in (str(small_csv), str(tmp_path / "split")):
+        streamed = read_splits(source, streaming=True)
+        assert all(isinstance(rows, types.GeneratorType) for rows in streamed.values())
+        assert {split: list(rows) for split, rows in streamed.items()} == read_splits(source)
+
