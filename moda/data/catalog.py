@@ -5,7 +5,6 @@ local path or raw image bytes: images are decoded only where they are needed (an
 Rows that cannot be used are reported with their reason; `on_bad_row` decides whether they are skipped or stop the run.
 """
 
-import random
 import string
 import tempfile
 from dataclasses import dataclass, field
@@ -318,17 +317,31 @@ def sample_rows(rows: list, limit: int = None, seed: int = 0) -> list:
     """
     if limit is None or limit >= len(rows):
         return list(rows)
-    chosen = sorted(random.Random(seed).sample(range(len(rows)), limit))
+    chosen = sorted(row_numbers(len(rows)).shuffle(seed=seed).select(range(limit)).to_dict()["row"])
     return [rows[i] for i in chosen]
 
 
+def row_numbers(count: int):
+    """A datasets.Dataset of the numbers 0..count-1 (column "row"): datasets' shuffle, select and train_test_split
+    choose among a list's rows through it, whatever the rows hold (image bytes, mixed types)."""
+    import datasets
+
+    return datasets.Dataset.from_dict({"row": range(count)})
+
+
 def split_off_validation(splits: dict, fraction: float, seed: int) -> dict:
+    """A random `fraction` of train (seeded; at least one row) as the validation split, by datasets' train_test_split."""
     if not 0 < fraction < 1:
         raise ValueError(f"validation_fraction must be between 0 and 1, got {fraction}.")
-    train = list(splits["train"])
-    random.Random(seed).shuffle(train)
-    n_validation = max(1, round(len(train) * fraction))
-    return {**splits, "train": train[n_validation:], "validation": train[:n_validation]}
+    train = splits["train"]
+    if not train:  # nothing to split: the caller says the catalog has no training rows
+        return {**splits, "validation": []}
+    if len(train) < 2:
+        raise ValueError(f"A validation split cannot be carved out of {len(train)} train row(s): give a catalog with "
+                         "a validation split, or more rows.")
+    parts = row_numbers(len(train)).train_test_split(test_size=fraction, seed=seed)
+    return {**splits, "train": [train[i] for i in parts["train"].to_dict()["row"]],
+            "validation": [train[i] for i in parts["test"].to_dict()["row"]]}
 
 
 # --qa_from_metadata's questions, by attribute: asked of the catalog's own column for it (moda.data.attributes.columns_for:

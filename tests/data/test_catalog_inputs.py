@@ -258,3 +258,24 @@ def test_streaming_reads_the_same_rows_as_they_are_taken(tmp_path, small_csv):
         assert all(isinstance(rows, types.GeneratorType) for rows in streamed.values())
         assert {split: list(rows) for split, rows in streamed.items()} == read_splits(source)
 
+
+def test_a_sample_is_seeded_and_in_catalog_order():
+    from moda.data.catalog import sample_rows
+
+    rows = [{"n": i} for i in range(50)]
+    sample = sample_rows(rows, 10, seed=3)
+    assert sample == sample_rows(rows, 10, seed=3) != sample_rows(rows, 10, seed=4)
+    assert len(sample) == 10 and sample == sorted(sample, key=lambda row: row["n"]) and sample != rows[:10]
+    assert sample_rows(rows, 60) == rows and sample_rows(rows) == rows
+
+
+def test_validation_is_a_seeded_tenth_of_train_and_one_row_cannot_be_split():
+    from moda.data.catalog import split_off_validation
+
+    rows = [{"n": i} for i in range(40)]
+    splits = split_off_validation({"train": rows}, 0.1, seed=0)
+    assert len(splits["validation"]) == 4 and len(splits["train"]) == 36
+    assert sorted(row["n"] for row in splits["train"] + splits["validation"]) == list(range(40))
+    assert split_off_validation({"train": rows}, 0.1, seed=0) == splits != split_off_validation({"train": rows}, 0.1, 1)
+    with pytest.raises(ValueError, match=r"cannot be carved out of 1 train row"):
+        split_off_validation({"train": rows[:1]}, 0.1, seed=0)
