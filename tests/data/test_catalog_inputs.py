@@ -114,9 +114,10 @@ def test_an_unreachable_hub_name_says_neither_place_has_it(tmp_path, monkeypatch
     assert repr(name) in str(info.value) and isinstance(info.value.__cause__, ConnectionError)
 
 
-def test_a_hub_datasets_image_paths_must_be_files_it_downloaded(tmp_path, monkeypatch):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_hub_datasets_image_paths_must_be_files_it_downloaded(tmp_path, monkeypatch, streaming):
     """A Hub dataset's cells may name any path: bytes, URLs and files in the Hugging Face caches are read; a local path
-    elsewhere (a private file) is refused naming the row, before anything reads it."""
+    elsewhere (a private file) is refused naming the row, before anything reads it. Streamed alike."""
     import datasets
 
     cache = tmp_path / "hf-datasets"
@@ -130,17 +131,19 @@ def test_a_hub_datasets_image_paths_must_be_files_it_downloaded(tmp_path, monkey
     def hub(cells):
         features = datasets.Features({"image": datasets.Image(), "id": datasets.Value("int64")})
         table = datasets.Dataset.from_dict({"image": cells, "id": list(range(len(cells)))}, features=features)
+        if streaming:
+            return lambda name, *args, **kwargs: datasets.IterableDatasetDict({"train": table.to_iterable_dataset()})
         return lambda name, *args, **kwargs: datasets.DatasetDict({"train": table})
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(datasets, "load_dataset", hub(cells))
-    rows = read_splits("someone/catalog")["train"]
+    rows = list(read_splits("someone/catalog", streaming=streaming)["train"])
     assert [row["image"] for row in rows] == [b"png", "https://example.com/1.jpg", str(downloaded.resolve())]
 
     private = tmp_path / "private" / "passport.jpg"
     monkeypatch.setattr(datasets, "load_dataset", hub(cells + [{"bytes": None, "path": str(private)}]))
     with pytest.raises(ValueError, match=r"someone/catalog\[train\] row 3: its image names the local path"):
-        read_splits("someone/catalog")
+        list(read_splits("someone/catalog", streaming=streaming)["train"])
 
 
 def test_an_existing_relative_folder_is_read_locally(tmp_path, monkeypatch, small_csv):
