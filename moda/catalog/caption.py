@@ -11,6 +11,8 @@ How a run survives being killed: every finished batch is written to its own part
 rank 0 merges the parts (and the rows of an earlier finished output) into the output through a temp file and
 `os.replace`, then removes the parts. Under torchrun / accelerate launch, accelerate's PartialState splits the items
 between the processes (split_between_processes: contiguous shares) and has them wait for each other before the merge.
+With `--streaming`, the catalog is read as its rows arrive (datasets' streaming mode) and batches are captioned as
+they fill; process r then takes every world_size-th item, from the r-th on (a stream has no length to split).
 
 One run at a time on an output: rank 0 holds an exclusive lock on `<output>.lock` (moda.io.locks) for the whole run,
 and a second run on the same output is refused at once, naming the PID that holds it; rank r > 0 holds its shard's
@@ -63,9 +65,23 @@ def list_catalog_items(source: str, image_column: str = "image") -> list:
     return list(items_from_rows(rows, catalog_base(source), source, id_column_of(rows)))
 
 
-def catalog_rows(source: str, image_column: str):
+def stream_catalog_items(source: str, image_column: str = "image"):
+    """
+    list_catalog_items' items, read as they arrive (datasets' streaming mode), for a catalog that does not fit in
+    memory. The id column is the first row's (`id`, else `ProductId`, else none: ids from paths); a later row without
+    it, or with one where the first row had none, stops the stream with an error naming that row.
+    """
+    rows = catalog_rows(source, image_column, streaming=True)
+    first = next(rows, None)
+    if first is None:
+        raise ValueError(f"{source!r} lists no items: its catalog table has no rows.")
+    id_column = next((c for c in ID_COLUMNS if first.get(c) not in (None, "")), None)
+    yield from items_from_rows(itertools.chain([first], rows), catalog_base(source), source, id_column)
+
+
+def catalog_rows(source: str, image_column: str, streaming: bool = False):
     """Every split's rows, one after another; a plain folder of images gives one row per image file."""
-    splits = read_splits(source, image_column)
+    splits = read_splits(source, image_column, streaming)
     if Path(source).is_dir() and not splits:  # a plain folder of images
         splits = {"images": _image_files_as_rows(Path(source))}
         if not splits["images"]:
@@ -95,13 +111,18 @@ def id_column_of(rows: list):
 
 
 def items_from_rows(rows, base, source: str, id_column):
-    """Yields an item per row, its id from `id_column` (id_column_of) or, with None, from its image."""
+    """Yields an item per row, its id from `id_column` (every row must fill it) or, with None, from its image."""
     seen = {}
     for i, row in enumerate(rows):
         image = row.get("image")
         file = image if isinstance(image, str) else row.get("file_name") or row["_where"]
         if isinstance(image, str) and not is_url(image):
             file = os.path.abspath(image)  # the output is read from other folders too (moda index, the app)
+        filled = next((c for c in ID_COLUMNS if row.get(c) not in (None, "")), None)
+        if id_column and row.get(id_column) in (None, ""):  # (a stream's rows: a list is checked whole first)
+            raise ValueError(f"{row['_where']} has no {id_column!r} while other rows have one; give every item an id.")
+        if not id_column and filled:
+            raise ValueError(f"{row['_where']} fills {filled!r} while the first row has none; give every item an id.")
         if id_column:
             item_id = str(row[id_column])
         elif is_url(image):
@@ -170,10 +191,12 @@ def attribute_vocabulary(rows: list, source: str):
         return None
 
 
-def catalog_vocabulary(source: str, image_column: str = "image"):
+def catalog_vocabulary(source: str, image_column: str = "image", streaming: bool = False):
     """The attribute vocabulary of the catalog at `source` (moda caption --vocabulary, app.py), or None. Only its
-    attribute columns are read: item ids and images play no part."""
-    rows = [row for split in read_splits(source, image_column).values() for row in split]
+    attribute columns are read: item ids and images play no part (nor kept: with `streaming`, only the rows'
+    metadata is ever held)."""
+    splits = read_splits(source, image_column, streaming)
+    rows = [{k: v for k, v in row.items() if k != "image"} for split in splits.values() for row in split]
     if not rows:
         raise ValueError(f"{source!r} lists no items to take attribute values from.")
     return attribute_vocabulary(rows, source)
@@ -396,7 +419,7 @@ def caption_locked(args, output: Path, state) -> None:
     """caption_catalog's work, while this process holds its lock."""
     rank = state.process_index
     parts_dir = parts_dir_for(output)
-    items = list_catalog_items(args.images, args.image_column)
+    items = None if args.streaming else list_catalog_items(args.images, args.image_column)
     settings = run_settings(args)
     # Checked before anything is written: a refused run leaves no parts folder behind.
     earlier_rows = [] if args.overwrite else earlier_output_rows(output, settings)
@@ -411,16 +434,23 @@ def caption_locked(args, output: Path, state) -> None:
 
     done = {str(row["id"]) for row in earlier_rows}
     done |= {str(row["id"]) for part in finished_parts(parts_dir) for row in read_jsonl(part)}
-    with state.split_between_processes([item for item in items if item["id"] not in done]) as shard:
-        total = len(shard)
+    if args.streaming:
+        everyone = stream_catalog_items(args.images, args.image_column)
+        shard = (item for item in itertools.islice(everyone, rank, None, state.num_processes) if item["id"] not in done)
+        total = None
+    else:
+        with state.split_between_processes([item for item in items if item["id"] not in done]) as shard:
+            total = len(shard)
 
     def prepare():
         from moda.model.loading import load_captioner
 
         if args.vocabulary is not None:
             vocabulary = catalog_vocabulary(args.vocabulary, args.image_column)
-        else:
+        elif items is not None:
             vocabulary = attribute_vocabulary([item["row"] for item in items], args.images)
+        else:  # a stream: its attribute values come from a first pass over its rows' metadata
+            vocabulary = catalog_vocabulary(args.images, args.image_column, streaming=True)
         captioner = load_captioner(args.model, revision=args.revision, device=args.device or str(state.device),
                                    trust_remote_code=args.trust_remote_code)
         return captioner, vocabulary
@@ -434,7 +464,8 @@ def caption_locked(args, output: Path, state) -> None:
     state.wait_for_everyone()
 
     if state.is_main_process:
-        rows = finish([item["id"] for item in items], output, parts_dir, earlier_rows, settings)
+        catalog = items if items is not None else stream_catalog_items(args.images, args.image_column)
+        rows = finish([item["id"] for item in catalog], output, parts_dir, earlier_rows, settings)
         errors = [row for row in rows if "error" in row]
         print(f"wrote {len(rows)} row(s) to {output}: {len(rows) - len(errors)} described, "
               f"{len(errors)} unreadable")

@@ -31,6 +31,9 @@ def parse_arguments(argv):
     parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is there, else cpu")
     parser.add_argument("--revision", default=None, help="a Hub revision (commit) to pin")
     parser.add_argument("--overwrite", action="store_true", help="discard earlier output and unfinished parts")
+    parser.add_argument("--streaming", action="store_true",
+                        help="read the catalog as its rows arrive (for one that does not fit in memory): batches are "
+                             "captioned as they fill")
     add_trust_remote_code_argument(parser)
     args = parser.parse_args(argv)
     args.prompts = args.prompts or [""]
