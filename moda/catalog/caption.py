@@ -9,8 +9,10 @@ One output row per catalog item: `id`, `file`, `description`, `descriptions` ({p
 How a run survives being killed: every finished batch is written to its own part file in `<output>.parts/`
 (temp file, fsync, atomic rename), and a restart skips the ids those parts already hold. When every item is done,
 rank 0 merges the parts (and the rows of an earlier finished output) into the output through a temp file and
-`os.replace`, then removes the parts. Under torchrun / accelerate launch (RANK, WORLD_SIZE set), rank r captions
-items[r::world_size]; the ranks meet at a gloo barrier before the merge.
+`os.replace`, then removes the parts. Under torchrun / accelerate launch, accelerate's PartialState splits the items
+between the processes (split_between_processes: contiguous shares) and has them wait for each other before the merge.
+With `--streaming`, the catalog is read as its rows arrive (datasets' streaming mode) and batches are captioned as
+they fill; process r then takes every world_size-th item, from the r-th on (a stream has no length to split).
 
 One run at a time on an output: rank 0 holds an exclusive lock on `<output>.lock` (moda.io.locks) for the whole run,
 and a second run on the same output is refused at once, naming the PID that holds it; rank r > 0 holds its shard's
@@ -18,6 +20,7 @@ lock.
 """
 
 import datetime
+import itertools
 import json
 import os
 import shutil
@@ -56,36 +59,70 @@ def list_catalog_items(source: str, image_column: str = "image") -> list:
     (metadata.csv at the top or in split folders: every split is taken), a .csv/.jsonl/.json file with an
     `image_column`, or a Hub dataset name. Ids come from an `id`/`ProductId` column, else the image's path.
     """
-    path = Path(source)
-    splits = read_splits(source, image_column)
-    if path.is_dir() and not splits:  # a plain folder of images
-        splits = {"images": _image_files_as_rows(path)}
-        if not splits["images"]:
-            raise ValueError(f"{source!r} holds no images (looked for {sorted(IMAGE_EXTENSIONS)}) and no metadata.csv.")
-    rows = [row for split in splits.values() for row in split]
+    rows = list(catalog_rows(source, image_column))
     if not rows:  # a table with a header only: an empty output would say nothing about why
         raise ValueError(f"{source!r} lists no items: its catalog table has no rows.")
-    base = path if path.is_dir() else path.parent if path.is_file() else None
-    return _items_from_rows(rows, base, source)
+    return list(items_from_rows(rows, catalog_base(source), source, id_column_of(rows)))
+
+
+def stream_catalog_items(source: str, image_column: str = "image"):
+    """
+    list_catalog_items' items, read as they arrive (datasets' streaming mode), for a catalog that does not fit in
+    memory. The id column is the first row's (`id`, else `ProductId`, else none: ids from paths); a later row without
+    it, or with one where the first row had none, stops the stream with an error naming that row.
+    """
+    rows = catalog_rows(source, image_column, streaming=True)
+    first = next(rows, None)
+    if first is None:
+        raise ValueError(f"{source!r} lists no items: its catalog table has no rows.")
+    id_column = next((c for c in ID_COLUMNS if first.get(c) not in (None, "")), None)
+    yield from items_from_rows(itertools.chain([first], rows), catalog_base(source), source, id_column)
+
+
+def catalog_rows(source: str, image_column: str, streaming: bool = False):
+    """Every split's rows, one after another; a plain folder of images gives one row per image file."""
+    splits = read_splits(source, image_column, streaming)
+    if Path(source).is_dir() and not splits:  # a plain folder of images
+        splits = {"images": _image_files_as_rows(Path(source))}
+        if not splits["images"]:
+            raise ValueError(f"{source!r} holds no images (looked for {sorted(IMAGE_EXTENSIONS)}) and no metadata.csv.")
+    return itertools.chain.from_iterable(splits.values())
+
+
+def catalog_base(source: str):
+    """The folder that images' ids are relative to: the catalog folder, a table's folder, or None (a dataset)."""
+    path = Path(source)
+    return path if path.is_dir() else path.parent if path.is_file() else None
 
 
 def _image_files_as_rows(root: Path) -> list:
     return [{"image": str(p), "_where": str(p)} for p in image_files(root)]
 
 
-def _items_from_rows(rows: list, base, source: str) -> list:
+def id_column_of(rows: list):
+    """The first of ID_COLUMNS that every row fills, or None; one that only some rows fill is an error."""
     id_column = next((c for c in ID_COLUMNS if rows and all(row.get(c) not in (None, "") for row in rows)), None)
     partly_filled = next((c for c in ID_COLUMNS if any(row.get(c) not in (None, "") for row in rows)), None)
     if id_column is None and partly_filled:  # ids from paths instead would change every item's id, not just this one's
         lacking = [row for row in rows if row.get(partly_filled) in (None, "")]
         raise ValueError(f"{lacking[0]['_where']} has no {partly_filled!r} ({len(lacking)} row(s) like it) while other "
                          "rows have one; give every item an id.")
-    items, seen = [], {}
+    return id_column
+
+
+def items_from_rows(rows, base, source: str, id_column):
+    """Yields an item per row, its id from `id_column` (every row must fill it) or, with None, from its image."""
+    seen = {}
     for i, row in enumerate(rows):
         image = row.get("image")
         file = image if isinstance(image, str) else row.get("file_name") or row["_where"]
         if isinstance(image, str) and not is_url(image):
             file = os.path.abspath(image)  # the output is read from other folders too (moda index, the app)
+        filled = next((c for c in ID_COLUMNS if row.get(c) not in (None, "")), None)
+        if id_column and row.get(id_column) in (None, ""):  # (a stream's rows: a list is checked whole first)
+            raise ValueError(f"{row['_where']} has no {id_column!r} while other rows have one; give every item an id.")
+        if not id_column and filled:
+            raise ValueError(f"{row['_where']} fills {filled!r} while the first row has none; give every item an id.")
         if id_column:
             item_id = str(row[id_column])
         elif is_url(image):
@@ -100,8 +137,7 @@ def _items_from_rows(rows: list, base, source: str) -> list:
             )
         seen[item_id] = row["_where"]
         metadata = {k: v for k, v in row.items() if k not in ("image", "_where")}
-        items.append({"id": item_id, "file": str(file), "image": image, "row": metadata})
-    return items
+        yield {"id": item_id, "file": str(file), "image": image, "row": metadata}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -155,10 +191,12 @@ def attribute_vocabulary(rows: list, source: str):
         return None
 
 
-def catalog_vocabulary(source: str, image_column: str = "image"):
+def catalog_vocabulary(source: str, image_column: str = "image", streaming: bool = False):
     """The attribute vocabulary of the catalog at `source` (moda caption --vocabulary, app.py), or None. Only its
-    attribute columns are read: item ids and images play no part."""
-    rows = [row for split in read_splits(source, image_column).values() for row in split]
+    attribute columns are read: item ids and images play no part (nor kept: with `streaming`, only the rows'
+    metadata is ever held)."""
+    splits = read_splits(source, image_column, streaming)
+    rows = [{k: v for k, v in row.items() if k != "image"} for split in splits.values() for row in split]
     if not rows:
         raise ValueError(f"{source!r} lists no items to take attribute values from.")
     return attribute_vocabulary(rows, source)
@@ -230,38 +268,31 @@ def read_output(path: Path) -> list:
     return rows
 
 
-def merge_rows(items: list, sources: list) -> list:
+def merge_rows(ids: list, sources: list) -> list:
     """
-    One row per catalog item, in catalog order, from row lists (earlier output, parts). A missing item is an
+    One row per catalog item (`ids`, in catalog order) from row lists (earlier output, parts). A missing item is an
     error: the merge runs only once every shard is done.
     """
     by_id = {}
     for rows in sources:
         for row in rows:
             by_id.setdefault(str(row["id"]), row)
-    missing = [item["id"] for item in items if item["id"] not in by_id]
+    missing = [item_id for item_id in ids if item_id not in by_id]
     if missing:
         raise RuntimeError(f"Cannot merge: {len(missing)} item(s) have no row yet, e.g. {missing[:5]}.")
-    return [by_id[item["id"]] for item in items]
+    return [by_id[item_id] for item_id in ids]
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------------------------
 
-def distributed_setup():
-    """(rank, world_size) from torchrun / accelerate launch's environment; joins a gloo group when world > 1."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world_size > 1 and not torch.distributed.is_initialized():
-        # A long catalog shard can take hours: the barrier before the merge must wait for the slowest rank.
-        torch.distributed.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
-    return rank, world_size
+def process_state(args):
+    """accelerate's PartialState: under torchrun / accelerate launch it joins the processes' group (gloo without CUDA)."""
+    from accelerate import PartialState
 
-
-def barrier(world_size: int) -> None:
-    if world_size > 1:
-        torch.distributed.barrier()
+    # A long catalog shard can take hours: waiting for everyone before the merge must wait for the slowest process.
+    return PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available(), timeout=datetime.timedelta(hours=24))
 
 
 def run_settings(args) -> dict:
@@ -321,30 +352,34 @@ def earlier_output_rows(output: Path, settings: dict) -> list:
     return rows
 
 
-def caption_shard(captioner, items, parts_dir: Path, rank: int, args, vocabulary) -> int:
-    """Captions this rank's items in batches, one part file per batch; returns how many it described."""
+def caption_shard(prepare, items, parts_dir: Path, rank: int, args, total: int = None) -> int:
+    """Captions this rank's items (a list or a stream) in batches, one part file per batch; returns how many it
+    described. prepare() gives the captioner and the attribute vocabulary, at the first batch: only when there is
+    work (a stream's length is known only once it ends)."""
     from tqdm.auto import tqdm
 
     kill_after = int(os.environ.get(KILL_AFTER_PARTS_ENV, "0"))
     number = next_part_number(parts_dir, rank)
-    written = 0
-    with tqdm(total=len(items), unit="item", desc=f"captioning (rank {rank})", dynamic_ncols=True) as progress:
-        for start in range(0, len(items), args.batch_size):
-            batch = items[start:start + args.batch_size]
+    written = described = 0
+    items = iter(items)
+    with tqdm(total=total, unit="item", desc=f"captioning (rank {rank})", dynamic_ncols=True) as progress:
+        for batch in iter(lambda: list(itertools.islice(items, args.batch_size)), []):
+            if written == 0:
+                captioner, vocabulary = prepare()
             rows = caption_batch(captioner, batch, args.prompts, vocabulary, args.max_new_tokens)
             part = parts_dir / f"part-{rank:05d}-{number:06d}.jsonl"
             write_atomically(part, lambda handle: handle.write(jsonl_bytes(rows)))
-            number, written = number + 1, written + 1
+            number, written, described = number + 1, written + 1, described + len(batch)
             progress.update(len(batch))
             if kill_after and written >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
-    return len(items)
+    return described
 
 
-def finish(items, output: Path, parts_dir: Path, earlier_rows: list, settings: dict) -> list:
-    """Rank 0: merges earlier output and parts into the output atomically, then removes the parts."""
+def finish(ids: list, output: Path, parts_dir: Path, earlier_rows: list, settings: dict) -> list:
+    """The main process: merges earlier output and parts into the output atomically, then removes the parts."""
     sources = [earlier_rows] + [read_jsonl(part) for part in finished_parts(parts_dir)]
-    rows = merge_rows(items, sources)
+    rows = merge_rows(ids, sources)
     # The settings first: a run killed in between leaves settings that the parts folder (still there) also holds.
     write_atomically(settings_file_for(output), lambda handle: handle.write(json.dumps(settings).encode("utf-8")))
     write_output(output, rows)
@@ -371,57 +406,69 @@ def caption_catalog(args) -> int:
     # Before anything is written (or a process group joined): a model that needs its own code is refused without
     # leaving a parts folder behind.
     check_model_code(args.model, args.revision, args.trust_remote_code)
-    rank, world_size = distributed_setup()
+    state = process_state(args)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    with output_lock(output, rank):  # before anything is read: another run may be merging the output
-        caption_locked(args, output, rank, world_size)
-    if world_size > 1:
-        torch.distributed.destroy_process_group()
+    with output_lock(output, state.process_index):  # before anything is read: another run may be merging the output
+        caption_locked(args, output, state)
+    state.destroy_process_group()
     return 0
 
 
-def caption_locked(args, output: Path, rank: int, world_size: int) -> None:
-    """caption_catalog's work, while this rank holds its lock."""
+def caption_locked(args, output: Path, state) -> None:
+    """caption_catalog's work, while this process holds its lock."""
+    rank = state.process_index
     parts_dir = parts_dir_for(output)
-    items = list_catalog_items(args.images, args.image_column)
+    items = None if args.streaming else list_catalog_items(args.images, args.image_column)
     settings = run_settings(args)
     # Checked before anything is written: a refused run leaves no parts folder behind.
     earlier_rows = [] if args.overwrite else earlier_output_rows(output, settings)
     # Items unreadable last time are read again: their files may have been fixed since.
     retried = [row for row in earlier_rows if "error" in row]
     earlier_rows = [row for row in earlier_rows if "error" not in row]
-    if retried and rank == 0:
+    if retried and state.is_main_process:
         print(f"reading {len(retried)} item(s) again that were unreadable last time", file=sys.stderr)
-    if rank == 0:
+    if state.is_main_process:
         prepare_parts_dir(output, parts_dir, settings, args.overwrite)
-    barrier(world_size)
+    state.wait_for_everyone()
 
     done = {str(row["id"]) for row in earlier_rows}
     done |= {str(row["id"]) for part in finished_parts(parts_dir) for row in read_jsonl(part)}
-    shard = [item for item in items[rank::world_size] if item["id"] not in done]
-    if shard:
+    if args.streaming:
+        everyone = stream_catalog_items(args.images, args.image_column)
+        shard = (item for item in itertools.islice(everyone, rank, None, state.num_processes) if item["id"] not in done)
+        total = None
+    else:
+        with state.split_between_processes([item for item in items if item["id"] not in done]) as shard:
+            total = len(shard)
+
+    def prepare():
         from moda.model.loading import load_captioner
 
-        if args.vocabulary is None:
-            vocabulary = attribute_vocabulary([item["row"] for item in items], args.images)
-        else:
+        if args.vocabulary is not None:
             vocabulary = catalog_vocabulary(args.vocabulary, args.image_column)
-        device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu")
-        captioner = load_captioner(args.model, revision=args.revision, device=device,
+        elif items is not None:
+            vocabulary = attribute_vocabulary([item["row"] for item in items], args.images)
+        else:  # a stream: its attribute values come from a first pass over its rows' metadata
+            vocabulary = catalog_vocabulary(args.images, args.image_column, streaming=True)
+        captioner = load_captioner(args.model, revision=args.revision, device=args.device or str(state.device),
                                    trust_remote_code=args.trust_remote_code)
-        started = time.perf_counter()
-        caption_shard(captioner, shard, parts_dir, rank, args, vocabulary)
-        seconds = time.perf_counter() - started
-        print(f"rank {rank}: described {len(shard)} item(s) in {seconds:.1f}s ({len(shard) / seconds:.1f} items/s)",
-              file=sys.stderr)
-    barrier(world_size)
+        return captioner, vocabulary
 
-    if rank == 0:
-        rows = finish(items, output, parts_dir, earlier_rows, settings)
+    started = time.perf_counter()
+    described = caption_shard(prepare, shard, parts_dir, rank, args, total)
+    if described:
+        seconds = time.perf_counter() - started
+        print(f"rank {rank}: described {described} item(s) in {seconds:.1f}s ({described / seconds:.1f} items/s)",
+              file=sys.stderr)
+    state.wait_for_everyone()
+
+    if state.is_main_process:
+        catalog = items if items is not None else stream_catalog_items(args.images, args.image_column)
+        rows = finish([item["id"] for item in catalog], output, parts_dir, earlier_rows, settings)
         errors = [row for row in rows if "error" in row]
         print(f"wrote {len(rows)} row(s) to {output}: {len(rows) - len(errors)} described, "
               f"{len(errors)} unreadable")
         for row in errors[:10]:
             print(f"  unreadable {row['id']}: {row['error']}")
-    barrier(world_size)
+    state.wait_for_everyone()

@@ -34,6 +34,9 @@ def parse_arguments(argv):
                help="a catalog whose attribute columns give the attribute vocabulary (default: --dataset)")
     add_option(parser, "device", default=None, help="default: cuda:LOCAL_RANK when CUDA is there, else cpu")
     add_option(parser, "overwrite", action="store_true", help="discard earlier output and unfinished parts")
+    add_option(parser, "streaming", action="store_true",
+               help="read the catalog as its rows arrive (for one that does not fit in memory): batches are "
+                    "captioned as they fill")
     add_trust_remote_code_argument(parser)
     args = parser.parse_args(argv)
     args.prompts = args.prompts or [""]

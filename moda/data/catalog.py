@@ -5,10 +5,8 @@ local path or raw image bytes: images are decoded only where they are needed (an
 Rows that cannot be used are reported with their reason; `on_bad_row` decides whether they are skipped or stop the run.
 """
 
-import csv
-import json
-import random
 import string
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,24 +103,65 @@ def caption_for(row: dict, caption_column: str = None, caption_template: str = M
     return " ".join(caption_template.format(**values).split())
 
 
+CATALOG_FILE_SUFFIXES = (".csv", ".jsonl", ".json")
+
+
+def load_table(path: Path, streaming: bool = False):
+    """
+    A .csv/.jsonl/.json catalog file read by datasets' csv/json builder, as one split: a Dataset in memory, or with
+    `streaming` an IterableDataset that reads the file as it is iterated; None when the file holds no rows. A CSV's
+    cells are all text, as the file holds them ("007" stays "007", "NA" and empty cells stay as they are): pandas'
+    guesses would turn ids into numbers and blank cells into None. The Arrow files datasets writes go to a temp folder
+    removed at once: datasets' cache takes a local file to be unchanged while its mtime is, and a catalog rewritten
+    within the file system's timestamp tick (or copied with its mtime) would be read stale.
+    """
+    import datasets
+    import pandas
+    import pyarrow
+
+    suffix = path.suffix.lower()
+    if suffix not in CATALOG_FILE_SUFFIXES:
+        raise ValueError(f"Unsupported catalog file {str(path)!r}: use .csv, .jsonl or .json.")
+    if path.stat().st_size == 0:
+        return None
+    builder = "csv" if suffix == ".csv" else "json"
+    try:
+        options = csv_options(path) if builder == "csv" else {}
+        load = lambda **more: datasets.load_dataset(builder, data_files=str(path), split="train", **options, **more)  # noqa: E731
+        with tempfile.TemporaryDirectory(prefix="moda-catalog-") as cache_dir:
+            # A file without rows: datasets' builders build no split of it, and say so only as "no data".
+            if next(iter(load(streaming=True, cache_dir=cache_dir)), None) is None:
+                return None
+            if not streaming:
+                return load(cache_dir=cache_dir, keep_in_memory=True)
+        return load(streaming=True)
+    except (datasets.exceptions.DatasetGenerationError, pyarrow.ArrowException, pandas.errors.ParserError,
+            UnicodeDecodeError) as err:
+        raise ValueError(f"Catalog file {str(path)!r} cannot be read as {builder.upper()}: {err}") from err
+
+
+def csv_options(path: Path) -> dict:
+    """load_dataset's options that read every cell of a CSV as the text it holds (its header names the columns)."""
+    import datasets
+    import pandas
+
+    columns = pandas.read_csv(path, nrows=0).columns
+    return {"features": datasets.Features({column: datasets.Value("string") for column in columns}),
+            "keep_default_na": False}
+
+
 def read_table(path: Path) -> list:
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
-    if path.suffix.lower() in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as handle:
-            if path.suffix.lower() == ".json":
-                return json.load(handle)
-            return [json.loads(line) for line in handle if line.strip()]
-    raise ValueError(f"Unsupported catalog file {str(path)!r}: use .csv, .jsonl or .json.")
+    """The rows of a .csv/.jsonl/.json catalog file (load_table), as dicts."""
+    table = load_table(path)
+    return [] if table is None else table.to_list()
 
 
-def rows_with_image_paths(rows: list, base: Path, image_column: str, source: str) -> list:
-    """Resolves each row's image column against `base`; rows keep all their metadata."""
-    if rows:
-        require_column(image_column, columns_of(rows), source, "image column")
-    resolved = []
+def resolved_rows(rows, base: Path, image_column: str, source: str):
+    """Yields each row with its image column resolved against `base` (`image`: a path, a URL or None) and its
+    location `_where`; rows keep all their metadata. `rows` may be a stream: they are read one at a time."""
     for i, row in enumerate(rows):
+        if i == 0:
+            require_column(image_column, columns_of([row]), source, "image column")
         row = dict(row)
         name = row.get(image_column)
         row["_where"] = f"{source} row {i + 2 if source.endswith('.csv') else i + 1}"
@@ -133,40 +172,66 @@ def rows_with_image_paths(rows: list, base: Path, image_column: str, source: str
         else:
             path = Path(name)
             row["image"] = str(path if path.is_absolute() else base / path)
-        resolved.append(row)
-    return resolved
+        yield row
 
 
-def load_imagefolder(root: Path) -> dict:
-    splits = {}
-    for split_dir in sorted(p for p in root.iterdir() if p.is_dir() and (p / "metadata.csv").exists()):
-        table = split_dir / "metadata.csv"
-        splits[split_dir.name] = rows_with_image_paths(read_table(table), split_dir, "file_name", str(table))
-    if not splits and (root / "metadata.csv").exists():
-        table = root / "metadata.csv"
-        splits["train"] = rows_with_image_paths(read_table(table), root, "file_name", str(table))
-    return splits
+def rows_with_image_paths(rows: list, base: Path, image_column: str, source: str) -> list:
+    """`resolved_rows` as a list."""
+    return list(resolved_rows(rows, base, image_column, source))
 
 
-def _load_hub_dataset(name: str, image_column: str) -> dict:
+def table_rows(path: Path, base: Path, image_column: str, streaming: bool = False):
+    """The resolved rows of a catalog file: a list, or with `streaming` an iterator that reads them as they come."""
+    table = load_table(path, streaming)
+    if table is None:
+        table = []
+    elif not streaming:
+        table = table.to_list()  # at once: a Dataset gives its rows one by one many times slower
+    rows = resolved_rows(table, base, image_column, str(path))
+    return rows if streaming else list(rows)
+
+
+def load_imagefolder(root: Path, streaming: bool = False) -> dict:
+    """
+    An imagefolder's rows per split: each split folder's metadata.csv (or the folder's own, as "train"), its
+    file_name column resolved against the metadata's folder. Not datasets' imagefolder builder: it refuses the whole
+    catalog at the first file_name with ".." (build-dataset names that row as a bad row and goes on), guesses the
+    metadata's column types, and lists every image file in the folder.
+    """
+    tables = {split_dir.name: split_dir / "metadata.csv"
+              for split_dir in sorted(p for p in root.iterdir() if p.is_dir() and (p / "metadata.csv").exists())}
+    if not tables and (root / "metadata.csv").exists():
+        tables["train"] = root / "metadata.csv"
+    return {split: table_rows(table, table.parent, "file_name", streaming) for split, table in tables.items()}
+
+
+def _load_hub_dataset(name: str, image_column: str, streaming: bool = False) -> dict:
     import datasets
 
     try:
-        loaded = datasets.load_dataset(name)
+        loaded = datasets.load_dataset(name, streaming=streaming)
     except (ConnectionError, FileNotFoundError) as err:  # offline, unreachable, or no such dataset
         raise FileNotFoundError(f"Catalog {name!r} not found: there is no local file or folder of that name, and no "
                                 f"Hub dataset of that name could be loaded ({type(err).__name__}: {err})") from err
     splits = {}
     for split, dataset in loaded.items():
-        require_column(image_column, dataset.column_names, f"{name}[{split}]", "image column")
-        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
-        rows = []
-        for i, row in enumerate(dataset):
-            row["_where"] = f"{name}[{split}] row {i}"
-            row["image"] = hub_image(row.pop(image_column, None), row["_where"])
-            rows.append(row)
-        splits[split] = rows
+        if dataset.column_names is not None:  # (a stream may not know its columns before it is read)
+            require_column(image_column, dataset.column_names, f"{name}[{split}]", "image column")
+        if dataset.features is not None:  # images stay undecoded: image_io_moda decodes them, under its limits
+            dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+        rows = hub_rows(dataset, f"{name}[{split}]", image_column)
+        splits[split] = rows if streaming else list(rows)
     return splits
+
+
+def hub_rows(dataset, where: str, image_column: str):
+    """Yields a Hub dataset split's rows, each with its `image` (hub_image) and its location `_where`."""
+    for i, row in enumerate(dataset):
+        if i == 0:
+            require_column(image_column, list(row), where, "image column")
+        row["_where"] = f"{where} row {i}"
+        row["image"] = hub_image(row.pop(image_column, None), row["_where"])
+        yield row
 
 
 def hub_image(image, where: str):
@@ -194,21 +259,22 @@ def hub_image(image, where: str):
                      "dataset was downloaded into; a Hub dataset's images must be bytes, URLs or downloaded files")
 
 
-def read_splits(source: str, image_column: str = "image") -> dict:
+def read_splits(source: str, image_column: str = "image", streaming: bool = False) -> dict:
     """
     A catalog's rows as {split: [row, ...]}, as its source holds them: an imagefolder directory (split folders with
     metadata.csv, or a single metadata.csv; {} when it has none), a .csv/.jsonl/.json file with an image column (one
-    "train" split, paths relative to the file), or a Hub dataset name.
+    "train" split, paths relative to the file), or a Hub dataset name. With `streaming`, each split is an iterator
+    that reads its rows as they are taken (datasets' streaming mode), for catalogs that do not fit in memory.
     """
     path = Path(source).expanduser()
     if path.is_dir():
-        return load_imagefolder(path)
+        return load_imagefolder(path, streaming)
     if path.is_file():
-        return {"train": rows_with_image_paths(read_table(path), path.parent, image_column, str(path))}
+        return {"train": table_rows(path, path.parent, image_column, streaming)}
     if looks_like_a_path(source):
         raise FileNotFoundError(f"Catalog not found: no file or folder {source!r}")
     require_hub_id(source)
-    return _load_hub_dataset(source, image_column)
+    return _load_hub_dataset(source, image_column, streaming)
 
 
 def read_catalog_splits(source: str, image_column: str = "image") -> dict:
@@ -251,17 +317,31 @@ def sample_rows(rows: list, limit: int = None, seed: int = 0) -> list:
     """
     if limit is None or limit >= len(rows):
         return list(rows)
-    chosen = sorted(random.Random(seed).sample(range(len(rows)), limit))
+    chosen = sorted(row_numbers(len(rows)).shuffle(seed=seed).select(range(limit)).to_dict()["row"])
     return [rows[i] for i in chosen]
 
 
+def row_numbers(count: int):
+    """A datasets.Dataset of the numbers 0..count-1 (column "row"): datasets' shuffle, select and train_test_split
+    choose among a list's rows through it, whatever the rows hold (image bytes, mixed types)."""
+    import datasets
+
+    return datasets.Dataset.from_dict({"row": range(count)})
+
+
 def split_off_validation(splits: dict, fraction: float, seed: int) -> dict:
+    """A random `fraction` of train (seeded; at least one row) as the validation split, by datasets' train_test_split."""
     if not 0 < fraction < 1:
         raise ValueError(f"validation_fraction must be between 0 and 1, got {fraction}.")
-    train = list(splits["train"])
-    random.Random(seed).shuffle(train)
-    n_validation = max(1, round(len(train) * fraction))
-    return {**splits, "train": train[n_validation:], "validation": train[:n_validation]}
+    train = splits["train"]
+    if not train:  # nothing to split: the caller says the catalog has no training rows
+        return {**splits, "validation": []}
+    if len(train) < 2:
+        raise ValueError(f"A validation split cannot be carved out of {len(train)} train row(s): give a catalog with "
+                         "a validation split, or more rows.")
+    parts = row_numbers(len(train)).train_test_split(test_size=fraction, seed=seed)
+    return {**splits, "train": [train[i] for i in parts["train"].to_dict()["row"]],
+            "validation": [train[i] for i in parts["test"].to_dict()["row"]]}
 
 
 # --qa_from_metadata's questions, by attribute: asked of the catalog's own column for it (moda.data.attributes.columns_for:

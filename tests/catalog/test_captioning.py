@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from moda.catalog.caption import (KILL_AFTER_PARTS_ENV, list_catalog_items, parts_dir_for, prepare_parts_dir,
-                                  read_output, run_settings)
+                                  read_output, run_settings, stream_catalog_items)
 from moda.cli.caption import main, parse_arguments
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -223,10 +223,11 @@ def test_a_run_with_another_vocabulary_is_refused_not_mixed_into_the_output(tiny
                           run_settings(parse_arguments(args + ["--vocabulary", str(other)])), overwrite=False)
 
 
-def test_two_processes_split_the_catalog_and_merge_it_complete(tiny_moda_dir, catalog_dir, tmp_path):
+@pytest.mark.parametrize("streaming", [[], ["--streaming"]])
+def test_two_processes_split_the_catalog_and_merge_it_complete(tiny_moda_dir, catalog_dir, tmp_path, streaming):
     output = tmp_path / "captions.jsonl"
     result = run_cli(["--model", str(tiny_moda_dir), "--images", str(catalog_dir), "--output", str(output),
-                      "--batch_size", "2", "--max_new_tokens", "4"], torchrun=True)
+                      "--batch_size", "2", "--max_new_tokens", "4", *streaming], torchrun=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 0: described 6 item(s)" in result.stderr and "rank 1: described 6 item(s)" in result.stderr
     rows = read_output(output)
@@ -236,6 +237,39 @@ def test_two_processes_split_the_catalog_and_merge_it_complete(tiny_moda_dir, ca
     assert main(["--model", str(tiny_moda_dir), "--images", str(catalog_dir), "--output", str(single),
                  "--batch_size", "2", "--max_new_tokens", "4"]) == 0
     assert read_output(single) == rows  # sharding changes nothing in the result
+
+
+def test_streaming_captions_as_rows_arrive_resumes_after_sigkill_and_writes_the_same_output(tiny_moda_dir,
+                                                                                            catalog_dir, tmp_path):
+    output = tmp_path / "streamed.jsonl"
+    args = ["--model", str(tiny_moda_dir), "--images", str(catalog_dir), "--output", str(output), "--batch_size", "3",
+            "--max_new_tokens", "4", "--streaming"]
+    killed = run_cli(args, {KILL_AFTER_PARTS_ENV: "2"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert len(list(parts_dir_for(output).glob("part-*.jsonl"))) == 2 and not output.exists()
+    resumed = run_cli(args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"described {NUM_GOOD + 2 - 6} item(s)" in resumed.stderr
+    rows = read_output(output)
+    assert_complete(rows, catalog_dir)
+
+    whole = tmp_path / "whole.jsonl"
+    assert main(args[:5] + [str(whole)] + args[6:-1]) == 0
+    assert read_output(whole) == rows  # in catalog order, as without streaming
+
+
+def test_a_streamed_catalog_checks_its_ids_as_they_arrive(tmp_path):
+    (tmp_path / "ids.csv").write_text("image,id\na.png,1\nb.png,2\nc.png,\n")
+    items = stream_catalog_items(str(tmp_path / "ids.csv"))
+    assert [next(items)["id"], next(items)["id"]] == ["1", "2"]
+    with pytest.raises(ValueError, match=r"ids\.csv row 4 has no 'id' while other rows have one"):
+        next(items)
+    (tmp_path / "late.csv").write_text("image,ProductId\na.png,\nb.png,7\n")
+    with pytest.raises(ValueError, match=r"late\.csv row 3 fills 'ProductId' while the first row has none"):
+        list(stream_catalog_items(str(tmp_path / "late.csv")))
+    (tmp_path / "twice.csv").write_text("image,id\na.png,1\nb.png,1\n")
+    with pytest.raises(ValueError, match="id '1' is used twice"):
+        list(stream_catalog_items(str(tmp_path / "twice.csv")))
 
 
 def test_a_run_saved_before_a_setting_existed_resumes_when_the_setting_is_unused(tmp_path):

@@ -134,7 +134,8 @@ def test_image_embeddings_of_a_catalog_of_image_bytes_come_from_the_catalog(tmp_
     hub_rows = [{"id": row["id"], "image": data, "_where": f"shop/items[train] row {i}"}
                 for i, (row, data) in enumerate(zip(ROWS, encoded))]
     # A Hub dataset (not reachable here) as moda.data.catalog loads one: images as bytes, no file on disk.
-    monkeypatch.setattr(moda.data.catalog, "_load_hub_dataset", lambda name, column: {"train": [dict(r) for r in hub_rows]})
+    monkeypatch.setattr(moda.data.catalog, "_load_hub_dataset",
+                        lambda name, column, streaming=False: {"train": [dict(r) for r in hub_rows]})
     captions = tmp_path / "captions.jsonl"
     write_output(captions, [dict(row, file=hub["_where"]) for row, hub in zip(ROWS, hub_rows)])
     index_dir = str(tmp_path / "index")

@@ -4,6 +4,7 @@ Each must stop with an error that names the input and the problem, never drop ev
 """
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -113,9 +114,10 @@ def test_an_unreachable_hub_name_says_neither_place_has_it(tmp_path, monkeypatch
     assert repr(name) in str(info.value) and isinstance(info.value.__cause__, ConnectionError)
 
 
-def test_a_hub_datasets_image_paths_must_be_files_it_downloaded(tmp_path, monkeypatch):
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_hub_datasets_image_paths_must_be_files_it_downloaded(tmp_path, monkeypatch, streaming):
     """A Hub dataset's cells may name any path: bytes, URLs and files in the Hugging Face caches are read; a local path
-    elsewhere (a private file) is refused naming the row, before anything reads it."""
+    elsewhere (a private file) is refused naming the row, before anything reads it. Streamed alike."""
     import datasets
 
     cache = tmp_path / "hf-datasets"
@@ -129,17 +131,19 @@ def test_a_hub_datasets_image_paths_must_be_files_it_downloaded(tmp_path, monkey
     def hub(cells):
         features = datasets.Features({"image": datasets.Image(), "id": datasets.Value("int64")})
         table = datasets.Dataset.from_dict({"image": cells, "id": list(range(len(cells)))}, features=features)
+        if streaming:
+            return lambda name, *args, **kwargs: datasets.IterableDatasetDict({"train": table.to_iterable_dataset()})
         return lambda name, *args, **kwargs: datasets.DatasetDict({"train": table})
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(datasets, "load_dataset", hub(cells))
-    rows = read_splits("someone/catalog")["train"]
+    rows = list(read_splits("someone/catalog", streaming=streaming)["train"])
     assert [row["image"] for row in rows] == [b"png", "https://example.com/1.jpg", str(downloaded.resolve())]
 
     private = tmp_path / "private" / "passport.jpg"
     monkeypatch.setattr(datasets, "load_dataset", hub(cells + [{"bytes": None, "path": str(private)}]))
     with pytest.raises(ValueError, match=r"someone/catalog\[train\] row 3: its image names the local path"):
-        read_splits("someone/catalog")
+        list(read_splits("someone/catalog", streaming=streaming)["train"])
 
 
 def test_an_existing_relative_folder_is_read_locally(tmp_path, monkeypatch, small_csv):
@@ -211,3 +215,70 @@ def test_qa_from_metadata_asks_about_each_catalogs_own_columns(row, template, an
     examples = examples_from_rows([{"image": "a.png", **row}], BadRows(), caption_template=template or MODA_CAPTION_TEMPLATE,
                                   qa_from_metadata=True)
     assert [(e["prompt"], e["description"]) for e in examples[1:]] == list(zip(QUESTIONS.values(), answers))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Catalog files read through datasets
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_csv_cells_are_read_as_the_text_they_hold(tmp_path):
+    """datasets' csv builder would guess types: "007" would become 7 and "NA" or an empty cell None."""
+    (tmp_path / "cat.csv").write_text("image,ProductId,Usage,year\na.png,007,NA,2012\nb.png,8,,\n")
+    rows = read_splits(str(tmp_path / "cat.csv"))["train"]
+    assert [(row["ProductId"], row["Usage"], row["year"]) for row in rows] == [("007", "NA", "2012"), ("8", "", "")]
+
+
+def test_an_edited_catalog_file_is_read_again_even_with_its_old_mtime(tmp_path, monkeypatch):
+    """datasets' cache takes a local file to be unchanged while its mtime is; a catalog rewritten within the file
+    system's timestamp tick, or copied with its times, must still be read anew. And no Arrow cache is left behind."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    table = tmp_path / "cat.csv"
+    table.write_text("image,Colour\na.png,Red\n")
+    assert read_splits(str(table))["train"][0]["Colour"] == "Red"
+    times = table.stat().st_atime_ns, table.stat().st_mtime_ns
+    table.write_text("image,Colour\na.png,Blue\n")
+    os.utime(table, ns=times)
+    assert read_splits(str(table))["train"][0]["Colour"] == "Blue"
+    assert list((tmp_path / "hf-cache").rglob("*.arrow")) == []
+
+
+@pytest.mark.parametrize("name, text", [("cat.csv", "image,id\nb.png,\"1\n"), ("cat.jsonl", '{"image": \n')])
+def test_a_malformed_catalog_file_is_one_error_naming_it(tmp_path, name, text):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=rf"Catalog file .*{name}' cannot be read as"):
+        read_splits(str(tmp_path / name))
+
+
+def test_streaming_reads_the_same_rows_as_they_are_taken(tmp_path, small_csv):
+    import types
+
+    (tmp_path / "split" / "train").mkdir(parents=True)
+    write_csv(tmp_path / "split" / "train" / "metadata.csv", [{"file_name": "a.png", **ROW}, {"file_name": "b.png", **ROW}])
+    for source in (str(small_csv), str(tmp_path / "split")):
+        streamed = read_splits(source, streaming=True)
+        assert all(isinstance(rows, types.GeneratorType) for rows in streamed.values())
+        assert {split: list(rows) for split, rows in streamed.items()} == read_splits(source)
+
+
+def test_a_sample_is_seeded_and_in_catalog_order():
+    from moda.data.catalog import sample_rows
+
+    rows = [{"n": i} for i in range(50)]
+    sample = sample_rows(rows, 10, seed=3)
+    assert sample == sample_rows(rows, 10, seed=3) != sample_rows(rows, 10, seed=4)
+    assert len(sample) == 10 and sample == sorted(sample, key=lambda row: row["n"]) and sample != rows[:10]
+    assert sample_rows(rows, 60) == rows and sample_rows(rows) == rows
+
+
+def test_validation_is_a_seeded_tenth_of_train_and_one_row_cannot_be_split():
+    from moda.data.catalog import split_off_validation
+
+    rows = [{"n": i} for i in range(40)]
+    splits = split_off_validation({"train": rows}, 0.1, seed=0)
+    assert len(splits["validation"]) == 4 and len(splits["train"]) == 36
+    assert sorted(row["n"] for row in splits["train"] + splits["validation"]) == list(range(40))
+    assert split_off_validation({"train": rows}, 0.1, seed=0) == splits != split_off_validation({"train": rows}, 0.1, 1)
+    with pytest.raises(ValueError, match=r"cannot be carved out of 1 train row"):
+        split_off_validation({"train": rows[:1]}, 0.1, seed=0)
