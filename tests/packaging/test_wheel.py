@@ -71,6 +71,6 @@ def test_the_wheel_metadata_names_the_distribution_licence_and_requirements(whee
             name, extra = requirement.split("; extra ==")
             extras.setdefault(extra.strip().strip('"'), set()).add(name.strip())
     assert set(extras) == {"eval", "search", "app", "dev", "all"}
-    for tool in ("pytest", "pytest-timeout", "hypothesis", "import-linter", "playwright"):
+    for tool in ("pytest", "pytest-timeout", "hypothesis", "import-linter", "playwright", "nbclient", "ipykernel"):
         assert tool in extras["dev"] and tool not in extras["app"], tool
     assert extras["all"] == {"moda-vlm[app,dev,eval,search]"}  # every other extra
