@@ -5,7 +5,7 @@ image, like a from-scratch MODA) rather than on one pooled embedding.
 """
 
 import torch
-from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor, BertTokenizerFast
+from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor, BertTokenizerFast
 
 IGNORE_INDEX = -100
 
@@ -67,5 +67,7 @@ def build_tiny_blip(captions, image_size: int = 32):
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id),
         projection_dim=32,
     )
+    from transformers import BlipImageProcessor  # here: without torchvision the name's lookup warns (see build.py)
+
     image_processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
     return BlipForConditionalGeneration(config), BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)

@@ -4,7 +4,7 @@ The sizes here are the only place model shapes are chosen: `--model_size tiny` i
 and the tests all come through `config_for_size`.
 """
 
-from transformers import CLIPImageProcessor, CLIPVisionConfig, OPTConfig
+from transformers import CLIPVisionConfig, OPTConfig
 
 from configuration_moda import MODAConfig
 from modeling_moda import MODAForConditionalGeneration
@@ -59,8 +59,12 @@ def config_for_size(size: str, tokenizer, **overrides) -> MODAConfig:
     return MODAConfig(vision_config=vision_config, text_config=text_config, **overrides)
 
 
-def image_processor_for(config: MODAConfig) -> CLIPImageProcessor:
+def image_processor_for(config: MODAConfig):
     """CLIP's preprocessing at the vision tower's resolution (resize the short side, centre crop, normalise)."""
+    # Imported here, when used: without torchvision, looking the name up warns that its PIL backend stands in, and
+    # importing this module (as `moda train --help` does) should not.
+    from transformers import CLIPImageProcessor
+
     size = config.vision_config.image_size
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
