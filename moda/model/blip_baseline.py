@@ -10,12 +10,15 @@ from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor
 IGNORE_INDEX = -100
 
 
-def load_blip(blip_model: str):
-    """A BlipForConditionalGeneration and its BlipProcessor (Hub id or local folder), with transformers' own code only."""
+def load_blip(blip_model: str, revision: str = None, cache_dir: str = None):
+    """A BlipForConditionalGeneration and its BlipProcessor (Hub id or local folder, at `revision`), with transformers'
+    own code only."""
     # trust_remote_code=False said outright: left unset, transformers asks on stdin whether to run the code that a
     # folder's processor config names for its image processor, and a "y" runs it.
-    model = BlipForConditionalGeneration.from_pretrained(blip_model, trust_remote_code=False)
-    processor = BlipProcessor.from_pretrained(blip_model, trust_remote_code=False)
+    model = BlipForConditionalGeneration.from_pretrained(blip_model, trust_remote_code=False, revision=revision,
+                                                         cache_dir=cache_dir)
+    processor = BlipProcessor.from_pretrained(blip_model, trust_remote_code=False, revision=revision,
+                                              cache_dir=cache_dir)
     return model, processor
 
 

@@ -78,12 +78,14 @@ def build_from_scratch(size: str, tokenizer, **overrides):
     return model, processor
 
 
-def build_from_backbones(vision_model: str, text_model: str, **overrides):
-    """MODA on pretrained CLIP and OPT checkpoints (Hub ids or local folders) and its processor."""
-    model = MODAForConditionalGeneration.from_backbones(vision_model, text_model, **overrides)
+def build_from_backbones(vision_model: str, text_model: str, revision: str = None, cache_dir: str = None, **overrides):
+    """MODA on pretrained CLIP and OPT checkpoints (Hub ids or local folders, at `revision`) and its processor."""
+    model = MODAForConditionalGeneration.from_backbones(vision_model, text_model, revision=revision,
+                                                        cache_dir=cache_dir, **overrides)
     # trust_remote_code=False said outright: left unset, AutoImageProcessor asks on stdin whether to run the code a
     # backbone folder's preprocessor_config.json names, and a "y" runs it.
-    processor = MODAProcessor.from_backbones(vision_model, text_model, trust_remote_code=False)
+    processor = MODAProcessor.from_backbones(vision_model, text_model, trust_remote_code=False, revision=revision,
+                                             cache_dir=cache_dir)
     set_generation_defaults(model, processor.tokenizer)
     return model, processor
 
