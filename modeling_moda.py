@@ -417,13 +417,16 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         cls,
         vision_model: str = "patrickjohncyh/fashion-clip",
         text_model: str = "facebook/opt-125m",
+        revision: Optional[str] = None,
+        cache_dir: Optional[str] = None,
         **config_overrides,
     ) -> "MODAForConditionalGeneration":
-        """Builds MODA from pretrained CLIP and OPT checkpoints (Hub ids or local folders); the projector is new."""
+        """Builds MODA from pretrained CLIP and OPT checkpoints (Hub ids or local folders, both at `revision` when
+        given, downloaded into `cache_dir`); the projector is new."""
         # CLIP is transformers' own code: a checkpoint's own is never run (with trust_remote_code unset, AutoConfig would
         # ask on stdin whether to run the code a config.json's auto_map names, and a "y" runs it).
-        vision_tower = _load_clip_vision(vision_model, trust_remote_code=False)
-        language_model = OPTForCausalLM.from_pretrained(text_model)
+        vision_tower = _load_clip_vision(vision_model, trust_remote_code=False, revision=revision, cache_dir=cache_dir)
+        language_model = OPTForCausalLM.from_pretrained(text_model, revision=revision, cache_dir=cache_dir)
         config = MODAConfig(
             vision_config=vision_tower.config.to_dict(), text_config=language_model.config.to_dict(), **config_overrides
         )

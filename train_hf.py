@@ -5,8 +5,8 @@
     python train_hf.py --dataset ../shared/data/fashion-images --output_dir out      # FashionCLIP + OPT-125m (Hub)
     python train_hf.py args.json            # the same arguments from a JSON file
 
-Reads top to bottom: arguments -> catalog -> model -> cached image features -> Trainer (AdamW + StepLR) -> save ->
-held-out report -> card (and push). Each step is one function of moda.train; the card and the push are hub_card's.
+Reads top to bottom: arguments -> catalog -> model -> cached image features -> Trainer (its --optim, fused AdamW by
+default, with MODA's StepLR) -> metrics files and save -> held-out report -> card (and push). Each step is one function of moda.train; the card and the push are hub_card's.
 """
 
 import logging
@@ -24,12 +24,13 @@ from moda.train.data import examples_for_model, load_examples, training_texts
 from moda.train.defaults import resolve_defaults, resolve_epochs
 from moda.train.model import build_model
 from moda.train.report import report_held_out
-from moda.train.saving import save_final_model, save_loss_curves, write_summary
+from moda.train.saving import (final_evaluation, save_final_model, save_loss_curves, save_run_metrics,
+                               write_summary)
 from moda.train.trainer import attribute_vocabulary, build_trainer, take_over_push
 
 
-def main(argv=None):
-    model_args, data_args, training_args, given = parse_arguments(argv)
+def main(argv=None, prog: str = "train_hf.py"):
+    model_args, data_args, training_args, given = parse_arguments(argv, prog)
     check_arguments(model_args, data_args, training_args, given)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     resolve_defaults(model_args, data_args, training_args, given)
@@ -43,15 +44,19 @@ def main(argv=None):
     model, processor = build_model(model_args, data_args, training_args, training_texts(splits["train"]))
     # 3. Image features, computed once and cached on disk.
     splits, feature_name = examples_for_model(model, processor, model_args.architecture, splits, data_args, bad_rows)
-    # 4. Trainer with AdamW + StepLR; attribute scores on a validation sample.
+    # 4. The Trainer (its optimizer, MODA's StepLR unless --lr_scheduler_type says otherwise); attribute scores on a
+    # validation sample; a final evaluation (--do_eval).
     vocabulary = attribute_vocabulary(catalog)
     push_to_hub = take_over_push(training_args)
     trainer = build_trainer(model, processor, splits, feature_name, vocabulary, model_args, data_args, training_args)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    eval_metrics = final_evaluation(trainer, len(splits["validation"])) if training_args.do_eval else None
 
-    # 5. Save a folder that pipeline("image-to-text", trust_remote_code=True) loads.
+    # 5. Save a folder that pipeline("image-to-text", trust_remote_code=True) loads, then the example scripts' files:
+    # train_results.json, eval_results.json, all_results.json, trainer_state.json.
     output_dir = Path(training_args.output_dir)
     final_model = save_final_model(trainer, model, processor, output_dir)
+    save_run_metrics(trainer, train_result, len(splits["train"]), eval_metrics)
     if not trainer.is_world_process_zero():
         return
     save_loss_curves(trainer.state.log_history, output_dir / "loss_curves.png")
@@ -59,7 +64,7 @@ def main(argv=None):
     # 6. Held-out evaluation: captions next to the truth and per-attribute accuracy; the summary.
     held_out = report_held_out(final_model, processor, splits, feature_name, vocabulary)
     print(bad_rows.summary())
-    summary = {"dataset": data_args.dataset, **held_out, "train_runtime_s": round(time.time() - started, 1),
+    summary = {"dataset": data_args.catalog_name, **held_out, "train_runtime_s": round(time.time() - started, 1),
                "global_step": trainer.state.global_step, "world_size": training_args.world_size,
                "bad_rows": [{"where": where, "reason": reason} for where, reason in bad_rows.rows],
                "model_args": asdict(model_args)}
@@ -79,16 +84,16 @@ def finish_model_folder(output_dir, model_args, data_args, training_args, push_t
             "hardware": describe_hardware(), "num_train_items": num_train_items})
     if push_to_hub:
         commit = push_model_folder(output_dir, hub_id, revision=getattr(training_args, "hub_revision", None),
-                                   private=training_args.hub_private_repo or None,
-                                   commit_message=f"MODA trained on {data_args.dataset}")
+                                   private=training_args.hub_private_repo or None, token=training_args.hub_token,
+                                   commit_message=f"MODA trained on {data_args.catalog_name}")
         print(f"pushed to {hub_id} at commit {commit} (pin it with revision=)")
 
 
-def command_line(argv=None) -> int:
-    """`python train_hf.py` and `moda train`: main's summary is for callers in Python; on the command line a wrong
-    input is one error line and exit status 1, as the moda commands give it."""
+def command_line(argv=None, prog: str = "train_hf.py") -> int:
+    """`python train_hf.py` and `moda train` (prog: the name --help shows): main's summary is for callers in Python; on
+    the command line a wrong input is one error line and exit status 1, as the moda commands give it."""
     def train(argv):
-        main(argv)
+        main(argv, prog)
         return 0
 
     return run_command("train_hf.py", train, argv)

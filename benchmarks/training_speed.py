@@ -5,7 +5,8 @@
 "Notebook way": every step decodes the JPEGs, runs the CLIP vision tower (frozen, no gradients), then the projector
 and OPT forward and backward, with torch's default AdamW and the model's default (SDPA) attention. "Cached": what
 train_hf.py does: the image embeddings are computed once with moda/data/features.py (FeatureCache + compute_features),
-every step runs only the projector and OPT, with train_hf's optimizer (fused AdamW) and CPU attention (eager).
+every step runs only the projector and OPT, with train_hf's optimizer (the Trainer's: fused AdamW) and CPU attention
+(eager).
 "Cached, bf16 autocast": the same with the forward under `torch.autocast("cpu", torch.bfloat16)` (weights, gradients
 and AdamW stay fp32), what `train_hf.py --bf16 true --use_cpu true` does through the Trainer. All use the same model,
 batch size and collator (moda/train/collate.py), and are timed on the same sample of the real train split in the same run,
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,7 +36,6 @@ from moda.model.tokenizer import train_caption_tokenizer  # noqa: E402
 from moda.train.collate import MODACollator  # noqa: E402
 from processing_moda import MODAProcessor  # noqa: E402
 from moda.train.model import use_training_attention  # noqa: E402
-from moda.train.optim import adamw  # noqa: E402
 from benchmarks.results import print_and_save  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
     model.train()
     notebook_optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     training_args = TrainingArguments(output_dir=tempfile.mkdtemp(), use_cpu=True, learning_rate=1e-5, report_to=[])
-    optimizer = adamw(model, training_args)
+    optimizer = Trainer(model=model, args=training_args).create_optimizer()  # train_hf.py's: the Trainer's own
 
     with tempfile.TemporaryDirectory() as cache_dir:
         encoder = image_embedding_encoder(model, processor)

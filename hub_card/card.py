@@ -82,10 +82,11 @@ TRAINING_INFO_KEYS = {
     "license_link": "for a license 'other': a link to its text (the Hub asks for it)",
     "widget_images": "http(s) URLs of example photos for the Hub widget (default: examples/ in the folder)",
 }
-# train_hf.py's TrainingArguments / ModelArguments worth a row in the card (the optimizer is always AdamW with
-# StepLR: TrainingArguments' optim and lr_scheduler_type are not used).
+# train_hf.py's TrainingArguments / ModelArguments worth a row in the card (lr_step_size and lr_gamma: StepLR's,
+# lr_scheduler_type step_lr).
 HYPERPARAMETER_NAMES = (
-    "learning_rate", "lr_step_size", "lr_gamma", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+    "optim", "lr_scheduler_type", "learning_rate", "lr_step_size", "lr_gamma", "num_train_epochs", "max_steps",
+    "per_device_train_batch_size",
     "gradient_accumulation_steps", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "seed", "bf16", "fp16",
     "train_projector_only",
     "use_lora", "lora_r", "lora_alpha", "lora_dropout", "num_image_tokens",
@@ -441,7 +442,7 @@ def training_text(info: dict, vision_model, text_model, dataset) -> str:
     runtime = info.get("train_runtime_s")
     facts.append(f"Training time: {_format_duration(runtime)}." if runtime else "Training time: not recorded.")
     facts.append(f"Hardware: {info.get('hardware') or 'not recorded'}.")
-    facts.append("Trained with `train_hf.py` (Hugging Face Trainer, AdamW with a StepLR schedule).")
+    facts.append("Trained with `train_hf.py` (Hugging Face Trainer).")
     return " ".join(facts)
 
 

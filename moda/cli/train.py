@@ -4,4 +4,4 @@
 def main(argv=None) -> int:
     from train_hf import command_line  # imported when the command runs: `moda --help` stays light
 
-    return command_line(argv)
+    return command_line(argv, prog="moda train")

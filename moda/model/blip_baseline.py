@@ -5,17 +5,20 @@ image, like a from-scratch MODA) rather than on one pooled embedding.
 """
 
 import torch
-from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor, BertTokenizerFast
+from transformers import BlipConfig, BlipForConditionalGeneration, BlipProcessor, BertTokenizerFast
 
 IGNORE_INDEX = -100
 
 
-def load_blip(blip_model: str):
-    """A BlipForConditionalGeneration and its BlipProcessor (Hub id or local folder), with transformers' own code only."""
+def load_blip(blip_model: str, revision: str = None, cache_dir: str = None):
+    """A BlipForConditionalGeneration and its BlipProcessor (Hub id or local folder, at `revision`), with transformers'
+    own code only."""
     # trust_remote_code=False said outright: left unset, transformers asks on stdin whether to run the code that a
     # folder's processor config names for its image processor, and a "y" runs it.
-    model = BlipForConditionalGeneration.from_pretrained(blip_model, trust_remote_code=False)
-    processor = BlipProcessor.from_pretrained(blip_model, trust_remote_code=False)
+    model = BlipForConditionalGeneration.from_pretrained(blip_model, trust_remote_code=False, revision=revision,
+                                                         cache_dir=cache_dir)
+    processor = BlipProcessor.from_pretrained(blip_model, trust_remote_code=False, revision=revision,
+                                              cache_dir=cache_dir)
     return model, processor
 
 
@@ -67,5 +70,7 @@ def build_tiny_blip(captions, image_size: int = 32):
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id),
         projection_dim=32,
     )
+    from transformers import BlipImageProcessor  # here: without torchvision the name's lookup warns (see build.py)
+
     image_processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
     return BlipForConditionalGeneration(config), BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)

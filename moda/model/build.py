@@ -4,7 +4,7 @@ The sizes here are the only place model shapes are chosen: `--model_size tiny` i
 and the tests all come through `config_for_size`.
 """
 
-from transformers import CLIPImageProcessor, CLIPVisionConfig, OPTConfig
+from transformers import CLIPVisionConfig, OPTConfig
 
 from configuration_moda import MODAConfig
 from modeling_moda import MODAForConditionalGeneration
@@ -59,8 +59,12 @@ def config_for_size(size: str, tokenizer, **overrides) -> MODAConfig:
     return MODAConfig(vision_config=vision_config, text_config=text_config, **overrides)
 
 
-def image_processor_for(config: MODAConfig) -> CLIPImageProcessor:
+def image_processor_for(config: MODAConfig):
     """CLIP's preprocessing at the vision tower's resolution (resize the short side, centre crop, normalise)."""
+    # Imported here, when used: without torchvision, looking the name up warns that its PIL backend stands in, and
+    # importing this module (as `moda train --help` does) should not.
+    from transformers import CLIPImageProcessor
+
     size = config.vision_config.image_size
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
@@ -74,12 +78,14 @@ def build_from_scratch(size: str, tokenizer, **overrides):
     return model, processor
 
 
-def build_from_backbones(vision_model: str, text_model: str, **overrides):
-    """MODA on pretrained CLIP and OPT checkpoints (Hub ids or local folders) and its processor."""
-    model = MODAForConditionalGeneration.from_backbones(vision_model, text_model, **overrides)
+def build_from_backbones(vision_model: str, text_model: str, revision: str = None, cache_dir: str = None, **overrides):
+    """MODA on pretrained CLIP and OPT checkpoints (Hub ids or local folders, at `revision`) and its processor."""
+    model = MODAForConditionalGeneration.from_backbones(vision_model, text_model, revision=revision,
+                                                        cache_dir=cache_dir, **overrides)
     # trust_remote_code=False said outright: left unset, AutoImageProcessor asks on stdin whether to run the code a
     # backbone folder's preprocessor_config.json names, and a "y" runs it.
-    processor = MODAProcessor.from_backbones(vision_model, text_model, trust_remote_code=False)
+    processor = MODAProcessor.from_backbones(vision_model, text_model, trust_remote_code=False, revision=revision,
+                                             cache_dir=cache_dir)
     set_generation_defaults(model, processor.tokenizer)
     return model, processor
 

@@ -5,7 +5,7 @@ import torch
 
 from moda.data.attributes import KNOWN_COLUMNS
 from moda.data.catalog import (QUESTIONS, BadRows, columns_of, examples_from_rows, load_catalog,
-                               require_caption_columns, sample_rows)
+                               read_catalog_splits, require_caption_columns, sample_rows)
 from moda.data.features import (FeatureCache, compute_features, image_embedding_encoder, model_fingerprint,
                                 pixel_values_encoder)
 from moda.train.model import unwrap, vision_is_frozen
@@ -70,23 +70,36 @@ def drop_overlong_examples(model, processor, splits, bad_rows):
     return kept
 
 
+def read_catalog(data_args, seed: int) -> dict:
+    """
+    Split -> rows: of --dataset, or of --train_file (one train split), whose validation split is --validation_file's
+    rows when given; a validation split is carved out of train when there is none.
+    """
+    if not data_args.validation_file:
+        return load_catalog(data_args.catalog_name, data_args.image_column, data_args.validation_fraction, seed)
+    return {"train": read_catalog_splits(data_args.train_file, data_args.image_column)["train"],
+            "validation": read_catalog_splits(data_args.validation_file, data_args.image_column)["train"]}
+
+
 def load_examples(data_args, seed: int):
     """
     The catalog (split -> rows), its (image, prompt, description) examples per split, and the bad rows met: at most
-    --max_train_items / --max_eval_items rows a split, drawn at random with the run's seed.
+    --max_train_samples / --max_eval_samples rows a split, drawn at random with the run's seed.
     """
     bad_rows = BadRows(data_args.on_bad_row)
-    catalog = load_catalog(data_args.dataset, data_args.image_column, data_args.validation_fraction, seed)
-    require_caption_columns(catalog, data_args.dataset, data_args.caption_column, data_args.caption_template)
-    limits = {"train": data_args.max_train_items, "validation": data_args.max_eval_items, "test": data_args.max_eval_items}
+    catalog = read_catalog(data_args, seed)
+    name = data_args.catalog_name
+    require_caption_columns(catalog, name, data_args.caption_column, data_args.caption_template)
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
+              "test": data_args.max_eval_samples}
     splits = {
         split: examples_from_rows(sample_rows(rows, limits.get(split), seed), bad_rows,
                                   data_args.caption_column, data_args.caption_template, data_args.qa_from_metadata)
         for split, rows in catalog.items()
     }
-    require_training_examples(splits["train"], data_args.dataset, bad_rows)
+    require_training_examples(splits["train"], name, bad_rows)
     if data_args.qa_from_metadata:
-        require_questions(splits["train"], data_args.dataset, catalog["train"])
+        require_questions(splits["train"], name, catalog["train"])
     return catalog, splits, bad_rows
 
 
@@ -102,7 +115,7 @@ def examples_for_model(model, processor, architecture: str, splits, data_args, b
     """
     if architecture == "moda":
         splits = drop_overlong_examples(model, processor, splits, bad_rows)
-        require_training_examples(splits["train"], data_args.dataset, bad_rows)
+        require_training_examples(splits["train"], data_args.catalog_name, bad_rows)
     splits, feature_name = prepare_examples(model, processor, splits, data_args, bad_rows)
-    require_training_examples(splits["train"], data_args.dataset, bad_rows)
+    require_training_examples(splits["train"], data_args.catalog_name, bad_rows)
     return splits, feature_name

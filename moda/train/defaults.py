@@ -7,10 +7,11 @@ logger = logging.getLogger("train_hf")
 
 
 def resolve_demo_defaults(model_args, data_args, training_args, given):
-    """No --dataset: the offline demo (a synthetic catalog, a tiny model from scratch, ./moda-demo)."""
-    if data_args.dataset is not None:
+    """No --dataset (and no --train_file): the offline demo (a synthetic catalog, a tiny model from scratch,
+    ./moda-demo)."""
+    if data_args.catalog_name is not None:
         if "output_dir" not in given:
-            raise ValueError("--output_dir is required with --dataset.")
+            raise ValueError(f"--output_dir is required with {'--dataset' if data_args.dataset else '--train_file'}.")
         return
     from moda.data.synthetic import make_catalog
     from moda.model.build import SIZES
@@ -54,7 +55,7 @@ def resolve_device_defaults(training_args, given):
 def resolve_epochs(model_args, data_args, training_args, given, num_train_examples: int) -> None:
     """Epochs of a from-scratch model on a real catalog, unless given: TINY_EXAMPLES_SEEN examples in all."""
     from_scratch = model_args.model_size and not model_args.model_name_or_path
-    if "num_train_epochs" in given or not from_scratch or Path(data_args.dataset) == Path(data_args.demo_dir):
+    if "num_train_epochs" in given or not from_scratch or Path(data_args.catalog_name) == Path(data_args.demo_dir):
         return  # (the demo has its own: --demo_epochs)
     training_args.num_train_epochs = max(1, round(TINY_EXAMPLES_SEEN / max(1, num_train_examples)))
     logger.info(f"--model_size {model_args.model_size} from scratch: {training_args.num_train_epochs:g} epochs of "

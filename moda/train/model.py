@@ -11,13 +11,15 @@ from moda.model.tokenizer import train_caption_tokenizer
 
 
 def build_model(model_args, data_args, training_args, captions):
+    # Every model loaded from the Hub comes at --model_revision, into --cache_dir.
+    hub = {"revision": model_args.model_revision, "cache_dir": model_args.cache_dir}
     if model_args.architecture == "blip":  # (check_arguments made sure there is a --blip_model)
-        return load_blip(model_args.blip_model)
+        return load_blip(model_args.blip_model, **hub)
     if model_args.model_name_or_path:
         # trust_remote_code=False said outright: left unset, transformers asks on stdin whether to run the code that a
         # folder's tokenizer_config.json names, and a "y" runs it.
-        model = MODAForConditionalGeneration.from_pretrained(model_args.model_name_or_path, trust_remote_code=False)
-        processor = MODAProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=False)
+        model = MODAForConditionalGeneration.from_pretrained(model_args.model_name_or_path, trust_remote_code=False, **hub)
+        processor = MODAProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=False, **hub)
     elif model_args.model_size:
         tokenizer = train_caption_tokenizer(captions, vocab_size=model_args.tokenizer_vocab_size)
         set_seed(training_args.seed)
@@ -26,7 +28,7 @@ def build_model(model_args, data_args, training_args, captions):
         )
     else:
         model, processor = build_from_backbones(
-            model_args.vision_model, model_args.text_model, num_image_tokens=model_args.num_image_tokens
+            model_args.vision_model, model_args.text_model, num_image_tokens=model_args.num_image_tokens, **hub
         )
     if model_args.train_projector_only:
         model.language_model.requires_grad_(False)

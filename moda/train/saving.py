@@ -1,6 +1,8 @@
-"""What a run leaves in its output folder: the final model (never torn), the loss curves and the training summary."""
+"""What a run leaves in its output folder: the final model (never torn), the example scripts' metrics files, the loss
+curves and the training summary."""
 
 import json
+import math
 import shutil
 
 from moda.evaluate.report import pyplot
@@ -49,6 +51,29 @@ def write_final_model(trainer, model, processor, output_dir):
         (output_dir / "training_args.bin").unlink(missing_ok=True)
         (output_dir / "training_args.json").write_text(trainer.args.to_json_string())
     return model
+
+
+def final_evaluation(trainer, num_eval_examples: int) -> dict:
+    """The validation split's loss and perplexity after training (and the attribute scores, where the callback runs),
+    as run_clm.py reports them."""
+    metrics = trainer.evaluate()
+    metrics["eval_samples"] = num_eval_examples
+    metrics["perplexity"] = math.exp(metrics["eval_loss"]) if metrics["eval_loss"] < 700 else math.inf
+    return metrics
+
+
+def save_run_metrics(trainer, train_result, num_train_examples: int, eval_metrics: dict = None) -> None:
+    """
+    train_results.json, eval_results.json (after a final evaluation), all_results.json and trainer_state.json, as
+    transformers' example scripts write them. Written after the final model, which they describe: a save that fails
+    leaves the earlier model's.
+    """
+    train_metrics = {**train_result.metrics, "train_samples": num_train_examples}
+    for split, metrics in (("train", train_metrics), ("eval", eval_metrics)):
+        if metrics is not None:
+            trainer.log_metrics(split, metrics)
+            trainer.save_metrics(split, metrics)
+    trainer.save_state()
 
 
 def save_loss_curves(log_history, path):

@@ -1,4 +1,5 @@
-"""The Trainer train_hf.py runs: the collator, the attribute-metrics callback, AdamW + StepLR, atomic checkpoints."""
+"""The Trainer train_hf.py runs: the collator, the attribute-metrics callback, the Trainer's optimizer with MODA's
+StepLR by default, atomic checkpoints."""
 
 import logging
 
@@ -12,7 +13,7 @@ from moda.train.callbacks import AttributeMetricsCallback
 from moda.train.checkpointing import AtomicCheckpointTrainer
 from moda.train.collate import ExampleDataset, MODACollator
 from moda.train.model import use_training_attention
-from moda.train.optim import step_lr_optimizer, total_steps
+from moda.train.optim import STEP_LR, step_lr_schedule
 
 logger = logging.getLogger("train_hf")
 
@@ -31,6 +32,22 @@ def mean_tokens_per_example(processor, examples) -> float:
     else:  # (moda.model.blip_baseline.BlipCollator)
         lengths = [len(ids) for ids in processor.tokenizer(descriptions)["input_ids"]]
     return sum(lengths) / max(1, len(lengths))
+
+
+class MODATrainer(AtomicCheckpointTrainer):
+    """
+    The Trainer builds the optimizer (--optim; weight decay on all but biases and LayerNorm weights, as
+    get_decay_parameter_names decides) and any schedule of transformers'; MODA's StepLR (--lr_scheduler_type step_lr,
+    the default) is built here.
+    """
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.args.lr_scheduler_type != STEP_LR:
+            return super().create_scheduler(num_training_steps, optimizer)
+        # Called once each time a training loop is set up (again when --auto_find_batch_size retries with a smaller
+        # batch): a new schedule for that loop's steps.
+        self.lr_scheduler = step_lr_schedule(optimizer or self.optimizer, self.args, num_training_steps)
+        return self.lr_scheduler
 
 
 class EpochToDataset(TrainerCallback):
@@ -62,12 +79,10 @@ def attribute_vocabulary(catalog):
 
 def build_trainer(model, processor, splits, feature_name, vocabulary, model_args, data_args, training_args):
     """
-    The Trainer with AdamW + StepLR (stepped per optimizer step), checkpoints that appear only when complete, and
-    attribute scores on a validation sample at each evaluation.
+    The Trainer with its own optimizer and MODA's StepLR by default (stepped per optimizer step), checkpoints that
+    appear only when complete, and attribute scores on a validation sample at each evaluation.
     """
     use_training_attention(model, training_args.device)
-    steps = total_steps(training_args, len(splits["train"]))
-    optimizer, scheduler = step_lr_optimizer(model, training_args, model_args, steps)
     if model_args.architecture == "blip":
         collator = BlipCollator(processor, model.config.text_config.bos_token_id)
     else:
@@ -80,13 +95,12 @@ def build_trainer(model, processor, splits, feature_name, vocabulary, model_args
                                                   tokens_per_example=mean_tokens_per_example(processor, splits["train"])))
     augment = data_args.augment_images and feature_name == "pixel_values"
     train_dataset = ExampleDataset(splits["train"], augment=augment, seed=training_args.seed)
-    return AtomicCheckpointTrainer(
+    return MODATrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=ExampleDataset(splits["validation"]),
         data_collator=collator,
         processing_class=processor,
-        optimizers=(optimizer, scheduler),
         callbacks=callbacks + [EpochToDataset(train_dataset)],
     )

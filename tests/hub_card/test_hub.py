@@ -192,15 +192,16 @@ def test_card_lists_lora_settings_only_for_a_lora_run(tiny_moda_dir, tmp_path, u
         assert (row in card.text) is use_lora, row
 
 
-def test_card_lists_the_optimizer_settings_the_run_used(tiny_moda_dir, tmp_path):
-    """train_hf.py always trains with AdamW and StepLR: TrainingArguments' optim is no row, Adam's settings are."""
+def test_card_lists_the_optimizer_and_schedule_the_run_used(tiny_moda_dir, tmp_path):
+    """train_hf.py trains with the Trainer's --optim and its --lr_scheduler_type (MODA's StepLR by default)."""
     folder = copy_model(tiny_moda_dir, tmp_path / "model")
-    (folder / "training_summary.json").write_text(json.dumps({"dataset": "data", "model_args": {"lr_gamma": 0.5}}))
-    (folder / "training_args.json").write_text(json.dumps({"optim": "adamw_torch_fused", "adam_beta2": 0.95,
-                                                           "learning_rate": 0.001}))
+    (folder / "training_summary.json").write_text(json.dumps({"dataset": "data", "model_args": {}}))
+    (folder / "training_args.json").write_text(json.dumps({"optim": "sgd", "lr_scheduler_type": "step_lr",
+                                                           "lr_gamma": 0.5, "adam_beta2": 0.95, "learning_rate": 0.001}))
     card = ModelCard.load(write_model_card(folder))
     assert "| adam_beta2 | 0.95 |" in card.text and "| learning_rate | 0.001 |" in card.text
-    assert "| optim |" not in card.text
+    assert "| optim | sgd |" in card.text and "| lr_scheduler_type | step_lr |" in card.text
+    assert "| lr_gamma | 0.5 |" in card.text and "AdamW" not in card.text
 
 
 def test_weights_trained_from_scratch_come_under_the_codes_licence(tiny_moda_dir, tmp_path):

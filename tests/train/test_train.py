@@ -15,8 +15,8 @@ import moda.train.data
 from moda.train.arguments import MODATrainingArguments, check_arguments, parse_arguments
 from moda.train.defaults import resolve_demo_defaults, resolve_device_defaults, resolve_epochs
 from moda.train.model import use_training_attention
-from moda.train.optim import adamw, step_lr_optimizer, total_steps
-from moda.train.trainer import mean_tokens_per_example
+from moda.train.optim import step_lr_schedule
+from moda.train.trainer import MODATrainer, mean_tokens_per_example
 from moda.train.collate import MODACollator
 from tests.conftest import REPO_ROOT
 
@@ -93,13 +93,9 @@ def test_steplr_decays_every_lr_step_size_optimizer_steps(tmp_path, catalog_dir)
 
 
 def test_warmup_rises_linearly_then_steplr_counts_from_its_end():
-    from types import SimpleNamespace
-
-    from transformers import TrainingArguments
-
-    model = torch.nn.Linear(2, 2)
-    training_args = TrainingArguments("unused", learning_rate=1.0, warmup_steps=3, weight_decay=0.0)
-    optimizer, scheduler = step_lr_optimizer(model, training_args, SimpleNamespace(lr_step_size=4, lr_gamma=0.5), 16)
+    training_args = MODATrainingArguments("unused", learning_rate=1.0, warmup_steps=3, lr_step_size=4, lr_gamma=0.5)
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    scheduler = step_lr_schedule(optimizer, training_args, 16)
     lrs = []
     for _ in range(14):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -108,26 +104,41 @@ def test_warmup_rises_linearly_then_steplr_counts_from_its_end():
     assert lrs == pytest.approx([0.25, 0.5, 0.75] + [1.0] * 4 + [0.5] * 4 + [0.25] * 3)
 
 
-def test_cpu_training_uses_fused_adamw_with_the_same_update_as_torch_default():
-    from transformers import TrainingArguments
+def test_the_optimizer_is_the_trainers_fused_adamw_without_decay_on_biases_and_layernorm(tiny_model_and_processor):
+    model = copy.deepcopy(tiny_model_and_processor[0])
+    training_args = MODATrainingArguments("unused", use_cpu=True, eval_strategy="no", adam_beta1=0.8,
+                                          adam_beta2=0.95, adam_epsilon=1e-6)
+    trainer = MODATrainer(model=model, args=training_args)
+    optimizer = trainer.create_optimizer()
+    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["fused"] is True
+    assert optimizer.defaults["betas"] == (0.8, 0.95) and optimizer.defaults["eps"] == 1e-6
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    decayed, not_decayed = ([names[id(p)] for p in group["params"]] for group in optimizer.param_groups)
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.01, 0.0]
+    layer_norms = [name for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.LayerNorm) and module.weight.requires_grad]  # (not the frozen tower's)
+    assert layer_norms and {f"{name}.weight" for name in layer_norms} <= set(not_decayed)
+    assert all(name.endswith("bias") or name.rsplit(".", 1)[0] in layer_norms for name in not_decayed)
+    assert any(name.endswith("bias") for name in not_decayed)
+    assert "language_model.model.decoder.layers.0.self_attn.q_proj.weight" in decayed
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert set(decayed) | set(not_decayed) == trainable  # the frozen vision tower is left out, as before
 
-    torch.manual_seed(0)
-    fused_model, plain_model = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
-    plain_model.load_state_dict(fused_model.state_dict())
-    initial_weight = fused_model.weight.detach().clone()
-    training_args = TrainingArguments("unused", learning_rate=0.1, weight_decay=0.01, use_cpu=True, report_to=[])
-    fused = adamw(fused_model, training_args)
-    plain = torch.optim.AdamW(plain_model.parameters(), lr=0.1, weight_decay=0.01)
-    assert fused.defaults["fused"] is True
-    inputs = torch.randn(16, 8)
-    for _ in range(3):
-        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
-            model(inputs).square().mean().backward()
-            optimizer.step()
-            optimizer.zero_grad()
-    assert not torch.allclose(fused_model.weight, initial_weight, atol=0.05)  # three steps of lr 0.1 moved it
-    for name, value in plain_model.state_dict().items():
-        torch.testing.assert_close(fused_model.state_dict()[name], value)
+
+def test_steplr_comes_from_create_scheduler_and_other_schedules_from_the_trainer(tiny_model_and_processor):
+    model = copy.deepcopy(tiny_model_and_processor[0])
+
+    def scheduler(**kwargs):
+        trainer = MODATrainer(model=model, args=MODATrainingArguments("unused", use_cpu=True, eval_strategy="no", **kwargs))
+        trainer.create_optimizer_and_scheduler(num_training_steps=8)
+        return trainer.lr_scheduler
+
+    step_lr = scheduler()
+    assert isinstance(step_lr, torch.optim.lr_scheduler.StepLR) and step_lr.step_size == 2  # a quarter of 8
+    assert scheduler(lr_step_size=3).step_size == 3
+    cosine = scheduler(lr_scheduler_type="cosine")
+    assert isinstance(cosine, torch.optim.lr_scheduler.LambdaLR)
+    assert cosine.lr_lambdas[0](4) == pytest.approx(0.5)  # half-way down transformers' cosine
 
 
 def test_cpu_training_attention_is_eager_computes_the_same_loss_and_is_not_saved(tmp_path, tiny_model_and_processor):
@@ -243,11 +254,12 @@ def test_killed_run_resumed_from_its_checkpoint_ends_with_the_same_weights(tmp_p
 
 
 # What train_hf.py leaves in its output folder at the end of a run (without checkpoints); examples/: the card's photos.
-FINAL_FOLDER_FILES = ["README.md", "config.json", "configuration_moda.py", "examples", "fast_generation_moda.py",
+FINAL_FOLDER_FILES = ["README.md", "all_results.json", "config.json", "configuration_moda.py", "examples",
+                      "fast_generation_moda.py",
                       "generation_config.json", "handler.py", "image_io_moda.py",
                       "loss_curves.png", "model.safetensors", "modeling_moda.py", "pipeline_moda.py",
                       "processing_moda.py", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
-                      "training_args.json", "training_summary.json"]
+                      "train_results.json", "trainer_state.json", "training_args.json", "training_summary.json"]
 
 
 def test_a_final_save_failing_half_way_leaves_the_earlier_model_whole(tmp_path, catalog_dir, tiny_moda_dir,
@@ -425,19 +437,111 @@ def test_dashed_argument_names_count_as_given(tmp_path):
     assert training_args.output_dir == str(tmp_path / "out") and training_args.num_train_epochs == 3
 
 
-def captions_csv(tmp_path, catalog_dir, caption=lambda i, row: row["caption"]):
-    """The catalog's train split as a CSV file of images and a `description` column only."""
+def captions_csv(tmp_path, catalog_dir, caption=lambda i, row: row["caption"], split="train"):
+    """A split of the catalog (train by default) as a CSV file of images and a `description` column only."""
     import csv
 
-    with open(catalog_dir / "train" / "metadata.csv", newline="") as handle:
+    with open(catalog_dir / split / "metadata.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    path = tmp_path / "captions.csv"
+    path = tmp_path / f"captions-{split}.csv" if split != "train" else tmp_path / "captions.csv"
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["image", "description"])
         writer.writeheader()
-        writer.writerows({"image": str(catalog_dir / "train" / row["file_name"]), "description": caption(i, row)}
+        writer.writerows({"image": str(catalog_dir / split / row["file_name"]), "description": caption(i, row)}
                          for i, row in enumerate(rows))
     return path
+
+
+def test_a_run_writes_the_example_scripts_files_and_pushes_with_the_hub_token(tmp_path, catalog_dir, monkeypatch):
+    import math
+
+    pushed = {}
+    monkeypatch.setattr(train_hf, "push_model_folder",
+                        lambda folder, repo_id, **kwargs: pushed.update(kwargs, repo_id=repo_id) or "0" * 40)
+    output, summary = run(tmp_path, catalog_dir, "--num_train_epochs", "1", "--push_to_hub", "true",
+                          "--hub_model_id", "me/moda", "--hub_token", "hf_secret")
+    assert pushed["repo_id"] == "me/moda" and pushed["token"] == "hf_secret"
+    assert "hf_secret" not in (output / "training_args.json").read_text()
+    train_results = json.loads((output / "train_results.json").read_text())
+    eval_results = json.loads((output / "eval_results.json").read_text())
+    assert json.loads((output / "all_results.json").read_text()) == {**train_results, **eval_results}
+    assert train_results["train_samples"] == 64 and train_results["train_loss"] > 0
+    assert eval_results["eval_samples"] == 8 and eval_results["perplexity"] == pytest.approx(
+        math.exp(eval_results["eval_loss"]))
+    assert "eval_attr_overall" in eval_results  # the attribute scores of the final evaluation
+    state = json.loads((output / "trainer_state.json").read_text())
+    assert state["global_step"] == summary["global_step"] == 8
+
+
+def test_optim_and_lr_scheduler_type_given_are_the_trainers(tmp_path, catalog_dir, tiny_moda_dir):
+    import math
+
+    output, _ = run(tmp_path, catalog_dir, "--model_name_or_path", str(tiny_moda_dir), "--optim", "sgd",
+                    "--lr_scheduler_type", "cosine", "--learning_rate", "0.01", "--max_steps", "4",
+                    "--eval_strategy", "no", "--save_steps", "4")
+    state = json.loads((output / "trainer_state.json").read_text())
+    lrs = [entry["learning_rate"] for entry in state["log_history"] if "learning_rate" in entry]
+    assert lrs == pytest.approx([0.01 * (1 + math.cos(math.pi * step / 4)) / 2 for step in range(4)])
+    optimizer = torch.load(output / "checkpoint-4" / "optimizer.pt", weights_only=True)
+    assert {"momentum", "nesterov"} <= set(optimizer["param_groups"][0]) and "betas" not in optimizer["param_groups"][0]
+    assert json.loads((output / "training_args.json").read_text())["optim"] == "sgd"
+
+
+def test_train_file_and_validation_file_are_the_train_and_validation_rows(tmp_path, catalog_dir):
+    train_file = captions_csv(tmp_path, catalog_dir)
+    validation_file = captions_csv(tmp_path, catalog_dir, split="validation")
+    output = tmp_path / "out"
+    summary = train_hf.main([
+        "--train_file", str(train_file), "--validation_file", str(validation_file), "--output_dir", str(output),
+        "--model_size", "test", "--caption_column", "description", "--max_steps", "2", "--eval_strategy", "no",
+        "--save_strategy", "no", "--do_eval", "true", "--feature_cache_dir", str(tmp_path / "cache"),
+        "--tokenizer_vocab_size", "300", "--disable_tqdm", "true"])
+    validation_rows = len((catalog_dir / "validation" / "metadata.csv").read_text().splitlines()) - 1
+    assert summary["dataset"] == str(train_file) and summary["eval_split"] == "validation"
+    assert summary["num_eval_items"] == validation_rows == 8
+    assert json.loads((output / "eval_results.json").read_text())["eval_samples"] == validation_rows
+    assert json.loads((output / "train_results.json").read_text())["train_samples"] == 64  # the whole file
+
+
+def test_model_revision_and_cache_dir_reach_every_from_pretrained(tmp_path, tiny_model_and_processor, tiny_moda_dir,
+                                                                  monkeypatch):
+    """Local folders load at any revision: what is checked is that each load is asked for it."""
+    from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedModel, ProcessorMixin
+
+    from moda.model.blip_baseline import build_tiny_blip
+    from moda.train.model import build_model
+
+    model, processor = tiny_model_and_processor
+    model.vision_tower.save_pretrained(tmp_path / "clip")
+    processor.image_processor.save_pretrained(tmp_path / "clip")
+    model.language_model.save_pretrained(tmp_path / "opt")
+    processor.tokenizer.save_pretrained(tmp_path / "opt")
+    blip_model, blip_processor = build_tiny_blip(["Red Casual Tshirts for Men - Apparel Topwear"] * 4)
+    blip_model.save_pretrained(tmp_path / "blip")
+    blip_processor.save_pretrained(tmp_path / "blip")
+    loads = []
+    for owner in (PreTrainedModel, ProcessorMixin, AutoImageProcessor, AutoTokenizer):
+        load = owner.__dict__["from_pretrained"].__func__
+
+        def recording(cls, *args, load=load, **kwargs):
+            loads.append((cls.__name__, kwargs.get("revision"), kwargs.get("cache_dir")))
+            return load(cls, *args, **kwargs)
+
+        monkeypatch.setattr(owner, "from_pretrained", classmethod(recording))
+    cache = str(tmp_path / "hub-cache")
+    for model_options, expected in [
+        (["--model", str(tiny_moda_dir)], {"MODAForConditionalGeneration", "MODAProcessor"}),
+        (["--vision_model", str(tmp_path / "clip"), "--text_model", str(tmp_path / "opt")],
+         {"CLIPVisionModelWithProjection", "OPTForCausalLM", "AutoImageProcessor", "AutoTokenizer"}),
+        (["--architecture", "blip", "--blip_model", str(tmp_path / "blip")],
+         {"BlipForConditionalGeneration", "BlipProcessor"}),
+    ]:
+        loads.clear()
+        model_args, data_args, training_args, _ = parse_arguments(
+            ["--dataset", "x", "--output_dir", str(tmp_path), "--revision", "v2", "--cache_dir", cache, *model_options])
+        build_model(model_args, data_args, training_args, [])
+        assert expected <= {name for name, _, _ in loads}
+        assert {(revision, cache_dir) for _, revision, cache_dir in loads} == {("v2", cache)}, loads
 
 
 def test_published_checkpoints_record_the_best_checkpoint_where_it_was_published(tmp_path, catalog_dir):
@@ -455,11 +559,25 @@ def test_published_checkpoints_record_the_best_checkpoint_where_it_was_published
 @pytest.mark.parametrize("extra, message", [
     (["--lr_step_size", "0"], "--lr_step_size must be at least 1, got 0"),
     (["--lr_gamma", "0"], "--lr_gamma"),
-    (["--max_train_items", "-5"], "--max_train_items must be at least 1, got -5"),
-    (["--max_eval_items", "0"], "--max_eval_items must be at least 1, got 0"),
+    (["--max_train_items", "-5"], "--max_train_samples must be at least 1, got -5"),
+    (["--max_eval_samples", "0"], "--max_eval_samples must be at least 1, got 0"),
     (["--attribute_eval_items", "-1"], "--attribute_eval_items"),
-    (["--lr_scheduler_type", "cosine"], "--lr_scheduler_type is not used"),
-    (["--optim", "sgd"], "--optim is not used"),
+    (["--lr_scheduler_kwargs", '{"step_size": 3}'], "--lr_scheduler_kwargs: for transformers' schedules"),
+    (["--lr_scheduler_type", "cosine", "--lr_gamma", "0.3"], "--lr_gamma: for MODA's StepLR"),
+    (["--lr_scheduler_type", "steplr"], "--lr_scheduler_type must be one of step_lr, linear, .* got 'steplr'"),
+    (["--do_train", "false"], "--do_train false: not used: train_hf.py always trains"),
+    (["--do_predict", "false"], "--do_predict false: not used"),
+    (["--do_eval", "false"], "--do_eval false: .* give --eval_strategy no"),
+    (["--hub_strategy", "every_save"], '--hub_strategy "every_save": not used: .* once, at the end'),
+    (["--hub_always_push", "true"], "--hub_always_push true: not used"),
+    (["--hub_token", "secret"], "--hub_token: used only with --push_to_hub"),
+    (["--label_smoothing_factor", "0.1"], "--label_smoothing_factor 0.1: not used: MODA computes its own loss"),
+    (["--remove_unused_columns", "true"], "--remove_unused_columns true: not used"),
+    (["--train_sampling_strategy", "group_by_length"], "group_by_length needs a length column"),
+    (["--eval_accumulation_steps", "2"], "--eval_accumulation_steps 2: not used: .* loss only"),
+    (["--streaming", "true"], "--streaming is not supported: .* a streamed dataset allows none"),
+    (["--train_file", "rows.csv"], "--dataset and --train_file both name the training rows"),
+    (["--model_size", "tiny", "--revision", "v1"], "--model_revision: nothing is downloaded"),
     (["--train_projector_only", "true", "--use_lora", "true"], "two stages"),
     (["--model_size", "small"], "--model_size must be one of 'test', 'tiny', got 'small'"),
     (["--model_size", "tiny", "--model_name_or_path", "stage1"], "give one of them"),
@@ -472,28 +590,79 @@ def test_arguments_that_would_be_ignored_or_fail_late_are_named_at_once(tmp_path
         train_hf.main(["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"), *extra])
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--validation_file", "rows.csv"], "--validation_file goes with --train_file"),
+    (["--train_file", "missing.csv"], "--train_file 'missing.csv': no such file"),
+    (["--cache_dir", "cache"], "--cache_dir: nothing is downloaded: the model is built from scratch"),
+])
+def test_catalog_files_and_download_options_are_checked_at_once(tmp_path, extra, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        train_hf.main(["--output_dir", str(tmp_path / "out"), *extra])
+
+
 def test_the_command_line_gives_a_wrong_input_as_one_error_line(tmp_path, capsys):
     from moda.cli import main as moda_main
 
     for run_it in (train_hf.command_line, lambda argv: moda_main(["train", *argv])):
-        assert run_it(["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--optim", "sgd"]) == 1
+        assert run_it(["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--do_train", "false"]) == 1
         err = capsys.readouterr().err
-        assert err.startswith("train_hf.py: error: --optim is not used") and err.count("\n") == 1, err
+        assert err.startswith("train_hf.py: error: --do_train false: not used") and err.count("\n") == 1, err
 
 
-def test_a_saved_training_args_json_with_default_optimizer_settings_is_accepted(tmp_path):
-    """train_hf.py writes training_args.json with optim and lr_scheduler_type at their defaults: reusable as is."""
+def test_a_saved_training_args_json_is_accepted_as_an_arguments_file(tmp_path):
+    """train_hf.py writes training_args.json with every TrainingArguments option (the token as "<HUB_TOKEN>"):
+    reusable as is, with the same settings."""
+    _, _, saved, _ = parse_arguments(["--output_dir", str(tmp_path / "out"), "--optim", "sgd", "--lr_step_size", "7"])
+    values = {**json.loads(saved.to_json_string()), "dataset": str(tmp_path)}
+    assert values["hub_token"] == "<HUB_TOKEN>" and values["lr_scheduler_type"] == "step_lr"
     path = tmp_path / "args.json"
-    path.write_text(json.dumps({"dataset": str(tmp_path), "output_dir": str(tmp_path / "out"),
-                                "optim": "adamw_torch_fused", "lr_scheduler_type": "linear"}))
+    path.write_text(json.dumps(values))
     model_args, data_args, training_args, given = parse_arguments([str(path)])
     check_arguments(model_args, data_args, training_args, given)
-    path.write_text(json.dumps({"dataset": str(tmp_path), "output_dir": str(tmp_path / "out"), "optim": "sgd"}))
-    with pytest.raises(ValueError, match="--optim is not used"):
+    assert training_args.hub_token is None and training_args.optim == "sgd" and training_args.lr_step_size == 7
+    assert training_args.lr_scheduler_type == "step_lr" and training_args.do_eval is True
+    path.write_text(json.dumps({**values, "lr_scheduler_type": "cosine", "lr_gamma": 0.2}))
+    with pytest.raises(ValueError, match="--lr_gamma: for MODA's StepLR"):
         check_arguments(*parse_arguments([str(path)]))
+    path.write_text(json.dumps({"dataset_name": str(tmp_path), "dataset": "x"}))
+    with pytest.raises(ValueError, match="'dataset' is given twice"):
+        parse_arguments([str(path)])
     path.write_text('{"dataset": "x",}')
     with pytest.raises(ValueError, match=r"args\.json: not valid JSON"):
         parse_arguments([str(path)])
+
+
+def test_run_clm_names_are_aliases_in_either_spelling(tmp_path):
+    argv = ["--dataset_name", "owner/catalog", "--output-dir", str(tmp_path), "--model", "stage1", "--revision", "v2",
+            "--max-train-items", "5", "--max_eval_items", "3", "--no_augment_images"]
+    model_args, data_args, training_args, given = parse_arguments(argv)
+    assert data_args.dataset == "owner/catalog" and model_args.model_name_or_path == "stage1"
+    assert model_args.model_revision == "v2" and data_args.max_train_samples == 5 and data_args.max_eval_samples == 3
+    assert data_args.augment_images is False
+    assert given == {"dataset", "output_dir", "model_name_or_path", "model_revision", "max_train_samples",
+                     "max_eval_samples", "augment_images"}
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"dataset_name": "owner/catalog", "max_train_items": 5}))
+    _, data_args, _, given = parse_arguments([str(path)])
+    assert data_args.dataset == "owner/catalog" and data_args.max_train_samples == 5
+    assert given == {"dataset", "max_train_samples"}
+    with pytest.raises(ValueError, match=r"not used by the HfArgumentParser: \['--num_train_ep'"):  # not as given
+        parse_arguments(["--num_train_ep", "3"])
+
+
+def test_help_is_short_clean_and_names_the_command_and_help_all_shows_every_option():
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    short = subprocess.run([sys.executable, "-m", "moda.cli", "train", "--help"], cwd=REPO_ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert short.returncode == 0 and short.stderr == ""  # no warnings
+    assert short.stdout.startswith("usage: moda train [options]")
+    assert "--dataset, --dataset_name" in short.stdout and "--max_train_samples, --max_train_items" in short.stdout
+    assert "--lr_scheduler_type" in short.stdout and "(default: step_lr)" in short.stdout
+    assert "--ddp_backend" not in short.stdout and len(short.stdout.splitlines()) < 120
+    full = subprocess.run([sys.executable, str(REPO_ROOT / "train_hf.py"), "--help_all"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0 and full.stderr == "" and full.stdout.startswith("usage: train_hf.py [options]")
+    assert "--ddp_backend" in full.stdout and "--dataset-name" in full.stdout
 
 
 def test_json_argument_values_must_have_their_types(tmp_path):
@@ -502,7 +671,7 @@ def test_json_argument_values_must_have_their_types(tmp_path):
             "lr_step_size": 3, "learning_rate": 1}
     path.write_text(json.dumps(good))
     model_args, _, training_args, given = parse_arguments([str(path)])
-    assert model_args.use_lora is False and training_args.num_train_epochs == 2 and model_args.lr_step_size == 3
+    assert model_args.use_lora is False and training_args.num_train_epochs == 2 and training_args.lr_step_size == 3
     assert given == set(good)
     for name, value, message in [("use_lora", "false", "'use_lora' must be a JSON true/false, got \"false\""),
                                  ("num_train_epochs", "2", "'num_train_epochs' must be a JSON number"),
@@ -513,26 +682,6 @@ def test_json_argument_values_must_have_their_types(tmp_path):
     path.write_text(json.dumps(["--dataset", str(tmp_path)]))
     with pytest.raises(ValueError, match="one JSON object"):
         parse_arguments([str(path)])
-
-
-def test_adamw_takes_the_adam_betas_and_epsilon():
-    from transformers import TrainingArguments
-
-    training_args = TrainingArguments("unused", adam_beta1=0.8, adam_beta2=0.95, adam_epsilon=1e-6, report_to=[])
-    optimizer = adamw(torch.nn.Linear(2, 2), training_args)
-    assert optimizer.defaults["betas"] == (0.8, 0.95) and optimizer.defaults["eps"] == 1e-6
-
-
-def test_schedule_length_counts_the_steps_the_trainer_takes():
-    from transformers import TrainingArguments
-
-    def steps(**kwargs):
-        return total_steps(TrainingArguments("unused", per_device_train_batch_size=8, report_to=[],
-                                                      num_train_epochs=2, **kwargs), 20)
-
-    assert steps() == 6  # 3 batches per epoch, the last one of 4
-    assert steps(dataloader_drop_last=True) == 4  # the short batch is dropped: 2 per epoch
-    assert steps(gradient_accumulation_steps=2) == 4  # 3 batches -> 2 optimizer steps (the last one short)
 
 
 def test_qa_from_metadata_needs_columns_to_ask_about(tmp_path, catalog_dir):
