@@ -19,6 +19,8 @@ COMMANDS = {
     "index": ("moda.cli.index", "main", "build or extend a search index over captions (and image embeddings)"),
     "search": ("moda.cli.search", "main", "search a catalog index by text or by a photo"),
     "push": ("moda.cli.push", "main", "push a model folder to the Hub with its card"),
+    "adapt-vision": ("moda.cli.adapt_vision", "main", "adapt a CLIP vision tower to catalogs (contrastive)"),
+    "eval-vision": ("moda.cli.eval_vision", "main", "measure a vision tower: zero-shot attributes, retrieval"),
 }
 
 
