@@ -57,11 +57,15 @@ def parse_arguments(argv=None):
     parser.add_argument("--eval_dataset", "--eval-dataset", default=None,
                         help="measure the tower on this catalog's test split at the end")
     parser.add_argument("--logging_steps", "--logging-steps", type=int, default=50)
+    parser.add_argument("--eval_every_epochs", "--eval-every-epochs", type=int, default=0,
+                        help="with --eval_dataset: score the tower on its validation split every N epochs (0: off)")
     args = parser.parse_args(argv)
     for name in ("max_train_samples", "per_device_train_batch_size", "image_size", "patch_size", "logging_steps"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be at least 1, got {value}")
+    if args.eval_every_epochs < 0:
+        parser.error(f"--eval_every_epochs must be 0 (off) or more, got {args.eval_every_epochs}")
     if args.num_train_epochs <= 0 or args.learning_rate <= 0:
         parser.error("--num_train_epochs and --learning_rate must be positive")
     if args.text_encoder == "clip" and not args.model_name_or_path:
@@ -77,7 +81,8 @@ def adapt(args) -> int:
         max_train_samples=args.max_train_samples, negatives=args.negatives, augment_images=args.augment_images,
         num_train_epochs=args.num_train_epochs, batch_size=args.per_device_train_batch_size,
         learning_rate=args.learning_rate, weight_decay=args.weight_decay, seed=args.seed,
-        feature_cache_dir=args.feature_cache_dir, eval_dataset=args.eval_dataset, logging_steps=args.logging_steps)
+        feature_cache_dir=args.feature_cache_dir, eval_dataset=args.eval_dataset, logging_steps=args.logging_steps,
+        eval_every_epochs=args.eval_every_epochs)
     print(json.dumps(summary, indent=2))
     print(f"saved the tower to {args.output_dir}/")
     return 0

@@ -96,30 +96,53 @@ def recall_at_k(image_embeds, query_embeds, k: int = 10) -> float:
     return round((top == torch.arange(len(query_embeds))[:, None]).any(1).float().mean().item(), 4)
 
 
-def evaluate_tower(tower, image_processor, adaptation: dict, dataset: str, encoder, cache_dir, k: int = 10,
-                   min_relevant: int = 5) -> dict:
-    """The tower on `dataset`'s test split: zero-shot accuracy by both readouts over its train split's captions,
-    attribute-query precision@k and title recall@k. `encoder`: the text side the tower was trained to meet."""
-    bad_rows = BadRows("skip")
-    test, test_embeds = image_embeddings(tower, image_processor, load_pairs([dataset], "test", bad_rows), cache_dir,
-                                         bad_rows)
-    truths = [example["row"]["_attributes"] for example in test]
-    candidates = {example["description"]: example["row"]["_attributes"]
-                  for example in load_pairs([dataset], "train", bad_rows)}
+@torch.no_grad()
+def embed_pixel_values(tower, examples, batch_size: int = 256) -> torch.Tensor:
+    """(N, d) L2-normalised embeddings of examples that carry preprocessed pixel_values as their features."""
+    chunks = []
+    for start in range(0, len(examples), batch_size):
+        pixel_values = torch.stack([example["features"] for example in examples[start:start + batch_size]]).float()
+        chunks.append(F.normalize(tower(pixel_values=pixel_values).image_embeds.float(), dim=-1))
+    return torch.cat(chunks)
+
+
+def label_captions(dataset: str, bad_rows) -> dict:
+    """{caption: its attribute values} of the catalog's train split: the labels a zero-shot readout chooses from."""
+    return {example["description"]: example["row"]["_attributes"]
+            for example in load_pairs([dataset], "train", bad_rows)}
+
+
+def score_embeddings(image_embeds, examples, candidates: dict, encoder, cache_dir, scale: float, k: int = 10,
+                     min_relevant: int = 5) -> dict:
+    """Zero-shot accuracy by both readouts over `candidates`, attribute-query precision@k and title recall@k of the
+    examples' image embeddings."""
+    truths = [example["row"]["_attributes"] for example in examples]
     caption_embeds = cached_text_embeddings(list(candidates), encoder, cache_dir)
-    scale = adaptation.get("logit_scale", DEFAULT_LOGIT_SCALE)
-    result = {"dataset": dataset, "test_items": len(test), "candidate_captions": len(candidates)}
+    result = {"items": len(examples), "candidate_captions": len(candidates)}
     for readout in READOUTS:
-        predictions = attribute_readout(test_embeds, caption_embeds, list(candidates.values()), scale, readout)
+        predictions = attribute_readout(image_embeds, caption_embeds, list(candidates.values()), scale, readout)
         result[f"zero_shot_{readout}"] = attribute_accuracy(predictions, truths)
     queries = attribute_queries(truths, min_relevant)
     if queries:
         query_embeds = cached_text_embeddings([query for query, _ in queries], encoder, cache_dir)
-        result[f"attribute_query_precision@{k}"] = precision_at_k(test_embeds, query_embeds,
+        result[f"attribute_query_precision@{k}"] = precision_at_k(image_embeds, query_embeds,
                                                                   [wanted for _, wanted in queries], k)
         result["attribute_queries"] = len(queries)
-    title_column = next((c for c in TITLE_COLUMNS if all(c in example["row"] for example in test)), None)
+    title_column = next((c for c in TITLE_COLUMNS if all(c in example["row"] for example in examples)), None)
     if title_column:
-        titles = [" ".join(str(example["row"][title_column]).split()) for example in test]
-        result[f"title_recall@{k}"] = recall_at_k(test_embeds, cached_text_embeddings(titles, encoder, cache_dir), k)
+        titles = [" ".join(str(example["row"][title_column]).split()) for example in examples]
+        result[f"title_recall@{k}"] = recall_at_k(image_embeds, cached_text_embeddings(titles, encoder, cache_dir), k)
     return result
+
+
+def evaluate_tower(tower, image_processor, adaptation: dict, dataset: str, encoder, cache_dir, split: str = "test",
+                   k: int = 10, min_relevant: int = 5) -> dict:
+    """The tower on `dataset`'s `split` (score_embeddings), read out against its train split's captions.
+    `encoder`: the text side the tower was trained to meet."""
+    bad_rows = BadRows("skip")
+    examples, image_embeds = image_embeddings(tower, image_processor, load_pairs([dataset], split, bad_rows),
+                                              cache_dir, bad_rows)
+    scale = adaptation.get("logit_scale", DEFAULT_LOGIT_SCALE)
+    result = score_embeddings(image_embeds, examples, label_captions(dataset, bad_rows), encoder, cache_dir, scale, k,
+                              min_relevant)
+    return {"dataset": dataset, "split": split, **result}

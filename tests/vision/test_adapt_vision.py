@@ -48,7 +48,7 @@ def adapted(tmp_path_factory, catalog_dir):
     root = tmp_path_factory.mktemp("adapted")
     summary = adapt_vision([str(catalog_dir)], root / "tower", tower_size="test", num_train_epochs=4, batch_size=32,
                            feature_cache_dir=root / "cache", eval_dataset=str(catalog_dir), encoder=TOY_ENCODER,
-                           logging_steps=1)
+                           logging_steps=1, eval_every_epochs=2)
     return root / "tower", summary
 
 
@@ -133,11 +133,15 @@ def test_adapted_tower_is_a_clip_vision_folder(adapted, catalog_dir):
     saved = load_file(tower_dir / "model.safetensors")
     assert all(torch.equal(saved[name], value) for name, value in tower.state_dict().items())
     evaluation = summary["evaluation"]
-    assert evaluation["test_items"] == 12
+    assert evaluation["items"] == 12 and evaluation["split"] == "test"
     for readout in ("zero_shot_nearest", "zero_shot_marginal"):
         assert set(evaluation[readout]) == {"colour", "product_type", "gender", "usage"}
         assert all(0 <= value <= 1 for value in evaluation[readout].values())
     assert 0 <= evaluation["title_recall@10"] <= 1
+    # the growth curve: the validation split (12 items) after epochs 2 and 4, minutes rising
+    curve = summary["growth_curve"]
+    assert [point["epoch"] for point in curve] == [2, 4] and all(point["items"] == 12 for point in curve)
+    assert 0 < curve[0]["train_minutes"] <= curve[1]["train_minutes"]
 
 
 def test_adaptation_loss_falls(adapted):
@@ -231,7 +235,7 @@ def test_command_adapts_a_pretrained_clip_against_its_text_tower(catalog_dir, ti
     assert moda_main(["eval-vision", "--model_name_or_path", str(tmp_path / "tower"), "--dataset", str(catalog_dir),
                       "--feature_cache_dir", str(tmp_path / "cache")]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["test_items"] == 12 and set(result["zero_shot_marginal"]) == {"colour", "product_type", "gender",
+    assert result["items"] == 12 and set(result["zero_shot_marginal"]) == {"colour", "product_type", "gender",
                                                                                  "usage"}
 
 
