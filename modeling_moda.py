@@ -116,7 +116,7 @@ class MODAPreTrainedModel(PreTrainedModel):
     _supports_static_cache = True
 
 
-def _load_clip_vision(vision_model: str, **kwargs) -> CLIPVisionModelWithProjection:
+def load_clip_vision(vision_model: str, **kwargs) -> CLIPVisionModelWithProjection:
     """Loads the vision tower (with its projection) from a full CLIPModel checkpoint or a vision-only one."""
     config = AutoConfig.from_pretrained(vision_model, **kwargs)
     if config.model_type == "clip":
@@ -425,7 +425,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         given, downloaded into `cache_dir`); the projector is new."""
         # CLIP is transformers' own code: a checkpoint's own is never run (with trust_remote_code unset, AutoConfig would
         # ask on stdin whether to run the code a config.json's auto_map names, and a "y" runs it).
-        vision_tower = _load_clip_vision(vision_model, trust_remote_code=False, revision=revision, cache_dir=cache_dir)
+        vision_tower = load_clip_vision(vision_model, trust_remote_code=False, revision=revision, cache_dir=cache_dir)
         language_model = OPTForCausalLM.from_pretrained(text_model, revision=revision, cache_dir=cache_dir)
         config = MODAConfig(
             vision_config=vision_tower.config.to_dict(), text_config=language_model.config.to_dict(), **config_overrides

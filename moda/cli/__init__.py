@@ -23,6 +23,8 @@ COMMANDS = {
     "search": ("moda.cli.search", "main", "search a catalog index by text or by a photo"),
     "push": ("moda.cli.push", "main", "push a model folder to the Hub with its card"),
     "space": ("moda.cli.space", "main", "write a Gradio Space for a MODA model on the Hub, and push it"),
+    "adapt-vision": ("moda.cli.adapt_vision", "main", "adapt a CLIP vision tower to catalogs (contrastive)"),
+    "eval-vision": ("moda.cli.eval_vision", "main", "measure a vision tower: zero-shot attributes, retrieval"),
 }
 
 

@@ -7,7 +7,7 @@ and the tests all come through `config_for_size`.
 from transformers import CLIPVisionConfig, OPTConfig
 
 from configuration_moda import MODAConfig
-from modeling_moda import MODAForConditionalGeneration
+from modeling_moda import MODAForConditionalGeneration, load_clip_vision
 from processing_moda import MODAProcessor
 
 # Shapes of the from-scratch models. "test" stays under 1M parameters (as transformers' own model tests);
@@ -27,12 +27,16 @@ SIZES = {
 }
 
 
-def config_for_size(size: str, tokenizer, **overrides) -> MODAConfig:
-    """A from-scratch MODAConfig of a named size whose decoder matches `tokenizer` (vocab and special tokens)."""
+def require_size(size: str) -> dict:
     if size not in SIZES:
         raise ValueError(f"Unknown model size {size!r}; choose one of {sorted(SIZES)}.")
-    s = SIZES[size]
-    vision_config = CLIPVisionConfig(
+    return SIZES[size]
+
+
+def vision_config_for_size(size: str, **overrides) -> CLIPVisionConfig:
+    """The from-scratch CLIP vision tower of a named size; `overrides` (image_size, projection_dim, ...) win."""
+    s = require_size(size)
+    settings = dict(
         image_size=s["image_size"],
         patch_size=s["patch_size"],
         hidden_size=s["vision_hidden"],
@@ -41,6 +45,14 @@ def config_for_size(size: str, tokenizer, **overrides) -> MODAConfig:
         num_attention_heads=s["vision_heads"],
         projection_dim=s["projection_dim"],
     )
+    return CLIPVisionConfig(**{**settings, **overrides})
+
+
+def config_for_size(size: str, tokenizer, vision_config: CLIPVisionConfig = None, **overrides) -> MODAConfig:
+    """A from-scratch MODAConfig of a named size whose decoder matches `tokenizer` (vocab and special tokens); with
+    `vision_config` (a pretrained tower's), the decoder of that size on that tower."""
+    s = require_size(size)
+    vision_config = vision_config or vision_config_for_size(size)
     text_config = OPTConfig(
         vocab_size=len(tokenizer),
         hidden_size=s["text_hidden"],
@@ -54,28 +66,43 @@ def config_for_size(size: str, tokenizer, **overrides) -> MODAConfig:
         pad_token_id=tokenizer.pad_token_id,
         dropout=0.0,
     )
-    # A from-scratch vision tower has learned nothing yet: it trains too.
-    overrides.setdefault("freeze_vision_tower", False)
-    return MODAConfig(vision_config=vision_config, text_config=text_config, **overrides)
+    return MODAConfig(vision_config=vision_config.to_dict(), text_config=text_config, **overrides)
 
 
 def image_processor_for(config: MODAConfig):
     """CLIP's preprocessing at the vision tower's resolution (resize the short side, centre crop, normalise)."""
+    return image_processor_at(config.vision_config.image_size)
+
+
+def image_processor_at(size: int):
+    """CLIP's preprocessing at `size` px."""
     # Imported here, when used: without torchvision, looking the name up warns that its PIL backend stands in, and
     # importing this module (as `moda train --help` does) should not.
     from transformers import CLIPImageProcessor
 
-    size = config.vision_config.image_size
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
-def build_from_scratch(size: str, tokenizer, **overrides):
-    """A randomly initialised MODA of a named size and its processor."""
-    config = config_for_size(size, tokenizer, **overrides)
+def build_from_scratch(size: str, tokenizer, vision_model: str = None, **overrides):
+    """
+    A randomly initialised MODA of a named size and its processor; with `vision_model` (a CLIP checkpoint, e.g. a
+    tower from `moda adapt-vision`), a new decoder of that size on that pretrained tower and its image processor.
+    """
+    tower = load_clip_vision(vision_model, trust_remote_code=False) if vision_model else None
+    # A from-scratch vision tower has learned nothing yet: it trains too; a pretrained one stays frozen (cached
+    # features) unless the caller says otherwise.
+    overrides.setdefault("freeze_vision_tower", tower is not None)
+    config = config_for_size(size, tokenizer, tower.config if tower is not None else None, **overrides)
     model = MODAForConditionalGeneration(config)
+    if tower is None:
+        image_processor = image_processor_for(config)
+    else:
+        model.vision_tower.load_state_dict(tower.state_dict())
+        from transformers import CLIPImageProcessor  # (imported when used: see image_processor_at)
+
+        image_processor = CLIPImageProcessor.from_pretrained(vision_model)
     set_generation_defaults(model, tokenizer)
-    processor = MODAProcessor(image_processor=image_processor_for(config), tokenizer=tokenizer)
-    return model, processor
+    return model, MODAProcessor(image_processor=image_processor, tokenizer=tokenizer)
 
 
 def build_from_backbones(vision_model: str, text_model: str, revision: str = None, cache_dir: str = None, **overrides):

@@ -46,6 +46,8 @@ class ModelArguments:
     tokenizer_vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary of a from-scratch tokenizer."})
     train_projector_only: bool = field(default=False, metadata={"help": "Stage 1: train the projector, decoder frozen."})
     use_lora: bool = field(default=False, metadata={"help": "Stage 2: tune the decoder's attention with LoRA."})
+    tune_vision_tower: bool = field(default=False, metadata={
+        "help": "With --model_size and --vision_model: train that tower through captioning too (default: frozen)."})
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05

@@ -42,6 +42,8 @@ def resolve_size_defaults(model_args, data_args, training_args, given):
     """
     if not model_args.model_size or model_args.model_name_or_path:
         return
+    if "vision_model" not in given:  # a from-scratch tower; with --vision_model, a new decoder on that tower
+        model_args.vision_model = None
     if "learning_rate" not in given:
         training_args.learning_rate = 3e-4
 

@@ -23,8 +23,11 @@ def build_model(model_args, data_args, training_args, captions):
     elif model_args.model_size:
         tokenizer = train_caption_tokenizer(captions, vocab_size=model_args.tokenizer_vocab_size)
         set_seed(training_args.seed)
+        # (resolve_size_defaults leaves --vision_model set only where the user gave a tower to build on)
         model, processor = build_from_scratch(
-            model_args.model_size, tokenizer, num_image_tokens=model_args.num_image_tokens
+            model_args.model_size, tokenizer, vision_model=model_args.vision_model,
+            num_image_tokens=model_args.num_image_tokens,
+            **({"freeze_vision_tower": False} if model_args.tune_vision_tower else {}),
         )
     else:
         model, processor = build_from_backbones(
