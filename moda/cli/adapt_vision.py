@@ -14,6 +14,7 @@ import argparse
 import json
 
 from moda.io.errors import run_command
+from moda.io.options import add_option, command_parser
 from moda.model.build import SIZES
 from moda.vision.adapt import adapt_vision
 from moda.vision.pairs import TEXT_ENCODERS
@@ -27,37 +28,36 @@ def true_or_false(value: str) -> bool:
 
 
 def parse_arguments(argv=None):
-    parser = argparse.ArgumentParser(prog="moda adapt-vision", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", action="append", required=True,
+    parser = command_parser("adapt-vision", __doc__)
+    add_option(parser, "dataset", "dataset_name", action="append", required=True,
                         help="a catalog whose train split the tower learns (give it again for more catalogs)")
-    parser.add_argument("--output_dir", "--output-dir", required=True, help="the tower folder")
-    parser.add_argument("--model_name_or_path", "--model-name-or-path", default=None,
+    add_option(parser, "output_dir", required=True, help="the tower folder")
+    add_option(parser, "model_name_or_path", "model", default=None,
                         help="a CLIP checkpoint to start from (default: a new tower of --tower_size)")
-    parser.add_argument("--text_encoder", "--text-encoder", default="minilm", choices=TEXT_ENCODERS,
+    add_option(parser, "text_encoder", default="minilm", choices=TEXT_ENCODERS,
                         help="the locked text side: all-MiniLM-L6-v2, or the text tower of --model_name_or_path")
-    parser.add_argument("--tower_size", "--tower-size", default="tiny", choices=sorted(SIZES),
+    add_option(parser, "tower_size", default="tiny", choices=sorted(SIZES),
                         help="the from-scratch tower's shape (moda.model.build.SIZES)")
-    parser.add_argument("--image_size", "--image-size", type=int, default=None, help="from scratch: input pixels")
-    parser.add_argument("--patch_size", "--patch-size", type=int, default=None, help="from scratch: patch pixels")
-    parser.add_argument("--caption_template", "--caption-template", default=None,
+    add_option(parser, "image_size", type=int, default=None, help="from scratch: input pixels")
+    add_option(parser, "patch_size", type=int, default=None, help="from scratch: patch pixels")
+    add_option(parser, "caption_template", default=None,
                         help="one template for every catalog (default: MODA's, in each catalog's column names)")
-    parser.add_argument("--max_train_samples", "--max-train-samples", type=int, default=None,
+    add_option(parser, "max_train_samples", type=int, default=None,
                         help="at most N train rows of each catalog, drawn at random (seed: --seed)")
-    parser.add_argument("--negatives", default="catalog", choices=NEGATIVES,
+    add_option(parser, "negatives", default="catalog", choices=NEGATIVES,
                         help="catalog: every caption of the catalogs; batch: CLIP's in-batch loss")
-    parser.add_argument("--augment_images", "--augment-images", type=true_or_false, default=True,
+    add_option(parser, "augment_images", type=true_or_false, default=True,
                         help="random flips and shifts (true/false)")
-    parser.add_argument("--num_train_epochs", "--num-train-epochs", type=float, default=10)
-    parser.add_argument("--per_device_train_batch_size", "--per-device-train-batch-size", type=int, default=128)
-    parser.add_argument("--learning_rate", "--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--weight_decay", "--weight-decay", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--feature_cache_dir", "--feature-cache-dir", default=".cache/moda-features")
-    parser.add_argument("--eval_dataset", "--eval-dataset", default=None,
+    add_option(parser, "num_train_epochs", type=float, default=10)
+    add_option(parser, "per_device_train_batch_size", type=int, default=128)
+    add_option(parser, "learning_rate", type=float, default=1e-3)
+    add_option(parser, "weight_decay", type=float, default=0.05)
+    add_option(parser, "seed", type=int, default=42)
+    add_option(parser, "feature_cache_dir", default=".cache/moda-features")
+    add_option(parser, "eval_dataset", default=None,
                         help="measure the tower on this catalog's test split at the end")
-    parser.add_argument("--logging_steps", "--logging-steps", type=int, default=50)
-    parser.add_argument("--eval_every_epochs", "--eval-every-epochs", type=int, default=0,
+    add_option(parser, "logging_steps", type=int, default=50)
+    add_option(parser, "eval_every_epochs", type=int, default=0,
                         help="with --eval_dataset: score the tower on its validation split every N epochs (0: off)")
     args = parser.parse_args(argv)
     for name in ("max_train_samples", "per_device_train_batch_size", "image_size", "patch_size", "logging_steps"):

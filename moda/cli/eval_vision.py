@@ -8,26 +8,25 @@ nearest caption and by each attribute's summed caption probability) and text-to-
 is the one the tower was adapted to (its vision_adaptation.json), or --text_encoder.
 """
 
-import argparse
 import json
 
 from moda.io.errors import run_command
+from moda.io.options import add_option, command_parser
 from moda.vision.evaluate import evaluate_tower
 from moda.vision.pairs import TEXT_ENCODERS, text_encoder
 from moda.vision.tower import load_tower
 
 
 def parse_arguments(argv=None):
-    parser = argparse.ArgumentParser(prog="moda eval-vision", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_name_or_path", "--model-name-or-path", required=True,
+    parser = command_parser("eval-vision", __doc__)
+    add_option(parser, "model_name_or_path", "model", required=True,
                         help="a tower folder from moda adapt-vision, or a CLIP checkpoint")
-    parser.add_argument("--dataset", required=True, help="a catalog with train and test splits")
-    parser.add_argument("--text_encoder", "--text-encoder", default=None, choices=TEXT_ENCODERS,
+    add_option(parser, "dataset", "dataset_name", required=True, help="a catalog with train and test splits")
+    add_option(parser, "text_encoder", default=None, choices=TEXT_ENCODERS,
                         help="the text side (default: the one in the tower's vision_adaptation.json)")
-    parser.add_argument("--text_model", "--text-model", default=None,
+    add_option(parser, "text_model", default=None,
                         help="with --text_encoder clip: the CLIP checkpoint whose text tower embeds (default: the tower)")
-    parser.add_argument("--feature_cache_dir", "--feature-cache-dir", default=".cache/moda-features")
+    add_option(parser, "feature_cache_dir", default=".cache/moda-features")
     return parser.parse_args(argv)
 
 

@@ -12,15 +12,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from transformers import TrainerCallback, TrainingArguments, set_seed
+from transformers import TrainerCallback, set_seed
 
 from moda.data.catalog import BadRows
 from moda.data.features import FeatureCache, compute_features, model_fingerprint, pixel_values_encoder
 from moda.io.paths import write_atomically
-from moda.train.checkpointing import AtomicCheckpointTrainer
 from moda.train.collate import ExampleDataset
-from moda.train.optim import step_lr_optimizer, total_steps
-from moda.train.trainer import EpochToDataset
+from moda.train.arguments import MODATrainingArguments
+from moda.train.trainer import EpochToDataset, MODATrainer
 from moda.vision.evaluate import embed_pixel_values, evaluate_tower, label_captions, score_embeddings
 from moda.vision.pairs import cached_text_embeddings, load_pairs, text_encoder
 from moda.vision.tower import ContrastiveTower, PairCollator, new_tower, pretrained_tower, save_tower
@@ -77,7 +76,7 @@ def growth_curve(model, eval_dataset, image_processor, encoder, cache_dir, every
 
 def training_arguments(output_dir, num_train_epochs, batch_size, learning_rate, weight_decay, seed, logging_steps):
     """No checkpoints or Trainer evaluation: the stage is minutes long, and a tower is judged by evaluate_tower."""
-    return TrainingArguments(
+    return MODATrainingArguments(  # MODA's defaults: the Trainer's fused AdamW, StepLR (a quarter of the run, x0.5)
         output_dir=str(output_dir), num_train_epochs=num_train_epochs, per_device_train_batch_size=batch_size,
         learning_rate=learning_rate, weight_decay=weight_decay, seed=seed, logging_steps=logging_steps,
         save_strategy="no", eval_strategy="no", report_to="none", remove_unused_columns=False,
@@ -119,12 +118,10 @@ def adapt_vision(datasets: list, output_dir, model_name_or_path: str = None, tex
     model = ContrastiveTower(tower, caption_embeds, negatives)
     args = training_arguments(output_dir, num_train_epochs, batch_size, learning_rate, weight_decay, seed,
                               logging_steps)
-    optimizer, scheduler = step_lr_optimizer(model, args, SimpleNamespace(lr_step_size=None, lr_gamma=0.5),
-                                             total_steps(args, len(examples)))
     train_dataset = ExampleDataset(examples, augment=augment_images, seed=seed)
     curve = growth_curve(model, eval_dataset, image_processor, encoder, feature_cache_dir, eval_every_epochs, bad_rows)
-    trainer = AtomicCheckpointTrainer(model=model, args=args, train_dataset=train_dataset,
-                                      data_collator=PairCollator(captions), optimizers=(optimizer, scheduler),
+    trainer = MODATrainer(model=model, args=args, train_dataset=train_dataset,
+                                      data_collator=PairCollator(captions),
                                       callbacks=[EpochToDataset(train_dataset)] + ([curve] if curve else []))
     trainer.train()
     train_minutes = (time.time() - started - (curve.evaluating if curve else 0)) / 60

@@ -57,7 +57,7 @@ def test_a_command_that_returns_what_it_made_exits_with_success(monkeypatch):
 
     # `moda train` runs train_hf.command_line, not train_hf.main (which returns its summary)
     assert COMMANDS["train"][:2] == ("moda.cli.train", "main")
-    monkeypatch.setattr(train_hf, "command_line", lambda argv: 7 if argv == ["--help"] else 0)
+    monkeypatch.setattr(train_hf, "command_line", lambda argv, prog: 7 if (argv, prog) == (["--help"], "moda train") else 0)
     assert main(["train", "--help"]) == 7
     monkeypatch.setitem(COMMANDS, "summary", ("tests.cli.test_cli", "_returns_a_summary", "returns a dict"))
     assert main(["summary"]) == 0

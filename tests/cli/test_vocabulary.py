@@ -190,7 +190,7 @@ def test_help_names_the_command_and_shows_defaults(command, shown, capsys):
 
 def test_every_command_but_train_is_covered_here():
     """`moda train` is train_hf.py's parser (HfArgumentParser), with its own names; a new command belongs above."""
-    covered = {"eval", "build-dataset", "caption", "caption-image", "index", "search", "push", "space"}
+    covered = {"eval", "build-dataset", "caption", "caption-image", "index", "search", "push", "space", "adapt-vision", "eval-vision"}
     assert set(COMMANDS) - {"train"} == covered
 
 
