@@ -83,12 +83,14 @@ def image_processor_at(size: int):
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
-def build_from_scratch(size: str, tokenizer, vision_model: str = None, **overrides):
+def build_from_scratch(size: str, tokenizer, vision_model: str = None, hub: dict = None, **overrides):
     """
     A randomly initialised MODA of a named size and its processor; with `vision_model` (a CLIP checkpoint, e.g. a
-    tower from `moda adapt-vision`), a new decoder of that size on that pretrained tower and its image processor.
+    tower from `moda adapt-vision`), a new decoder of that size on that pretrained tower and its image processor;
+    `hub`: from_pretrained's revision and cache_dir for that tower.
     """
-    tower = load_clip_vision(vision_model, trust_remote_code=False) if vision_model else None
+    hub = {key: value for key, value in (hub or {}).items() if value is not None}
+    tower = load_clip_vision(vision_model, trust_remote_code=False, **hub) if vision_model else None
     # A from-scratch vision tower has learned nothing yet: it trains too; a pretrained one stays frozen (cached
     # features) unless the caller says otherwise.
     overrides.setdefault("freeze_vision_tower", tower is not None)
@@ -100,7 +102,7 @@ def build_from_scratch(size: str, tokenizer, vision_model: str = None, **overrid
         model.vision_tower.load_state_dict(tower.state_dict())
         from transformers import CLIPImageProcessor  # (imported when used: see image_processor_at)
 
-        image_processor = CLIPImageProcessor.from_pretrained(vision_model)
+        image_processor = CLIPImageProcessor.from_pretrained(vision_model, **hub)
     set_generation_defaults(model, tokenizer)
     return model, MODAProcessor(image_processor=image_processor, tokenizer=tokenizer)
 

@@ -404,13 +404,20 @@ def require_one_catalog(data_args) -> None:
 
 
 def require_something_to_download(model_args, data_args, given) -> None:
-    """--model_revision and --cache_dir are for models loaded from the Hub: a model built from scratch loads none."""
+    """--model_revision and --cache_dir are for models loaded from the Hub: a model built from scratch loads none (a
+    tiny one on a given --vision_model loads that tower); one revision cannot pin two backbone repos."""
     from_scratch = model_args.architecture == "moda" and not model_args.model_name_or_path and (
         model_args.model_size or not data_args.catalog_name)  # (the demo builds a tiny model from scratch)
+    on_a_given_tower = model_args.model_size and "vision_model" in given
     unused = [f"--{name}" for name in ("model_revision", "cache_dir") if name in given and getattr(model_args, name)]
-    if from_scratch and unused:
+    if from_scratch and not on_a_given_tower and unused:
         raise ValueError(f"{' and '.join(unused)}: nothing is downloaded: the model is built from scratch "
                          "(--model_size, or the demo).")
+    two_backbones = model_args.architecture == "moda" and not model_args.model_name_or_path and not from_scratch
+    if two_backbones and "model_revision" in given and model_args.model_revision:
+        raise ValueError("--model_revision names a commit of one repo, and this model is built from two "
+                         "(--vision_model and --text_model): download each at its commit into a folder "
+                         "(hf download REPO --revision SHA --local-dir DIR) and name the folders.")
 
 
 def require_model_size(model_size, model_name_or_path) -> None:

@@ -25,7 +25,7 @@ def build_model(model_args, data_args, training_args, captions):
         set_seed(training_args.seed)
         # (resolve_size_defaults leaves --vision_model set only where the user gave a tower to build on)
         model, processor = build_from_scratch(
-            model_args.model_size, tokenizer, vision_model=model_args.vision_model,
+            model_args.model_size, tokenizer, vision_model=model_args.vision_model, hub=hub,
             num_image_tokens=model_args.num_image_tokens,
             **({"freeze_vision_tower": False} if model_args.tune_vision_tower else {}),
         )

@@ -578,6 +578,7 @@ def test_published_checkpoints_record_the_best_checkpoint_where_it_was_published
     (["--streaming", "true"], "--streaming is not supported: .* a streamed dataset allows none"),
     (["--train_file", "rows.csv"], "--dataset and --train_file both name the training rows"),
     (["--model_size", "tiny", "--revision", "v1"], "--model_revision: nothing is downloaded"),
+    (["--model_revision", "abc123"], "--model_revision names a commit of one repo, and this model is built from two"),
     (["--train_projector_only", "true", "--use_lora", "true"], "two stages"),
     (["--model_size", "small"], "--model_size must be one of 'test', 'tiny', got 'small'"),
     (["--model_size", "tiny", "--model_name_or_path", "stage1"], "give one of them"),
@@ -782,3 +783,25 @@ def test_compute_features_reads_each_cached_image_once_and_gives_what_was_cached
     for first, second in zip(computed, cached):
         torch.testing.assert_close(first["features"], second["features"], rtol=0, atol=0)
     torch.testing.assert_close(cached[0]["features"], channel_means([product_images[0].convert("RGB")])[0])
+
+
+def test_a_tiny_model_on_a_given_tower_loads_it_at_the_revision_and_cache_given(tmp_path, monkeypatch):
+    """--model_size tiny --vision_model TOWER downloads TOWER: --model_revision and --cache_dir pin and place it."""
+    import moda.model.build
+
+    loads = []
+
+    def refuse_to_download(name, **kwargs):  # stands in for the Hub: what would have been fetched, with what
+        loads.append((name, kwargs))
+        raise OSError("offline")
+
+    monkeypatch.setattr(moda.model.build, "load_clip_vision", refuse_to_download)
+    with pytest.raises(OSError, match="offline"):
+        moda.model.build.build_from_scratch("test", None, vision_model="someone/tower",
+                                            hub={"revision": "abc123", "cache_dir": str(tmp_path), "x": None})
+    assert loads == [("someone/tower", {"trust_remote_code": False, "revision": "abc123",
+                                        "cache_dir": str(tmp_path)})]
+    # and the arguments' check allows them there: what stops this run is its empty catalog, checked after them
+    with pytest.raises(ValueError, match="holds no metadata.csv"):
+        train_hf.main(["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--model_size", "tiny",
+                       "--vision_model", "someone/tower", "--model_revision", "abc123"])
