@@ -30,35 +30,37 @@ def true_or_false(value: str) -> bool:
 def parse_arguments(argv=None):
     parser = command_parser("adapt-vision", __doc__)
     add_option(parser, "dataset", "dataset_name", action="append", required=True,
-                        help="a catalog whose train split the tower learns (give it again for more catalogs)")
+               help="a catalog whose train split the tower learns (give it again for more catalogs)")
     add_option(parser, "output_dir", required=True, help="the tower folder")
     add_option(parser, "model_name_or_path", "model", default=None,
-                        help="a CLIP checkpoint to start from (default: a new tower of --tower_size)")
+               help="a CLIP checkpoint to start from (default: a new tower of --tower_size)")
     add_option(parser, "text_encoder", default="minilm", choices=TEXT_ENCODERS,
-                        help="the locked text side: all-MiniLM-L6-v2, or the text tower of --model_name_or_path")
+               help="the locked text side: all-MiniLM-L6-v2, or the text tower of --model_name_or_path")
     add_option(parser, "tower_size", default="tiny", choices=sorted(SIZES),
-                        help="the from-scratch tower's shape (moda.model.build.SIZES)")
+               help="the from-scratch tower's shape (moda.model.build.SIZES)")
     add_option(parser, "image_size", type=int, default=None, help="from scratch: input pixels")
     add_option(parser, "patch_size", type=int, default=None, help="from scratch: patch pixels")
     add_option(parser, "caption_template", default=None,
-                        help="one template for every catalog (default: MODA's, in each catalog's column names)")
+               help="one template for every catalog (default: MODA's, in each catalog's column names)")
     add_option(parser, "max_train_samples", type=int, default=None,
-                        help="at most N train rows of each catalog, drawn at random (seed: --seed)")
+               help="at most N train rows of each catalog, drawn at random (seed: --seed)")
     add_option(parser, "negatives", default="catalog", choices=NEGATIVES,
-                        help="catalog: every caption of the catalogs; batch: CLIP's in-batch loss")
+               help="catalog: every caption of the catalogs; batch: CLIP's in-batch loss")
     add_option(parser, "augment_images", type=true_or_false, default=True,
-                        help="random flips and shifts (true/false)")
-    add_option(parser, "num_train_epochs", type=float, default=10)
-    add_option(parser, "per_device_train_batch_size", type=int, default=128)
-    add_option(parser, "learning_rate", type=float, default=1e-3)
-    add_option(parser, "weight_decay", type=float, default=0.05)
-    add_option(parser, "seed", type=int, default=42)
-    add_option(parser, "feature_cache_dir", default=".cache/moda-features")
+               help="random flips and shifts (true/false)")
+    add_option(parser, "num_train_epochs", type=float, default=10, help="passes over the pairs")
+    add_option(parser, "per_device_train_batch_size", type=int, default=128,
+               help="pairs per step (with --negatives batch: the in-batch negatives)")
+    add_option(parser, "learning_rate", type=float, default=1e-3, help="AdamW's rate (StepLR halves it each quarter)")
+    add_option(parser, "weight_decay", type=float, default=0.05, help="AdamW's weight decay")
+    add_option(parser, "seed", type=int, default=42, help="the random seed (sampling, augmentation, init)")
+    add_option(parser, "feature_cache_dir", default=".cache/moda-features",
+               help="where decoded images and text embeddings are cached")
     add_option(parser, "eval_dataset", default=None,
-                        help="measure the tower on this catalog's test split at the end")
-    add_option(parser, "logging_steps", type=int, default=50)
+               help="measure the tower on this catalog's test split at the end")
+    add_option(parser, "logging_steps", type=int, default=50, help="log the loss every N steps")
     add_option(parser, "eval_every_epochs", type=int, default=0,
-                        help="with --eval_dataset: score the tower on its validation split every N epochs (0: off)")
+               help="with --eval_dataset: score the tower on its validation split every N epochs (0: off)")
     args = parser.parse_args(argv)
     for name in ("max_train_samples", "per_device_train_batch_size", "image_size", "patch_size", "logging_steps"):
         value = getattr(args, name)

@@ -20,13 +20,14 @@ from moda.vision.tower import load_tower
 def parse_arguments(argv=None):
     parser = command_parser("eval-vision", __doc__)
     add_option(parser, "model_name_or_path", "model", required=True,
-                        help="a tower folder from moda adapt-vision, or a CLIP checkpoint")
+               help="a tower folder from moda adapt-vision, or a CLIP checkpoint")
     add_option(parser, "dataset", "dataset_name", required=True, help="a catalog with train and test splits")
     add_option(parser, "text_encoder", default=None, choices=TEXT_ENCODERS,
-                        help="the text side (default: the one in the tower's vision_adaptation.json)")
+               help="the text side (default: the one in the tower's vision_adaptation.json)")
     add_option(parser, "text_model", default=None,
-                        help="with --text_encoder clip: the CLIP checkpoint whose text tower embeds (default: the tower)")
-    add_option(parser, "feature_cache_dir", default=".cache/moda-features")
+               help="with --text_encoder clip: the CLIP checkpoint whose text tower embeds (default: the tower)")
+    add_option(parser, "feature_cache_dir", default=".cache/moda-features",
+               help="where decoded images and text embeddings are cached")
     return parser.parse_args(argv)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+from transformers import CLIPVisionModelWithProjection
 
 from modeling_moda import load_clip_vision
 from moda.io.paths import write_atomically
@@ -41,7 +41,7 @@ def pretrained_tower(model_name_or_path: str, projection_dim: int):
     if tower.config.projection_dim != projection_dim:
         tower.visual_projection = nn.Linear(tower.config.hidden_size, projection_dim, bias=False)
         tower.config.projection_dim = projection_dim
-    return tower, CLIPImageProcessor.from_pretrained(model_name_or_path)
+    return tower, clip_image_processor(model_name_or_path)
 
 
 def contrastive_loss(image_embeds, caption_embeds, caption_ids, scale, negatives: str = "catalog"):
@@ -112,7 +112,15 @@ def save_tower(tower, image_processor, output_dir, adaptation: dict) -> None:
 def load_tower(path):
     """A tower folder: (tower, image processor, its vision_adaptation.json or {} for a plain CLIP checkpoint)."""
     tower = load_clip_vision(str(path), trust_remote_code=False).eval()
-    image_processor = CLIPImageProcessor.from_pretrained(str(path))
+    image_processor = clip_image_processor(str(path))
     info_file = Path(path) / ADAPTATION_FILE
     adaptation = json.loads(info_file.read_text()) if info_file.is_file() else {}
     return tower, image_processor, adaptation
+
+
+def clip_image_processor(name_or_path: str):
+    """A checkpoint's CLIPImageProcessor, imported when used: looking the name up without torchvision warns, and
+    `moda adapt-vision --help` should not."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor.from_pretrained(name_or_path)

@@ -177,6 +177,8 @@ def test_push_options(monkeypatch, argv):
     ("search", "how many hits (default: 5)"),
     ("push", "--revision REVISION, --branch REVISION"),
     ("space", "--output_dir OUTPUT_DIR, --output-dir OUTPUT_DIR"),
+    ("adapt-vision", "passes over the pairs (default: 10)"),
+    ("eval-vision", "(default: .cache/moda-features)"),
 ])
 def test_help_names_the_command_and_shows_defaults(command, shown, capsys):
     with pytest.raises(SystemExit) as raised:
