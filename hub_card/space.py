@@ -24,6 +24,7 @@ from hub_card.card import HUB_ID, write_image_io
 from hub_card.push import connection_errors
 from hub_card.space_app import EXAMPLES_NAME, SETTINGS_NAME
 from moda.data.synthetic import draw_examples
+from moda.io.paths import write_atomically
 from moda.model.loading import MODA_MODEL_TYPE, read_model_config
 
 SPACE_APP_SOURCE = Path(__file__).with_name("space_app.py")
@@ -98,16 +99,22 @@ def write_space_folder(folder, model: str, model_commit: str, licence: dict, spa
         raise ValueError(f"{folder} is a non-empty folder without {SETTINGS_NAME}, so not one a Space was written into: "
                          "refusing to write into it; give a new or empty folder.")
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(SPACE_APP_SOURCE, folder / "app.py")
+    # Each file is written aside and renamed over its name: a link planted in a folder written before is replaced,
+    # never followed out of the folder.
+    write_text_file(folder / "app.py", SPACE_APP_SOURCE.read_text(encoding="utf-8"))
     write_image_io(folder)
     settings = {"model": model, "revision": model_commit}
-    (folder / SETTINGS_NAME).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-    (folder / "requirements.txt").write_text("".join(f"{line}\n" for line in requirements()), encoding="utf-8")
-    (folder / "README.md").write_text(space_card(model, model_commit, licence, space_id), encoding="utf-8")
+    write_text_file(folder / SETTINGS_NAME, json.dumps(settings, indent=2) + "\n")
+    write_text_file(folder / "requirements.txt", "".join(f"{line}\n" for line in requirements()))
+    write_text_file(folder / "README.md", space_card(model, model_commit, licence, space_id))
     if (folder / EXAMPLES_NAME).is_dir():  # written before: the examples are replaced whole
         shutil.rmtree(folder / EXAMPLES_NAME)
     draw_examples(folder / EXAMPLES_NAME, num_items=NUM_EXAMPLES)
     return folder
+
+
+def write_text_file(path: Path, text: str) -> None:
+    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def installed_version(package: str) -> str:

@@ -237,3 +237,18 @@ def test_the_space_app_names_a_refused_photo():
     assert describe(refusing, None) == "Upload a product photo first."
     with pytest.raises(gr.Error, match="9000x9000 pixels, over the limit"):
         describe(refusing, Image.new("RGB", (8, 8)))
+
+
+def test_a_link_planted_in_a_space_folder_is_replaced_not_followed(tmp_path):
+    from hub_card.space import write_space_folder
+
+    folder = write_space_folder(tmp_path / "space", MODA_REPO_ID, "a" * 40, {"license": "apache-2.0"}, "me/space")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the Space's")
+    for name in ("README.md", "app.py", "requirements.txt", "space.json"):
+        (folder / name).unlink()
+        (folder / name).symlink_to(outside)
+    write_space_folder(folder, MODA_REPO_ID, "b" * 40, {"license": "apache-2.0"}, "me/space")  # written again
+    assert outside.read_text() == "not the Space's"
+    for name in ("README.md", "app.py", "requirements.txt", "space.json"):
+        assert not (folder / name).is_symlink() and (folder / name).read_text() != "not the Space's"
