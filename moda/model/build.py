@@ -83,6 +83,14 @@ def image_processor_at(size: int):
     return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
 
+def clip_image_processor(name_or_path: str, **hub):
+    """A CLIP checkpoint's own image processor (`hub`: from_pretrained's revision, cache_dir); imported when used, as
+    in image_processor_at."""
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor.from_pretrained(name_or_path, **hub)
+
+
 def build_from_scratch(size: str, tokenizer, vision_model: str = None, hub: dict = None, **overrides):
     """
     A randomly initialised MODA of a named size and its processor; with `vision_model` (a CLIP checkpoint, e.g. a
@@ -100,9 +108,7 @@ def build_from_scratch(size: str, tokenizer, vision_model: str = None, hub: dict
         image_processor = image_processor_for(config)
     else:
         model.vision_tower.load_state_dict(tower.state_dict())
-        from transformers import CLIPImageProcessor  # (imported when used: see image_processor_at)
-
-        image_processor = CLIPImageProcessor.from_pretrained(vision_model, **hub)
+        image_processor = clip_image_processor(vision_model, **hub)
     set_generation_defaults(model, tokenizer)
     return model, MODAProcessor(image_processor=image_processor, tokenizer=tokenizer)
 

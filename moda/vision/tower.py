@@ -17,7 +17,7 @@ from transformers import CLIPVisionModelWithProjection
 
 from modeling_moda import load_clip_vision
 from moda.io.paths import write_atomically
-from moda.model.build import image_processor_at, vision_config_for_size
+from moda.model.build import clip_image_processor, image_processor_at, vision_config_for_size
 from moda.train.checkpointing import FINAL_STAGING_DIR, publish_staged_folder
 
 ADAPTATION_FILE = "vision_adaptation.json"
@@ -116,11 +116,3 @@ def load_tower(path):
     info_file = Path(path) / ADAPTATION_FILE
     adaptation = json.loads(info_file.read_text()) if info_file.is_file() else {}
     return tower, image_processor, adaptation
-
-
-def clip_image_processor(name_or_path: str):
-    """A checkpoint's CLIPImageProcessor, imported when used: looking the name up without torchvision warns, and
-    `moda adapt-vision --help` should not."""
-    from transformers import CLIPImageProcessor
-
-    return CLIPImageProcessor.from_pretrained(name_or_path)
