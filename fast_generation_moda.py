@@ -220,6 +220,27 @@ def packed_dtypes() -> tuple:
     return (torch.float32, torch.bfloat16) if ops.bf16_supported else (torch.float32,)
 
 
+# Which dtypes the fast path packs unless the model says otherwise (`model.pack_weights = None`, the default). A pack
+# is a second copy of the weights, so it must buy a lot to be worth its memory. bf16: oneDNN packs it only where the
+# CPU has bf16 instructions, and there the packed products take a third less time than F.linear's bf16 kernels at
+# every batch size; the packs (434 MB for full-size MODA) fit under the fp32 weights a bf16 model is made from.
+# fp32: the fp32 weights are MODA's largest memory (870 MB), a packed copy doubles them (+1 GB peak RSS with the
+# packing's transients, +83 % on an Intel Xeon with AMX), and the gain depends on the CPU (nothing at batch 1 on that
+# Xeon); the fast loop on the modules' own fp32 kernels keeps the plain path's memory. BENCHMARKS.md has the numbers.
+PACKED_BY_DEFAULT = (torch.bfloat16,)
+
+
+def dtypes_to_pack(pack_weights: Optional[bool] = None, packable: Optional[tuple] = None) -> tuple:
+    """
+    The dtypes whose weights the fast path packs: of `packable` (default: `packed_dtypes()`, what oneDNN packs
+    here), those in PACKED_BY_DEFAULT where `pack_weights` is None, all of them where it is True, none where False.
+    """
+    packable = packed_dtypes() if packable is None else packable
+    if pack_weights is None:
+        return tuple(dtype for dtype in packable if dtype in PACKED_BY_DEFAULT)
+    return tuple(packable) if pack_weights else ()
+
+
 _QUICK_GELU = 1.702  # CLIP's quick GELU: y * sigmoid(1.702 y)
 
 
@@ -250,9 +271,10 @@ class PackedLinears:
     (a submodule moved off the CPU or to another dtype alone) drops its own here, at the next call.
     """
 
-    def __init__(self, groups, quick_gelu_mlps=(), output_scales=None):
+    def __init__(self, groups, quick_gelu_mlps=(), output_scales=None, dtypes: Optional[tuple] = None):
         """
-        `groups`: tuples of Linear layers that share their input (most are single layers). `quick_gelu_mlps`:
+        `groups`: tuples of Linear layers that share their input (most are single layers); those whose weights are
+        of `dtypes` (default: every dtype oneDNN packs here) are packed, the others run on their modules. `quick_gelu_mlps`:
         (fc1, fc2) pairs with a quick GELU between them; in bf16 their activation runs inside fc1's product (`mlp`).
         `output_scales`: {layer: s} for outputs the caller multiplies by s. Where s is a power of two and the layer
         is packed, s goes into its packed weight and bias (the same values: scaling by a power of two rounds
@@ -262,7 +284,7 @@ class PackedLinears:
         self.packed = {}  # group -> (packed stacked weight, stacked bias)
         self.swish_inputs = set()  # fc1 layers whose pack is scaled for swish (see `mlp`)
         self.scaled_outputs = {}  # layer -> the power of two its outputs come out multiplied by
-        dtypes = packed_dtypes()
+        dtypes = tuple(dtype for dtype in (packed_dtypes() if dtypes is None else dtypes) if dtype in packed_dtypes())
         self.ops = onednn_ops() if dtypes else None
 
         def packable(modules):  # other layers (e.g. int8 dynamically quantized ones) keep their own kernels
@@ -416,7 +438,27 @@ def _layer_norm_function(norm: nn.Module) -> Callable:
 # --- the vision tower ----------------------------------------------------------------------------------------------
 
 
-def fast_image_features(vision_tower: nn.Module, pixel_values: torch.Tensor) -> Optional[torch.Tensor]:
+def pack_for_inference(model: nn.Module) -> None:
+    """
+    Packs now what the fast path would pack at its next call (the vision tower's and the decoder's weights of the
+    dtypes `dtypes_to_pack(model.pack_weights)` names), so that the first caption pays no packing: MODA calls it
+    when it is put in eval mode (from_pretrained does that last) and after a dtype or device change in eval mode.
+    Nothing is packed where the fast path would not run; packs of dtypes no longer to be packed are given back.
+    """
+    if model.training or not model.fast_greedy or not fast_path_on():
+        return
+    dtypes = dtypes_to_pack(model.pack_weights)
+    try:
+        if isinstance(model.vision_tower, CLIPVisionModelWithProjection):
+            vision_packs(model.vision_tower, dtypes)
+        if isinstance(model.language_model, OPTForCausalLM):
+            decoding_packs(model.language_model, dtypes)
+    except FastPathFailure:  # the fast path is off now (one warning): generation takes the plain path
+        pass
+
+
+def fast_image_features(vision_tower: nn.Module, pixel_values: torch.Tensor,
+                        pack_weights: Optional[bool] = None) -> Optional[torch.Tensor]:
     """
     The image embeds by `inference_image_features`, or None where CLIP's own forward must run: gradients on,
     another vision tower, autocast, forward hooks, or the fast path off (an op failing here turns it off: None, and
@@ -427,27 +469,34 @@ def fast_image_features(vision_tower: nn.Module, pixel_values: torch.Tensor) -> 
     if not runs_as_written(vision_tower, pixel_values.device.type) or not fast_path_on():
         return None
     try:
-        return inference_image_features(vision_tower, pixel_values)
+        return inference_image_features(vision_tower, pixel_values, pack_weights)
     except FastPathFailure:
         return None
 
 
-def inference_image_features(vision_tower: CLIPVisionModelWithProjection, pixel_values: torch.Tensor) -> torch.Tensor:
+def inference_image_features(vision_tower: CLIPVisionModelWithProjection, pixel_values: torch.Tensor,
+                             pack_weights: Optional[bool] = None) -> torch.Tensor:
     """
     The vision tower's forward for inference, with two savings: the Linear layers run on oneDNN with packed
     weights (`PackedLinears`; in bf16 with the quick GELU inside the first MLP product), and the pooled output reads
     only the class token, so past its attention the last layer runs the class token alone (its output projection and
     MLP on 1 row instead of every patch's). In fp32 the arithmetic is CLIP's own (in bf16 see `PackedLinears.mlp`).
+    `pack_weights`: which weights are packed (`dtypes_to_pack`); the others run on their modules' kernels.
     """
     vision = vision_tower.vision_model
     layers = vision.encoder.layers
-    quick_gelu_mlps = [(layer.mlp.fc1, layer.mlp.fc2) for layer in layers
-                       if isinstance(layer.mlp.activation_fn, QuickGELUActivation)]
-    linears = PackedLinears(vision_linears(vision_tower), quick_gelu_mlps)
+    linears = vision_packs(vision_tower, dtypes_to_pack(pack_weights))
     hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
     for index, layer in enumerate(layers):
         hidden = _clip_layer_pass(layer, hidden, index == len(layers) - 1, linears)
     return linears(vision_tower.visual_projection, vision.post_layernorm(hidden[:, 0]))
+
+
+def vision_packs(vision_tower: CLIPVisionModelWithProjection, dtypes: tuple) -> PackedLinears:
+    """The vision tower's Linear layers as `inference_image_features` runs them, those of `dtypes` packed."""
+    quick_gelu_mlps = [(layer.mlp.fc1, layer.mlp.fc2) for layer in vision_tower.vision_model.encoder.layers
+                       if isinstance(layer.mlp.activation_fn, QuickGELUActivation)]
+    return PackedLinears(vision_linears(vision_tower), quick_gelu_mlps, dtypes=dtypes)
 
 
 def vision_linears(vision_tower: CLIPVisionModelWithProjection) -> list:
@@ -534,13 +583,15 @@ def greedy_settings(model: nn.Module, config, generate_kwargs: dict) -> Optional
         min_new_tokens=int(config.min_new_tokens or 0),
         eos_token_ids=eos,
         pad_token_id=pad,
+        pack_weights=getattr(model, "pack_weights", None),
     )
 
 
 @torch.no_grad()
 def greedy_decode(language_model: OPTForCausalLM, inputs_embeds, attention_mask, max_new_tokens, min_new_tokens,
-                  eos_token_ids, pad_token_id):
-    """Greedy decoding from the merged (left-padded) embeddings; returns the new tokens as GenerationMixin does."""
+                  eos_token_ids, pad_token_id, pack_weights: Optional[bool] = None):
+    """Greedy decoding from the merged (left-padded) embeddings; returns the new tokens as GenerationMixin does.
+    `pack_weights`: which weights are packed (`dtypes_to_pack`); the others run on their modules' kernels."""
     batch, prompt_length = attention_mask.shape
     device = inputs_embeds.device
     # Which cache slots each row may attend to: its prompt without the pads, then every generated token.
@@ -559,10 +610,7 @@ def greedy_decode(language_model: OPTForCausalLM, inputs_embeds, attention_mask,
         prompt_mask = (causal & key_mask[:, None, None, :prompt_length]) | torch.eye(
             prompt_length, dtype=torch.bool, device=device
         )
-    linears = PackedLinears(
-        decoding_linears(language_model),
-        output_scales={layer.self_attn.q_proj: layer.self_attn.scaling for layer in decoder.layers},
-    )
+    linears = decoding_packs(language_model, dtypes_to_pack(pack_weights))
     plans = [OPTLayerPlan.of(layer, linears) for layer in decoder.layers]
     projections = tuple(None if module is None else linears.linear((module,))
                         for module in (decoder.project_in, decoder.project_out))
@@ -595,6 +643,13 @@ def greedy_decode(language_model: OPTForCausalLM, inputs_embeds, attention_mask,
         )
         next_positions = next_positions + 1
     return new_tokens
+
+
+def decoding_packs(language_model: OPTForCausalLM, dtypes: tuple) -> PackedLinears:
+    """The decoder's and lm_head's Linear layers as the fast greedy loop runs them, those of `dtypes` packed."""
+    layers = language_model.model.decoder.layers
+    return PackedLinears(decoding_linears(language_model), dtypes=dtypes,
+                         output_scales={layer.self_attn.q_proj: layer.self_attn.scaling for layer in layers})
 
 
 def decoding_linears(language_model: OPTForCausalLM) -> list:

@@ -37,14 +37,14 @@ from transformers.utils import logging
 try:
     from .configuration_moda import MODAConfig
     from .fast_generation_moda import (fast_image_features, greedy_generate, redo_on_the_plain_path,
-                                       release_packed_weights)
+                                       pack_for_inference, release_packed_weights)
     from .image_io_moda import ImageInputError  # noqa: F401
     from .pipeline_moda import MODAImageToTextPipeline
     from .processing_moda import MODAProcessor
 except ImportError:
     from configuration_moda import MODAConfig
     from fast_generation_moda import (fast_image_features, greedy_generate, redo_on_the_plain_path,
-                                      release_packed_weights)
+                                      pack_for_inference, release_packed_weights)
     from image_io_moda import ImageInputError  # noqa: F401
     from pipeline_moda import MODAImageToTextPipeline
     from processing_moda import MODAProcessor
@@ -163,7 +163,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             raise ValueError("pixel_values contain NaN or infinite values.")
         pixel_values = pixel_values.to(device=self.device, dtype=self.vision_tower.dtype)
         if self.fast_greedy:  # None where CLIP's forward must run (gradients, autocast, hooks, ...)
-            image_embeds = fast_image_features(self.vision_tower, pixel_values)
+            image_embeds = fast_image_features(self.vision_tower, pixel_values, self.pack_weights)
             if image_embeds is not None:
                 return image_embeds
         return self.vision_tower(pixel_values=pixel_values).image_embeds
@@ -387,20 +387,30 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
     # op it uses is missing or fails, the fast path turns itself off for the process (one warning).
 
     fast_greedy = True
+    # Which weights the fast path packs for oneDNN (a second copy of them, in memory): None, the default, packs bf16
+    # where the CPU computes it (fast_generation_moda.dtypes_to_pack says why not fp32); True packs fp32 as well
+    # (faster at large batches on some CPUs, +1 GB); False packs nothing (the fast loop on the modules' kernels).
+    pack_weights = None
 
     def train(self, mode: bool = True):
-        # The packed copies of the weights serve inference: a model that trains gives their memory back, and an
-        # evaluation packs its weights anew.
+        # The packed copies of the weights serve inference: a model that trains gives their memory back, and one put
+        # in eval mode packs now (from_pretrained ends with eval()), so the first caption does not wait for it.
         if mode:
             release_packed_weights(self.modules())
-        return super().train(mode)
+        model = super().train(mode)
+        if not mode:
+            pack_for_inference(self)
+        return model
 
     def _apply(self, fn, *args, **kwargs):
         # .to(), .half(), .float(), .bfloat16(), .cuda() and .cpu() all come here. The packs are copies of the weights
         # as they were: after a dtype or device change they would only hold memory (on the CPU, after a move to a GPU),
-        # so they go, and the next call on the CPU packs anew.
+        # so they go, and a model in eval mode packs anew for its new dtype.
         release_packed_weights(self.modules())
-        return super()._apply(fn, *args, **kwargs)
+        model = super()._apply(fn, *args, **kwargs)
+        if not self.training:
+            pack_for_inference(self)
+        return model
 
     def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs):
         # transformers 5 enabling checkpointing also hooks every input embedding (enable_input_require_grads), and

@@ -16,6 +16,7 @@ to matmul bound.
 """
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -32,19 +33,32 @@ from configuration_moda import MODAConfig  # noqa: E402
 from modeling_moda import MODAForConditionalGeneration  # noqa: E402
 from benchmarks.results import print_and_save  # noqa: E402
 
-MODELS = ("moda", "moda-plain", "git-base", "blip-base")
+# moda: the fast path as it comes (model.pack_weights = None: it packs bf16 where the CPU computes bf16, fp32 never);
+# moda-packed / moda-unpacked: the fast path with every / no weight packed; moda-plain: GenerationMixin and CLIP's
+# forward (fast_greedy = False).
+MODA_VARIANTS = {"moda": (True, None), "moda-packed": (True, True), "moda-unpacked": (True, False),
+                 "moda-plain": (False, None)}  # name -> (fast_greedy, pack_weights)
+MODELS = (*MODA_VARIANTS, "git-base", "blip-base")
+DEFAULT_MODELS = (*MODA_VARIANTS, "git-base")
 PRECISIONS = ("fp32", "bf16", "int8")
 
 
-def build_model(name: str, precision: str):
-    """A full-size model with random weights (speed does not depend on the weight values)."""
+def build_model(name: str, precision: str, built_in_bf16: bool = False):
+    """A full-size model with random weights (speed does not depend on the weight values), in eval mode (as
+    from_pretrained leaves it). bf16: built in fp32 and converted, or with `built_in_bf16` made in bf16 from the
+    start (as from_pretrained(..., dtype=torch.bfloat16) loads it: no fp32 copy ever in memory)."""
     torch.manual_seed(0)
-    if name in ("moda", "moda-plain"):
-        model = MODAForConditionalGeneration(MODAConfig())
+    if name in MODA_VARIANTS:
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16 if built_in_bf16 else default_dtype)
+        try:
+            model = MODAForConditionalGeneration(MODAConfig())
+        finally:
+            torch.set_default_dtype(default_dtype)
         text = model.config.text_config
         model.generation_config.update(bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id,
                                        pad_token_id=text.pad_token_id)
-        model.fast_greedy = name == "moda"
+        model.fast_greedy, model.pack_weights = MODA_VARIANTS[name]
         image_size = model.config.vision_config.image_size
     elif name == "git-base":
         from transformers import GitConfig, GitForCausalLM
@@ -169,24 +183,45 @@ def moda_shares(model, precision, args, entry, bounds) -> dict:
     }
 
 
-def peak_rss_mb(name: str, precision: str, args) -> float:
-    """Peak RSS of a fresh process that builds one model and captions one batch."""
+def fresh_process(name: str, precision: str, args, built_in_bf16: bool = False) -> dict:
+    """A fresh process that builds one model and captions one image, again, then a batch: its peak RSS (MB), its
+    first and second batch-1 caption times (s) and their ratio."""
     command = [sys.executable, __file__, "--rss-child", name, precision, "--batch", str(args.batch),
                "--new_tokens", str(args.new_tokens), "--threads", str(args.threads)]
+    if built_in_bf16:
+        command.append("--built_in_bf16")
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return float(output.strip().splitlines()[-1])
+    return json.loads(output.strip().splitlines()[-1])
 
 
 def rss_child(name: str, precision: str, args) -> None:
-    model, image_size = build_model(name, precision)
+    model, image_size = build_model(name, precision, args.built_in_bf16)
+    one = pixel_values(image_size, 1, precision)
+    first = timed(lambda: caption(model, one, args.new_tokens))
+    second = timed(lambda: caption(model, one, args.new_tokens))
     caption(model, pixel_values(image_size, args.batch, precision), args.new_tokens)
     # VmHWM, not getrusage's ru_maxrss: on Linux ru_maxrss keeps the forking parent's peak across exec.
     status = Path("/proc/self/status")
     if status.exists():
         line = next(l for l in status.read_text().splitlines() if l.startswith("VmHWM:"))
-        print(int(line.split()[1]) / 1024)
+        peak = int(line.split()[1]) / 1024
     else:
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mb": peak, "first_caption_s": first, "second_caption_s": second,
+                      "first_over_second": first / second}))
+
+
+def fresh_process_ratios(results: dict, args) -> dict:
+    """Each MODA variant's peak RSS over the plain path's (the target: at most 1.15x) and its first caption over
+    its second (at most 1.10x), per precision and, in bf16, per way the model was made."""
+    out = {}
+    for key, entry in results["fresh_processes"].items():
+        name, rest = key.split(" ", 1)
+        plain = results["fresh_processes"].get(f"moda-plain {rest}")
+        if name in MODA_VARIANTS and plain:
+            out[f"{key}: peak RSS / moda-plain's"] = entry["peak_rss_mb"] / plain["peak_rss_mb"]
+            out[f"{key}: first caption / second"] = entry["first_over_second"]
+    return out
 
 
 def ratios(results: dict, args, paired: bool = False) -> dict:
@@ -199,7 +234,7 @@ def ratios(results: dict, args, paired: bool = False) -> dict:
         moda = results["models"].get(f"moda {precision}")
         if moda is None:
             continue
-        for peer in ("moda-plain", "git-base", "blip-base"):
+        for peer in ("moda-plain", "moda-packed", "moda-unpacked", "git-base", "blip-base"):
             other = results["models"].get(f"{peer} {precision}")
             if other is None:
                 continue
@@ -215,7 +250,7 @@ def ratios(results: dict, args, paired: bool = False) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODELS)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=PRECISIONS)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--new_tokens", type=int, default=30)
@@ -223,6 +258,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--rss", action="store_true", help="also measure peak RSS (a fresh process per model)")
     parser.add_argument("--rss-child", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)
+    parser.add_argument("--built_in_bf16", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args(argv)
     args.models = list(dict.fromkeys(args.models))  # a model named twice would run twice a repeat
@@ -235,9 +271,13 @@ def main(argv=None) -> dict:
     results["ratios"] = ratios(results, args)
     results["paired_ratios"] = ratios(results, args, paired=True)
     if args.rss:
+        results["fresh_processes"] = {}
         for name in args.models:
             for precision in args.precisions:
-                results["models"][f"{name} {precision}"]["peak_rss_mb"] = peak_rss_mb(name, precision, args)
+                results["fresh_processes"][f"{name} {precision}"] = fresh_process(name, precision, args)
+                if precision == "bf16" and name in MODA_VARIANTS:
+                    results["fresh_processes"][f"{name} bf16-built"] = fresh_process(name, precision, args, True)
+        results["fresh_process_ratios"] = fresh_process_ratios(results, args)
     results["settings"] = {k: v for k, v in vars(args).items() if k not in ("rss_child",)}
     results["settings"]["torch"] = torch.__version__
     return print_and_save(results, args.output)

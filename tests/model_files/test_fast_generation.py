@@ -38,10 +38,17 @@ def generate_both(model, **inputs):
 
 def copy_of(model):
     """A separate model with the same weights and generation settings (tests that change weights or dtype)."""
-    copied = MODAForConditionalGeneration(model.config).eval()
+    copied = MODAForConditionalGeneration(model.config)
     copied.load_state_dict(model.state_dict())
     copied.generation_config = model.generation_config
-    return copied
+    return copied.eval()  # as from_pretrained ends: the weights are packed now
+
+
+@pytest.fixture(autouse=True)
+def packs_fp32(monkeypatch):
+    """The tiny models are fp32, whose weights the fast path packs only when asked (`pack_weights = True`): the
+    tests of the packed products ask, and the tests of the default and of no packing say so themselves."""
+    monkeypatch.setattr(MODAForConditionalGeneration, "pack_weights", True)
 
 
 @pytest.fixture(autouse=True)
@@ -97,6 +104,24 @@ def onednn_with(path, replacement):
             return Replaced()
 
     return Namespace()
+
+
+def recorded_packing(monkeypatch) -> list:
+    """A list that gets the shape of every weight packed from now on (torch.ops.mkldnn stood in for)."""
+    packed = []
+    original = torch.ops.mkldnn._reorder_linear_weight
+    namespace = torch.ops.mkldnn
+
+    class Recorder:  # stands in for the torch.ops.mkldnn namespace
+        def __getattr__(self, name):
+            return getattr(namespace, name)
+
+        def _reorder_linear_weight(self, weight, *args):
+            packed.append(tuple(weight.shape))
+            return original(weight, *args)
+
+    monkeypatch.setattr(torch.ops, "mkldnn", Recorder(), raising=False)
+    return packed
 
 
 def fast_path_warnings(records) -> list:
@@ -397,27 +422,15 @@ def test_fast_greedy_runs_the_decoder_and_vision_linears_on_packed_weights(model
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
-def test_unchanged_weights_are_packed_once(model, tester, monkeypatch):
-    model = copy_of(model)
-    packed = []
-    original = torch.ops.mkldnn._reorder_linear_weight
-    namespace = torch.ops.mkldnn
-
-    class Recorder:  # stands in for the torch.ops.mkldnn namespace
-        def __getattr__(self, name):
-            return getattr(namespace, name)
-
-        def _reorder_linear_weight(self, weight, *args):
-            packed.append(tuple(weight.shape))
-            return original(weight, *args)
-
-    monkeypatch.setattr(torch.ops, "mkldnn", Recorder(), raising=False)
-    inputs = tester.prepare_generation_inputs((0, 0))
-    first = model.generate(**inputs, max_new_tokens=4)
+def test_unchanged_weights_are_packed_once_when_the_model_is_put_in_eval_mode(model, tester, monkeypatch):
+    packed = recorded_packing(monkeypatch)
+    model = copy_of(model)  # put in eval mode: packed now, so that the first caption does not wait for it
     groups = len(decoding_linears(model.language_model)) + len(vision_linears(model.vision_tower))
     assert len(packed) == groups  # one pack per group, q/k/v stacked
+    inputs = tester.prepare_generation_inputs((0, 0))
+    first = model.generate(**inputs, max_new_tokens=4)
     second = model.generate(**inputs, max_new_tokens=4)
-    assert len(packed) == groups and torch.equal(first, second)  # the second call packs nothing
+    assert len(packed) == groups and torch.equal(first, second)  # the calls pack nothing
 
 
 @pytest.mark.parametrize(
@@ -665,13 +678,14 @@ def test_an_onednn_op_that_fails_midway_redoes_the_call_on_the_plain_path(model,
 
     fail_at = None  # first a call that fails nowhere: how many calls of the op one generate makes (packing included)
     monkeypatch.setattr(torch.ops, "mkldnn", onednn_with(path, counted), raising=False)
+    reset_fast_path()  # the ops were looked up when `plain`'s model was put in eval mode: look up the stand-in
     assert torch.equal(copy_of(model).generate(**batch, max_new_tokens=8), plain)
     total, fail_at = len(calls), {"first": 1, "middle": len(calls) // 2 + 1, "last": len(calls)}[when]
     assert total >= (1 if when == "first" else 3)
     calls.clear()
     reset_fast_path()  # as in a fresh process: the ops are looked up again (the bf16 query is called then)
-    model = copy_of(model)
     with pytest.warns(RuntimeWarning) as records:
+        model = copy_of(model)  # packs: a failure while packing turns the fast path off here
         failed_midway = model.generate(**batch, max_new_tokens=8)
         after = model.generate(**batch, max_new_tokens=8)
     warned = fast_path_warnings(records)
@@ -697,7 +711,10 @@ def test_a_dtype_or_device_change_gives_the_packed_copies_back(model, tester, ch
     else:
         model.to("cpu", dtype=torch.float64)
     assert model.dtype == dtype
-    assert packed_modules(model.modules()) == []  # no copy of the former weights is kept
+    # no copy of the former weights is kept; in eval mode, weights of a dtype oneDNN packs are packed anew
+    packed = packed_modules(model.modules())
+    assert all(module.weight.dtype == dtype for module in packed)
+    assert bool(packed) == (dtype in packed_dtypes())
     fast, reference = generate_both(model, **batch, max_new_tokens=8)
     assert torch.equal(fast, reference)
 
@@ -723,3 +740,55 @@ def test_a_device_change_gives_the_packed_copies_back(model, tester):
     assert packed_modules(model.modules())
     model.to("meta")  # a device change through the same path as .to("cuda"), on a machine without a GPU
     assert packed_modules(model.modules()) == []
+
+
+# --- which weights are packed: the rule, and every path's tokens ----------------------------------------------------
+
+
+@pytest.mark.parametrize("pack_weights, packable, expected", [
+    (None, (torch.float32, torch.bfloat16), (torch.bfloat16,)),  # the default: bf16 where oneDNN packs it
+    (None, (torch.float32,), ()),  # no bf16 instructions: nothing (fp32 is not worth a second copy by default)
+    (True, (torch.float32, torch.bfloat16), (torch.float32, torch.bfloat16)),
+    (True, (torch.float32,), (torch.float32,)),
+    (False, (torch.float32, torch.bfloat16), ()),
+    (None, (), ()), (True, (), ()),  # oneDNN missing or the fast path off
+])
+def test_dtypes_to_pack_follow_the_rule(pack_weights, packable, expected):
+    assert fast_generation_moda.dtypes_to_pack(pack_weights, packable) == expected
+
+
+@pytest.mark.parametrize("pack_weights", [None, True, False])
+def test_every_path_writes_the_plain_paths_tokens_in_fp32(model, tester, pack_weights):
+    model = copy_of(model)
+    model.pack_weights = pack_weights
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    batch = tester.prepare_generation_inputs(PROMPT_LENGTHS)
+    fast, reference = generate_both(model, **batch, max_new_tokens=10)
+    assert torch.equal(fast, reference)
+    packed = packed_modules(model.modules())
+    assert bool(packed) == (pack_weights is True and torch.float32 in packed_dtypes())
+    after = model.state_dict()  # packing copies the weights and leaves the model's own as they were
+    assert state.keys() == after.keys() and all(torch.equal(state[name], after[name]) for name in state)
+
+
+@pytest.mark.skipif(torch.bfloat16 not in packed_dtypes(), reason="oneDNN cannot pack bf16 on this CPU")
+def test_by_default_a_bf16_model_in_eval_mode_is_packed_and_an_fp32_one_is_not(model):
+    model = copy_of(model)
+    model.pack_weights = None
+    model.train().eval()
+    assert packed_modules(model.modules()) == []  # fp32: the modules' own weights
+    model.to(torch.bfloat16)  # in eval mode: packed for the new dtype now
+    packed = packed_modules(model.modules())
+    assert len(packed) == len(decoding_linears(model.language_model)) + len(vision_linears(model.vision_tower))
+    assert all(module.weight.dtype == torch.bfloat16 for module in packed)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_a_loaded_model_is_packed_before_its_first_caption(model, tester, tmp_path, monkeypatch):
+    model.save_pretrained(tmp_path)
+    packed = recorded_packing(monkeypatch)
+    loaded = MODAForConditionalGeneration.from_pretrained(tmp_path)  # pack_weights = True here (packs_fp32)
+    after_loading = len(packed)
+    assert after_loading == len(decoding_linears(loaded.language_model)) + len(vision_linears(loaded.vision_tower))
+    loaded.generate(**tester.prepare_generation_inputs((0, 3)), max_new_tokens=4)
+    assert len(packed) == after_loading  # the first caption packs nothing

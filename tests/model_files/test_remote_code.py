@@ -27,6 +27,7 @@ model_itt = AutoModelForImageTextToText.from_pretrained(path, trust_remote_code=
 processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
 result = {"version": transformers.__version__, "model_class": type(model).__name__,
           "itt_class": type(model_itt).__name__, "processor_class": type(processor).__name__}
+model.pack_weights = True  # fp32 weights are packed only when asked: ask, to see the packing run
 result["generate"] = processor.batch_decode(model.generate(**processor(images=image)))
 # The fast path came from the folder's own fast_generation_moda.py (imported relatively) and ran: it packed weights.
 fast_generation = sys.modules[sys.modules[type(model).__module__].greedy_generate.__module__]
