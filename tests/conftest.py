@@ -14,6 +14,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests' reference captions are fp32's: "auto" would be bf16 on a CPU with native bf16 and fp32 on another, and bf16
+# may break a near-tie the other way. Tests of the precision choice set it themselves (tests/*/test_*precision*.py).
+os.environ.setdefault("MODA_PRECISION", "fp32")
 
 from tests.model_files.model_tester import randomize_weights  # noqa: E402  (the model files only)
 
