@@ -119,6 +119,17 @@ def moda_on_local_hub(handler_folder, tmp_path_factory):
 
 
 @pytest.fixture
+def cpu_with(monkeypatch):
+    """cpu_with(flags): fast_generation_moda's precision policy sees a CPU with these flags (the tests of the choice
+    hold on any CPU); its warning of emulated bf16, given once a process, is forgotten before and after."""
+    import fast_generation_moda
+
+    fast_generation_moda.warn_bf16_is_emulated.cache_clear()
+    yield lambda flags: monkeypatch.setattr(fast_generation_moda, "cpu_flags", lambda: frozenset(flags))
+    fast_generation_moda.warn_bf16_is_emulated.cache_clear()
+
+
+@pytest.fixture
 def red_image():
     from PIL import Image
 

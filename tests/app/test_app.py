@@ -370,13 +370,12 @@ def test_the_precision_comes_from_the_command_line_or_the_environment(monkeypatc
 @pytest.mark.parametrize("flags, precision, expected", [({"avx512_bf16"}, "auto", "bf16"), ({"avx2"}, "auto", "fp32"),
                                                         ({"amx_bf16"}, "fp32", "fp32")])
 def test_the_model_and_the_demo_captions_run_in_the_chosen_precision(tiny_moda_dir, catalog_index, tmp_path,
-                                                                     monkeypatch, flags, precision, expected):
+                                                                     monkeypatch, cpu_with, flags, precision, expected):
     import torch
 
     import app
-    import fast_generation_moda
 
-    monkeypatch.setattr(fast_generation_moda, "cpu_flags", lambda: frozenset(flags))
+    cpu_with(flags)
     demo_captions = []
     catalog_index.save(tmp_path / "index")
 

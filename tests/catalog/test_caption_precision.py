@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-import fast_generation_moda
 import moda.cli.caption_image
 from moda.catalog.caption import read_output
 from moda.cli.caption import main as caption_main
@@ -26,14 +25,6 @@ def photos(tmp_path, product_images):
     for i, image in enumerate(product_images):
         image.save(folder / f"{i}.png")
     return folder
-
-
-@pytest.fixture
-def cpu_with(monkeypatch):
-    """cpu_with(flags): the policy sees a CPU with these flags; warnings of an earlier test are forgotten."""
-    fast_generation_moda.warn_bf16_is_emulated.cache_clear()
-    yield lambda flags: monkeypatch.setattr(fast_generation_moda, "cpu_flags", lambda: flags)
-    fast_generation_moda.warn_bf16_is_emulated.cache_clear()
 
 
 def caption(tiny_moda_dir, photos, output, *options) -> list:

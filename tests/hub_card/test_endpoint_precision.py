@@ -7,18 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-import fast_generation_moda
 
 NATIVE_BF16 = frozenset({"avx512f", "amx_tile", "amx_bf16"})
 NO_BF16 = frozenset({"avx2", "avx512f"})
-
-
-@pytest.fixture
-def cpu_with(monkeypatch):
-    """cpu_with(flags): the policy sees a CPU with these flags; warnings of an earlier test are forgotten."""
-    fast_generation_moda.warn_bf16_is_emulated.cache_clear()
-    yield lambda flags: monkeypatch.setattr(fast_generation_moda, "cpu_flags", lambda: flags)
-    fast_generation_moda.warn_bf16_is_emulated.cache_clear()
 
 
 def png_bytes() -> bytes:
