@@ -50,6 +50,6 @@ def test_a_bad_precision_stops_the_handler_naming_the_variable(handler_module, h
 
 
 def test_a_request_cannot_choose_the_precision(endpoint_handler):
-    for parameters in ({"precision": "fp32"}, {"generate_kwargs": {"torch_dtype": "float32"}}):
+    for parameters in ({"precision": "fp32"}, {"dtype": "bfloat16"}, {"generate_kwargs": {"torch_dtype": "float32"}}):
         with pytest.raises(ValueError, match="not allowed"):
             endpoint_handler({"inputs": png_bytes(), "parameters": parameters})
