@@ -5,7 +5,7 @@ model may load and with which trust_remote_code: a MODA model always loads with 
 (moda.model.auto_classes), never with the copies of the model files a folder or Hub repo carries.
 
     captioner = load_captioner("./moda-demo")                       # the image-to-text pipeline (moda caption, app)
-    captioner = load_captioner("./moda-demo", precision="fp32")     # bf16 by default where the CPU computes it
+    captioner = load_captioner("./moda-demo", precision="auto")     # bf16 where the CPU computes it natively
     model, processor = load_model_and_processor("./moda-demo")      # MODA or a BLIP baseline (moda eval)
 """
 
@@ -125,7 +125,7 @@ def load_model_and_processor(model_name: str, revision: str = None):
 
 
 def load_captioner(model: str, revision: str = None, device: str = None, trust_remote_code: bool = False,
-                   precision: str = "auto"):
+                   precision: str = "fp32"):
     """
     The image-to-text pipeline for a MODA folder or Hub id (the same code path users get from transformers), run
     by this package's model code: under transformers 5.x a registered model type wins over the folder's own copy
@@ -133,7 +133,8 @@ def load_captioner(model: str, revision: str = None, device: str = None, trust_r
 
     Its model runs in `precision` on the pipeline's device (fast_generation_moda.inference_dtype: "auto" is bf16 on a
     CPU that computes bf16 natively, fp32 elsewhere; "fp32" or "bf16" as asked); the model casts pixel_values to its
-    own dtype.
+    own dtype. The default is fp32, as before, for callers that do not choose (moda index's image embeddings); the
+    captioning commands and the app pass their --precision, whose default is "auto".
 
     A model's own code never runs unless `trust_remote_code` allows it, and a MODA model's never
     (check_model_code decides, from config.json, before anything of the model is imported).
