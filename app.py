@@ -4,8 +4,9 @@
     python app.py --model your-name/moda --revision <commit hash>    # from the Hub, pinned to one commit
     python app.py                                         # the offline demo: ./moda-demo + a small synthetic catalog
 
-MODA_MODEL, MODA_INDEX and MODA_REVISION set what --model, --index and --revision leave unset (e.g. a Space's
-variables). A model folder works offline; a Hub id is loaded from the Hub (HF_ENDPOINT), or only from the local cache
+MODA_MODEL, MODA_INDEX, MODA_REVISION and MODA_PRECISION set what --model, --index, --revision and --precision leave
+unset (e.g. a Space's variables). The model runs in bf16 where the CPU computes bf16 natively (AMX or AVX512-BF16),
+else in fp32; `--precision fp32` (or MODA_PRECISION=fp32) keeps it in fp32 everywhere. A model folder works offline; a Hub id is loaded from the Hub (HF_ENDPOINT), or only from the local cache
 under HF_HUB_OFFLINE=1. With no --index, a small synthetic catalog (moda/data/synthetic.py) is captioned with the model
 and indexed once, under .cache/, where a few example photos, drawn the same way, are written too. Nothing else reaches
 the network: no analytics, no share link, system fonts. A Space that needs no moda package: `moda space` (hub_card/space.py).
@@ -99,16 +100,20 @@ def build_demo(captioner, index, vocabulary=None, k: int = GALLERY_SIZE, example
     return demo
 
 
-def build_demo_index(model: str, revision: str = None, cache: Path = DEMO_CACHE, trust_remote_code: bool = False):
-    """The no-argument demo's catalog: synthetic items captioned by the model and indexed (once; then reused)."""
+def build_demo_index(model: str, revision: str = None, cache: Path = DEMO_CACHE, trust_remote_code: bool = False,
+                     precision: str = "fp32"):
+    """The no-argument demo's catalog: synthetic items captioned by the model, in `precision` ("fp32" or "bf16"),
+    and indexed (once; then reused)."""
     from moda.cli.caption import main as caption_main
     from moda.cli.index import main as index_main
     from moda.data.synthetic import make_catalog
 
     catalog = Path(make_catalog(str(cache / "catalog"), num_items=DEMO_CATALOG_ITEMS, image_size=64, seed=0))
-    described = cache / model_key(model, revision)  # each model's captions and index apart: never another's captions
+    # each model's captions and index apart, and each precision's: never another's captions
+    described = cache / model_key(model, revision) / precision
     captions = described / "captions.jsonl"
-    status = caption_main(["--model", model, "--images", str(catalog.resolve()), "--output", str(captions)]
+    status = caption_main(["--model", model, "--images", str(catalog.resolve()), "--output", str(captions),
+                           "--precision", precision]
                           + (["--revision", revision] if revision else [])
                           + (["--trust_remote_code"] if trust_remote_code else []))
     if status != 0:
@@ -130,12 +135,15 @@ def model_key(model: str, revision: str = None) -> str:
 
 
 def parse_arguments(argv):
+    from fast_generation_moda import PRECISION_VARIABLE
     from moda.cli import add_trust_remote_code_argument
+    from moda.io.options import add_precision_option
 
+    variables = {**ENVIRONMENT, "precision": PRECISION_VARIABLE}
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="environment (when the option is not given; an empty value counts as unset):\n"
-        + "\n".join(f"  {variable} sets --{option}" for option, variable in ENVIRONMENT.items()))
+        + "\n".join(f"  {variable} sets --{option}" for option, variable in variables.items()))
     parser.add_argument("--model_name_or_path", "--model-name-or-path", "--model", dest="model",
                         default=os.environ.get(ENVIRONMENT["model"]) or DEMO_MODEL,
                         help="a MODA model folder or Hub id (default ./moda-demo)")
@@ -146,6 +154,7 @@ def parse_arguments(argv):
     parser.add_argument("--vocabulary", default=None, help="a catalog whose attribute columns name the attributes")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    add_precision_option(parser)
     add_trust_remote_code_argument(parser)
     return parser.parse_args(argv)
 
@@ -157,18 +166,25 @@ def load_app(args) -> tuple:
     if Path(args.model) == Path(DEMO_MODEL) and not Path(DEMO_MODEL).is_dir():  # also "./moda-demo", as in README
         raise FileNotFoundError("./moda-demo does not exist. Run `python train_hf.py` first (it trains the offline demo "
                                 f"model), or pass --model <folder or Hub id> (or set {ENVIRONMENT['model']}).")
+    import torch
+
+    from fast_generation_moda import inference_dtype, precision_name
     from moda.catalog.caption import catalog_vocabulary
     from moda.catalog.search import CatalogIndex
     from moda.model.loading import check_model_code, load_captioner
 
     check_model_code(args.model, args.revision, trust_remote_code=args.trust_remote_code)
+    # What --precision means where both the captioner and the demo catalog's captioning run (CUDA when it is there).
+    precision = precision_name(inference_dtype(args.precision, "cuda" if torch.cuda.is_available() else "cpu"))
     index_dir, vocabulary_source = ((args.index, args.vocabulary) if args.index
                                     else build_demo_index(args.model, args.revision,
-                                                          trust_remote_code=args.trust_remote_code))
+                                                          trust_remote_code=args.trust_remote_code,
+                                                          precision=precision))
     index = CatalogIndex.load(index_dir)
     vocabulary_source = args.vocabulary or vocabulary_source
     vocabulary = catalog_vocabulary(vocabulary_source) if vocabulary_source else None
-    captioner = load_captioner(args.model, args.revision, trust_remote_code=args.trust_remote_code)
+    captioner = load_captioner(args.model, args.revision, trust_remote_code=args.trust_remote_code,
+                               precision=precision)
     return captioner, index, vocabulary
 
 

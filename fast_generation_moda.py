@@ -25,6 +25,7 @@ it imports only torch, transformers and the standard library.
 
 import functools
 import math
+import os
 import warnings
 import weakref
 from typing import Callable, NamedTuple, Optional
@@ -775,3 +776,84 @@ def first_max_function(vocab_size: int) -> Callable:
         return first * width + chunks[rows, first].max(-1).indices
 
     return chunked
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inference precision: the dtype MODA runs in on a device (moda caption, caption-image, the app, the endpoint handler).
+# Here, beside the fast path it feeds, because the endpoint's handler.py may import only model files; it reads no
+# model and changes nothing of the fast path.
+# ---------------------------------------------------------------------------------------------------------------
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+# The x86 CPU flags (as Linux names them) of units that multiply bf16 in hardware: AMX tiles (Intel Sapphire Rapids
+# on) and AVX512-BF16 (Cooper Lake, AMD Zen 4 on). Elsewhere oneDNN emulates bf16 and it runs slower than fp32.
+NATIVE_BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+CPUINFO_PATH = "/proc/cpuinfo"
+# The deployer's choice, for every entry point (moda caption, caption-image, the app, the endpoint handler); a request
+# never chooses it.
+PRECISION_VARIABLE = "MODA_PRECISION"
+
+
+def cpu_flags(cpuinfo_path: str = CPUINFO_PATH) -> frozenset:
+    """The CPU's feature flags from Linux's /proc/cpuinfo (its first "flags" line); empty where the file or the line
+    is missing (other systems, other architectures): then nothing counts as native."""
+    try:
+        with open(cpuinfo_path, encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                name, _, value = line.partition(":")
+                if name.strip() == "flags":
+                    return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_computes_bf16_natively(flags=None) -> bool:
+    """Whether the CPU multiplies bf16 in hardware (AMX or AVX512-BF16). `flags`: the CPU's flags (default: read
+    from /proc/cpuinfo), so that the rule can be checked for any CPU."""
+    return bool(NATIVE_BF16_CPU_FLAGS & set(cpu_flags() if flags is None else flags))
+
+
+def inference_dtype(precision: str = "auto", device="cpu", flags=None) -> torch.dtype:
+    """
+    The dtype to run MODA in: "fp32", "bf16", or "auto": bf16 on a CPU that computes bf16 natively
+    (cpu_computes_bf16_natively), fp32 on other CPUs and on any other device (fp32, as MODA ran there before).
+    bf16 asked for on a CPU without native bf16 is honoured, with a warning (once) that it runs slower than fp32.
+    `device`: a torch device or its name; `flags`: the CPU's flags (default: this CPU's). Any other precision raises
+    ValueError naming it.
+    """
+    check_precision(precision)
+    on_cpu = torch.device(device if device is not None else "cpu").type == "cpu"
+    native = on_cpu and cpu_computes_bf16_natively(flags)
+    if precision == "auto":
+        return torch.bfloat16 if native else torch.float32
+    if precision == "bf16" and on_cpu and not native:
+        warn_bf16_is_emulated()
+    return PRECISIONS[precision]
+
+
+def check_precision(precision, name: str = "precision") -> str:
+    """`precision` if it is one of PRECISION_CHOICES; else a ValueError naming it and `name`, where it came from."""
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"{name} {precision!r} is not one of {', '.join(PRECISION_CHOICES)}.")
+    return precision
+
+
+def configured_precision(environ=None) -> str:
+    """The precision MODA_PRECISION sets (an empty value counts as unset), else "auto"; another value raises
+    ValueError naming the variable. `environ`: default os.environ."""
+    value = (os.environ if environ is None else environ).get(PRECISION_VARIABLE) or "auto"
+    return check_precision(value, PRECISION_VARIABLE)
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """"fp32" or "bf16" for the dtype inference_dtype gave (what a run records)."""
+    return next(name for name, each in PRECISIONS.items() if each == dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def warn_bf16_is_emulated() -> None:
+    """The warning, once a process (cache_clear() to see it again)."""
+    warnings.warn("bf16 was asked for on a CPU without native bf16 (no AMX or AVX512-BF16 flag): it runs emulated, "
+                  "slower than fp32. Use precision fp32 (or auto) on this CPU.", stacklevel=3)

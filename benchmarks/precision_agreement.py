@@ -5,7 +5,8 @@
 Captions the test split's photos with a trained MODA four ways: fp32 through GenerationMixin (the reference, the
 implementation before the fast loop), fp32 through the fast greedy loop (must be identical), bf16
 (`model.to(torch.bfloat16)`) and int8 (dynamic quantization of the decoder's Linear layers). Reports the fraction of
-captions equal to the reference.
+captions equal to the reference, and the CPU's bf16 flags with the precision that `--precision auto` picks on it
+(bf16 is the default of moda caption, the app and the endpoint where the CPU computes it natively).
 """
 
 import argparse
@@ -21,6 +22,7 @@ from moda.data.catalog import load_catalog  # noqa: E402
 from moda.io.images import load_image  # noqa: E402
 from moda.model.auto_classes import MODAForConditionalGeneration, MODAProcessor  # noqa: E402
 from benchmarks.results import print_and_save  # noqa: E402
+from fast_generation_moda import NATIVE_BF16_CPU_FLAGS, cpu_flags, inference_dtype, precision_name  # noqa: E402
 
 
 def load_variant(model_dir: str, variant: str):
@@ -66,7 +68,10 @@ def main(argv=None) -> dict:
     rows = load_catalog(args.dataset)[args.split][: args.limit]
     images = [load_image(row["image"], row.get("_where", "row")) for row in rows]
     processor = MODAProcessor.from_pretrained(args.model_dir)
-    results = {"settings": vars(args), "photos": len(images), "agreement_with_fp32_generation_mixin": {}}
+    results = {"settings": vars(args), "photos": len(images), "torch": torch.__version__,
+               "cpu_bf16_flags": sorted(cpu_flags() & NATIVE_BF16_CPU_FLAGS),
+               "auto_precision_here": precision_name(inference_dtype("auto")),
+               "agreement_with_fp32_generation_mixin": {}}
     reference = captions(load_variant(args.model_dir, "fp32-generation-mixin"), processor, images,
                          args.batch_size, args.max_new_tokens)
     for variant in ("fp32-fast", "bf16", "int8"):

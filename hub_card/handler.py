@@ -28,8 +28,13 @@ this handler sees it. This process is the endpoint's, so importing this file set
 process (image_io_moda.restrict_pillow): only the allowed formats have openers, and Pillow refuses more than
 MAX_IMAGE_PIXELS when it opens an image.
 
-This file travels in the model folder. It imports only torch, transformers, PIL, image_io_moda and the standard
-library's os and sys.
+The model runs in the precision the deployer sets with the MODA_PRECISION environment variable (an endpoint's
+environment): "auto" (the default) is bf16 on a CPU that computes bf16 natively (AMX or AVX512-BF16) and fp32
+elsewhere (other CPUs, GPUs); "fp32" or "bf16" as named; any other value stops the handler from starting, naming it.
+A request cannot choose it ("precision" is no parameter): the deployer chooses the endpoint's speed and captions.
+
+This file travels in the model folder. It imports only torch, transformers, PIL, image_io_moda,
+fast_generation_moda (the precision policy) and the standard library's os and sys.
 """
 
 import os
@@ -44,6 +49,7 @@ from transformers import pipeline
 HANDLER_FOLDER = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HANDLER_FOLDER)
 try:
+    from fast_generation_moda import configured_precision, inference_dtype
     from image_io_moda import (MAX_IMAGES_PER_REQUEST, ImageInputError, base64_image_bytes, check_base64_length,
                                decode_image, is_url, load_url_image, restrict_pillow, to_rgb)
 finally:
@@ -91,8 +97,10 @@ GENERATION_OPTIONS = {
 
 class EndpointHandler:
     def __init__(self, path: str = ""):
+        precision = configured_precision()  # MODA_PRECISION, checked before the model loads
         device = 0 if torch.cuda.is_available() else -1
         self.captioner = pipeline("image-to-text", model=path or ".", trust_remote_code=True, device=device)
+        self.captioner.model.to(inference_dtype(precision, self.captioner.device))
         config = self.captioner.model.config
         # The image prefix and BOS take decoder positions; the last new token is never fed back, so it needs none
         # (as MODA's generate counts its room). A prompt takes more: generate caps the length there.

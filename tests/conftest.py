@@ -14,6 +14,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests' reference captions are fp32's: "auto" would be bf16 on a CPU with native bf16 and fp32 on another, and bf16
+# may break a near-tie the other way. Tests of the precision choice set it themselves (tests/*/test_*precision*.py).
+os.environ.setdefault("MODA_PRECISION", "fp32")
 
 from tests.model_files.model_tester import randomize_weights  # noqa: E402  (the model files only)
 
@@ -113,6 +116,17 @@ def moda_on_local_hub(handler_folder, tmp_path_factory):
 
     with LocalHub(tmp_path_factory.mktemp("local-hub")) as hub:
         yield hub, hub.add_folder(MODA_REPO_ID, handler_folder, "Upload MODA")
+
+
+@pytest.fixture
+def cpu_with(monkeypatch):
+    """cpu_with(flags): fast_generation_moda's precision policy sees a CPU with these flags (the tests of the choice
+    hold on any CPU); its warning of emulated bf16, given once a process, is forgotten before and after."""
+    import fast_generation_moda
+
+    fast_generation_moda.warn_bf16_is_emulated.cache_clear()
+    yield lambda flags: monkeypatch.setattr(fast_generation_moda, "cpu_flags", lambda: frozenset(flags))
+    fast_generation_moda.warn_bf16_is_emulated.cache_clear()
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from moda.data.catalog import read_splits
 from moda.evaluate.describe import describe_images
 from moda.io.images import IMAGE_EXTENSIONS, image_files, load_image
 from moda.io.locks import exclusive_lock
+from fast_generation_moda import inference_dtype, precision_name
 from image_io_moda import is_url
 from moda.io.paths import write_atomically
 from moda.io.records import check_or_save_settings, jsonl_bytes, read_jsonl
@@ -44,6 +45,8 @@ ID_COLUMNS = ("id", "ProductId")
 OUTPUT_FORMATS = (".jsonl", ".csv", ".parquet")
 # Columns of the output that hold structures; CSV and Parquet store them as JSON text.
 STRUCTURED_COLUMNS = ("descriptions", "attributes")
+# What a settings file written before a setting existed stands for: every earlier run was fp32.
+SETTINGS_BEFORE_THEY_WERE_RECORDED = {"precision": "fp32"}
 # Test hook: SIGKILL this process after it has written this many part files (a real kill, at a known point).
 KILL_AFTER_PARTS_ENV = "MODA_CAPTION_KILL_AFTER_PARTS"
 
@@ -295,11 +298,12 @@ def process_state(args):
     return PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available(), timeout=datetime.timedelta(hours=24))
 
 
-def run_settings(args) -> dict:
+def run_settings(args, precision: str) -> dict:
     """What a resumed run must share with the run that wrote the parts. The vocabulary is among them: the attributes
-    of rows from two vocabularies would not be comparable in one output."""
+    of rows from two vocabularies would not be comparable in one output; so is the precision the model runs in
+    (`precision`: "fp32" or "bf16", what --precision means on this device), since bf16's captions may differ."""
     return {"model": args.model, "revision": args.revision, "images": args.images, "prompts": args.prompts,
-            "max_new_tokens": args.max_new_tokens, "vocabulary": args.vocabulary}
+            "max_new_tokens": args.max_new_tokens, "vocabulary": args.vocabulary, "precision": precision}
 
 
 def settings_file_for(output: Path) -> Path:
@@ -334,7 +338,7 @@ def earlier_output_rows(output: Path, settings: dict) -> list:
         return []
     settings_file = settings_file_for(output)
     if settings_file.exists():
-        earlier = json.loads(settings_file.read_text())
+        earlier = {**SETTINGS_BEFORE_THEY_WERE_RECORDED, **json.loads(settings_file.read_text())}
         differ = sorted(key for key in settings if key != "images" and earlier.get(key) != settings[key])
         if differ:
             raise ValueError(
@@ -420,7 +424,9 @@ def caption_locked(args, output: Path, state) -> None:
     rank = state.process_index
     parts_dir = parts_dir_for(output)
     items = None if args.streaming else list_catalog_items(args.images, args.image_column)
-    settings = run_settings(args)
+    device = args.device or str(state.device)
+    precision = precision_name(inference_dtype(args.precision, device))
+    settings = run_settings(args, precision)
     # Checked before anything is written: a refused run leaves no parts folder behind.
     earlier_rows = [] if args.overwrite else earlier_output_rows(output, settings)
     # Items unreadable last time are read again: their files may have been fixed since.
@@ -451,16 +457,16 @@ def caption_locked(args, output: Path, state) -> None:
             vocabulary = attribute_vocabulary([item["row"] for item in items], args.images)
         else:  # a stream: its attribute values come from a first pass over its rows' metadata
             vocabulary = catalog_vocabulary(args.images, args.image_column, streaming=True)
-        captioner = load_captioner(args.model, revision=args.revision, device=args.device or str(state.device),
-                                   trust_remote_code=args.trust_remote_code)
+        captioner = load_captioner(args.model, revision=args.revision, device=device,
+                                   trust_remote_code=args.trust_remote_code, precision=precision)
         return captioner, vocabulary
 
     started = time.perf_counter()
     described = caption_shard(prepare, shard, parts_dir, rank, args, total)
     if described:
         seconds = time.perf_counter() - started
-        print(f"rank {rank}: described {described} item(s) in {seconds:.1f}s ({described / seconds:.1f} items/s)",
-              file=sys.stderr)
+        print(f"rank {rank}: described {described} item(s) in {seconds:.1f}s ({described / seconds:.1f} items/s, "
+              f"{precision})", file=sys.stderr)
     state.wait_for_everyone()
 
     if state.is_main_process:

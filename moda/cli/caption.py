@@ -12,8 +12,8 @@ from pathlib import Path
 from moda.catalog.caption import OUTPUT_FORMATS, caption_catalog
 from moda.cli import add_trust_remote_code_argument
 from moda.io.errors import run_command
-from moda.io.options import (add_dataset_option, add_model_option, add_option, add_revision_option, command_parser,
-                             require_at_least_one)
+from moda.io.options import (add_dataset_option, add_model_option, add_option, add_precision_option,
+                             add_revision_option, command_parser, require_at_least_one)
 
 
 def parse_arguments(argv):
@@ -33,6 +33,7 @@ def parse_arguments(argv):
     add_option(parser, "vocabulary", default=None,
                help="a catalog whose attribute columns give the attribute vocabulary (default: --dataset)")
     add_option(parser, "device", default=None, help="default: cuda:LOCAL_RANK when CUDA is there, else cpu")
+    add_precision_option(parser)
     add_option(parser, "overwrite", action="store_true", help="discard earlier output and unfinished parts")
     add_option(parser, "streaming", action="store_true",
                help="read the catalog as its rows arrive (for one that does not fit in memory): batches are "

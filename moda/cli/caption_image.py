@@ -9,13 +9,14 @@ import sys
 
 from moda.cli import add_trust_remote_code_argument
 from moda.io.errors import INPUT_ERRORS, run_command
-from moda.io.options import add_model_option, add_option, add_revision_option, command_parser, require_at_least_one
+from moda.io.options import (add_model_option, add_option, add_precision_option, add_revision_option, command_parser,
+                             require_at_least_one)
 from moda.model.loading import load_captioner
 
 
 def describe(args) -> int:
     captioner = load_captioner(args.model_name_or_path, revision=args.revision,
-                               trust_remote_code=args.trust_remote_code)
+                               trust_remote_code=args.trust_remote_code, precision=args.precision)
     failed = 0
     for image in args.images:
         try:
@@ -37,6 +38,7 @@ def main(argv=None) -> int:
     add_option(parser, "prompt", default=None, help='an optional question, e.g. "What colour is this item?"')
     add_option(parser, "max_new_tokens", type=int, default=None,
                help="the longest description, in tokens (default: the model's generation config)")
+    add_precision_option(parser)
     add_trust_remote_code_argument(parser)
     args = parser.parse_intermixed_args(argv)  # options may come between images
     if args.model_name_or_path is None:

@@ -62,6 +62,20 @@ def add_dataset_option(parser, *old_names: str, help: str, required: bool = True
                       metavar="DATASET", help=help)
 
 
+def add_precision_option(parser) -> argparse.Action:
+    """--precision auto|fp32|bf16: the dtype the model runs in (fast_generation_moda.inference_dtype decides "auto");
+    MODA_PRECISION sets its default, and a bad value there is a parser error naming it."""
+    from fast_generation_moda import PRECISION_CHOICES, PRECISION_VARIABLE, configured_precision
+
+    try:
+        default = configured_precision()
+    except ValueError as err:
+        parser.error(str(err))
+    return add_option(parser, "precision", choices=PRECISION_CHOICES, default=default,
+                      help="the model's precision: auto is bf16 on a CPU that computes bf16 natively (AMX or "
+                           f"AVX512-BF16), fp32 on other CPUs and on GPUs ({PRECISION_VARIABLE} sets the default)")
+
+
 def add_sample_options(parser) -> None:
     """--max_samples N (alias --limit): N rows drawn at random with --seed, kept in catalog order, through
     moda.data.catalog.sample_rows; a catalog file is often grouped, so its first N rows would be a skewed sample."""

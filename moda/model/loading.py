@@ -5,6 +5,7 @@ model may load and with which trust_remote_code: a MODA model always loads with 
 (moda.model.auto_classes), never with the copies of the model files a folder or Hub repo carries.
 
     captioner = load_captioner("./moda-demo")                       # the image-to-text pipeline (moda caption, app)
+    captioner = load_captioner("./moda-demo", precision="auto")     # bf16 where the CPU computes it natively
     model, processor = load_model_and_processor("./moda-demo")      # MODA or a BLIP baseline (moda eval)
 """
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from transformers import PretrainedConfig, pipeline
 
 from moda.io.paths import looks_like_a_path
+from fast_generation_moda import check_precision, inference_dtype
 from pipeline_moda import MODAImageToTextPipeline
 
 
@@ -122,11 +124,17 @@ def load_model_and_processor(model_name: str, revision: str = None):
     return model.eval(), processor
 
 
-def load_captioner(model: str, revision: str = None, device: str = None, trust_remote_code: bool = False):
+def load_captioner(model: str, revision: str = None, device: str = None, trust_remote_code: bool = False,
+                   precision: str = "fp32"):
     """
     The image-to-text pipeline for a MODA folder or Hub id (the same code path users get from transformers), run
     by this package's model code: under transformers 5.x a registered model type wins over the folder's own copy
     of the model files, which may be older (or, from the Hub, someone else's).
+
+    Its model runs in `precision` on the pipeline's device (fast_generation_moda.inference_dtype: "auto" is bf16 on a
+    CPU that computes bf16 natively, fp32 elsewhere; "fp32" or "bf16" as asked); the model casts pixel_values to its
+    own dtype. The default is fp32, as before, for callers that do not choose (moda index's image embeddings); the
+    captioning commands and the app pass their --precision, whose default is "auto".
 
     A model's own code never runs unless `trust_remote_code` allows it, and a MODA model's never
     (check_model_code decides, from config.json, before anything of the model is imported).
@@ -138,8 +146,9 @@ def load_captioner(model: str, revision: str = None, device: str = None, trust_r
     import moda.model.auto_classes  # noqa: F401  (the registration; imported here so that `moda --help` stays light)
 
     run_own_code = check_model_code(model, revision, trust_remote_code, label="model")
+    check_precision(precision)  # before the model loads
     try:
-        return pipeline(
+        captioner = pipeline(
             "image-to-text", model=model, revision=revision, device=device, trust_remote_code=run_own_code,
             pipeline_class=MODAImageToTextPipeline,
         )
@@ -147,3 +156,6 @@ def load_captioner(model: str, revision: str = None, device: str = None, trust_r
         # e.g. a folder without weights (transformers' "Could not load model ... with any of the following classes",
         # a ValueError of several lines), or a config.json that is not JSON (an OSError)
         raise model_load_error(model, err, "the folder cannot be loaded as a model", label="model") from err
+    # Converted after loading: which precision "auto" means depends on the device the pipeline chose.
+    captioner.model.to(inference_dtype(precision, captioner.device))
+    return captioner

@@ -351,3 +351,41 @@ def test_the_space_starts_from_its_folder_and_describes_a_clicked_example(moda_o
     # the model's files came from the loopback Hub, at the commit space.json pins
     assert (tmp_path / "hf-home" / "hub" / f"models--{MODA_REPO_ID.replace('/', '--')}" / "snapshots" / model_commit
             / "modeling_moda.py").is_file()
+
+
+def test_the_precision_comes_from_the_command_line_or_the_environment(monkeypatch, capsys):
+    import app
+
+    monkeypatch.delenv("MODA_PRECISION", raising=False)
+    assert app.parse_arguments([]).precision == "auto"
+    monkeypatch.setenv("MODA_PRECISION", "fp32")
+    assert app.parse_arguments([]).precision == "fp32"
+    assert app.parse_arguments(["--precision", "bf16"]).precision == "bf16"  # the command line wins
+    monkeypatch.setenv("MODA_PRECISION", "fp16")
+    with pytest.raises(SystemExit):
+        app.parse_arguments([])
+    assert "MODA_PRECISION 'fp16' is not one of auto, fp32, bf16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, precision, expected", [({"avx512_bf16"}, "auto", "bf16"), ({"avx2"}, "auto", "fp32"),
+                                                        ({"amx_bf16"}, "fp32", "fp32")])
+def test_the_model_and_the_demo_captions_run_in_the_chosen_precision(tiny_moda_dir, catalog_index, tmp_path,
+                                                                     monkeypatch, cpu_with, flags, precision, expected):
+    import torch
+
+    import app
+
+    cpu_with(flags)
+    demo_captions = []
+    catalog_index.save(tmp_path / "index")
+
+    def recording_demo_index(model, revision=None, trust_remote_code=False, precision=None):
+        demo_captions.append(precision)
+        return tmp_path / "index", None
+
+    monkeypatch.setattr(app, "build_demo_index", recording_demo_index)
+    for index in (["--index", str(tmp_path / "index")], []):
+        captioner, _, _ = app.load_app(app.parse_arguments(["--model", str(tiny_moda_dir), "--precision", precision,
+                                                            *index]))
+        assert captioner.model.dtype == {"bf16": torch.bfloat16, "fp32": torch.float32}[expected]
+    assert demo_captions == [expected]

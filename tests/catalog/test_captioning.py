@@ -217,10 +217,10 @@ def test_a_run_with_another_vocabulary_is_refused_not_mixed_into_the_output(tiny
     # An unfinished run (its parts folder) is resumed only with the vocabulary it started with, too.
     unfinished = tmp_path / "unfinished.jsonl"
     args[args.index(str(output))] = str(unfinished)
-    prepare_parts_dir(unfinished, parts_dir_for(unfinished), run_settings(parse_arguments(args)), overwrite=False)
+    prepare_parts_dir(unfinished, parts_dir_for(unfinished), run_settings(parse_arguments(args), "fp32"), overwrite=False)
     with pytest.raises(ValueError, match="unfinished run with other settings"):
         prepare_parts_dir(unfinished, parts_dir_for(unfinished),
-                          run_settings(parse_arguments(args + ["--vocabulary", str(other)])), overwrite=False)
+                          run_settings(parse_arguments(args + ["--vocabulary", str(other)]), "fp32"), overwrite=False)
 
 
 @pytest.mark.parametrize("streaming", [[], ["--streaming"]])
