@@ -57,6 +57,12 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, device: str = None):
     return SentenceTransformer(embedder_location(name), device=device)
 
 
+def embedding_dimension(embedder) -> int:
+    """The width of the embedder's vectors (sentence-transformers 5 renamed the method that says it)."""
+    method = getattr(embedder, "get_embedding_dimension", None) or embedder.get_sentence_embedding_dimension
+    return method()
+
+
 def embed_texts(embedder, texts: list, batch_size: int = 128) -> np.ndarray:
     vectors = embedder.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                               show_progress_bar=len(texts) > 5 * batch_size)

