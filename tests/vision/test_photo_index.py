@@ -148,6 +148,14 @@ def test_search_scores_are_the_query_against_the_tower_embeddings(tmp_path, cata
     assert hits[0]["description"] is None
 
 
+def test_the_app_gallery_names_photos_by_id(tmp_path, catalog, tower, embedder):
+    from app import gallery_items
+
+    update_photo_index(tower, str(catalog), tmp_path / "ix", split="test")
+    (image, label), = gallery_items(CatalogIndex.load(tmp_path / "ix", embedder=embedder), "red dress", k=1)
+    assert label.split("  ")[1].startswith("test-0-") and image.size == (32, 32)
+
+
 def test_an_unreadable_photo_is_reported_by_its_row_and_tried_again(tmp_path, catalog, tower, capsys):
     broken = tmp_path / "catalog"
     write_split(broken, "test", 1, seed=7)
