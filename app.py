@@ -60,7 +60,9 @@ def gallery_items(index, query: str, k: int = GALLERY_SIZE) -> list:
             image = load_image(hit["file"], hit["file"])
         except (OSError, ValueError):
             image = Image.new("RGB", (64, 64), (200, 200, 200))
-        pairs.append((image, f"{hit['score']:.2f}  {hit['description']}"))
+        # A photo index (moda index --vision_model) holds no descriptions: its items are named by id.
+        label = hit["description"] if hit["description"] is not None else hit["id"]
+        pairs.append((image, f"{hit['score']:.2f}  {label}"))
     return pairs
 
 

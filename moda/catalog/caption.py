@@ -55,14 +55,14 @@ KILL_AFTER_PARTS_ENV = "MODA_CAPTION_KILL_AFTER_PARTS"
 # The catalog: which images to describe (to merge with moda/data/catalog.py's loaders, whose readers it reuses).
 # ---------------------------------------------------------------------------------------------------------------
 
-def list_catalog_items(source: str, image_column: str = "image") -> list:
+def list_catalog_items(source: str, image_column: str = "image", split: str = None) -> list:
     """
     The items to caption, in a fixed order, as dicts {id, file, image, row}: `image` is a path or raw bytes,
     `row` the item's catalog metadata. `source` is a directory of images (searched recursively), an imagefolder
-    (metadata.csv at the top or in split folders: every split is taken), a .csv/.jsonl/.json file with an
-    `image_column`, or a Hub dataset name. Ids come from an `id`/`ProductId` column, else the image's path.
+    (metadata.csv at the top or in split folders: every split is taken, or only `split`), a .csv/.jsonl/.json file
+    with an `image_column`, or a Hub dataset name. Ids come from an `id`/`ProductId` column, else the image's path.
     """
-    rows = list(catalog_rows(source, image_column))
+    rows = list(catalog_rows(source, image_column, split=split))
     if not rows:  # a table with a header only: an empty output would say nothing about why
         raise ValueError(f"{source!r} lists no items: its catalog table has no rows.")
     return list(items_from_rows(rows, catalog_base(source), source, id_column_of(rows)))
@@ -82,9 +82,14 @@ def stream_catalog_items(source: str, image_column: str = "image"):
     yield from items_from_rows(itertools.chain([first], rows), catalog_base(source), source, id_column)
 
 
-def catalog_rows(source: str, image_column: str, streaming: bool = False):
-    """Every split's rows, one after another; a plain folder of images gives one row per image file."""
+def catalog_rows(source: str, image_column: str, streaming: bool = False, split: str = None):
+    """Every split's rows (or only `split`'s), one after another; a plain folder of images gives one row per image
+    file."""
     splits = read_splits(source, image_column, streaming)
+    if split is not None:
+        if split not in splits:
+            raise ValueError(f"{source!r} has no {split!r} split (it has {', '.join(sorted(splits)) or 'none'}).")
+        splits = {split: splits[split]}
     if Path(source).is_dir() and not splits:  # a plain folder of images
         splits = {"images": _image_files_as_rows(Path(source))}
         if not splits["images"]:

@@ -8,6 +8,11 @@ Embeddings are L2-normalised, so inner product is cosine similarity. A small cat
 so an index is always updated in place, never rebuilt. Optionally MODA's own image embeddings (the 512-d CLIP
 embedding its projector reads) are indexed too, for search by image. The index folder holds `index.faiss`
 (`images.faiss`), `items.jsonl` (position -> id, file, description) and `meta.json` (the embedder that built it).
+
+A photo index (`content: photos` in meta.json) holds no captions: `index.faiss` holds the photos' embeddings by a
+vision tower adapted to the embedder's space (moda adapt-vision; moda.vision.photo_index computes them), so a text
+query embedded by that embedder finds photos directly. Its meta.json names the tower (`tower`), and an index holds
+one content and one tower's embeddings only.
 """
 
 import json
@@ -15,6 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from moda.io.locks import exclusive_lock
 
 
 DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
@@ -28,6 +35,7 @@ HNSW_NEIGHBOURS = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 INDEX_FORMAT = 1
+CONTENTS = ("captions", "photos")  # what index.faiss embeds: the items' descriptions, or their photos
 
 
 def embedder_location(name: str) -> str:
@@ -47,6 +55,12 @@ def load_embedder(name: str = DEFAULT_EMBEDDER, device: str = None):
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(embedder_location(name), device=device)
+
+
+def embedding_dimension(embedder) -> int:
+    """The width of the embedder's vectors (sentence-transformers 5 renamed the method that says it)."""
+    method = getattr(embedder, "get_embedding_dimension", None) or embedder.get_sentence_embedding_dimension
+    return method()
 
 
 def embed_texts(embedder, texts: list, batch_size: int = 128) -> np.ndarray:
@@ -103,15 +117,24 @@ class VectorIndex:
 
 
 class CatalogIndex:
-    """Catalog items (id, file, description) searchable by text, and by image when image embeddings were given."""
+    """
+    Catalog items (id, file, description) searchable by text, and by image when image embeddings were given; or,
+    with content "photos", items (id, file) whose photos' embeddings (by `tower`, in the embedder's space) a text
+    query is compared with.
+    """
 
-    def __init__(self, embedder_name: str = DEFAULT_EMBEDDER, exact_up_to: int = EXACT_UP_TO, embedder=None):
+    def __init__(self, embedder_name: str = DEFAULT_EMBEDDER, exact_up_to: int = EXACT_UP_TO, embedder=None,
+                 content: str = "captions", tower: dict = None):
+        if content not in CONTENTS:
+            raise ValueError(f"An index's content is one of {', '.join(CONTENTS)}, not {content!r}.")
         self.embedder_name = embedder_name
         self.embedder = embedder
         self.exact_up_to = exact_up_to
+        self.content = content
+        self.tower = tower  # a photo index: the identity of the tower that embedded its photos
         self.items = []  # position in the FAISS index -> {"id", "file", "description"}
         self.positions = {}  # id -> position
-        self.text = None
+        self.text = None  # what a text query is compared with: the descriptions' embeddings, or the photos'
         self.images = None
 
     def __len__(self) -> int:
@@ -135,14 +158,12 @@ class CatalogIndex:
         in the index yet. `image_embeddings` (one per row) are required when the index holds image embeddings.
         """
         rows = list(rows)
+        if self.content != "captions":
+            raise ValueError("This index holds photo embeddings, not captions: add photos to it (add_photos).")
         for row in rows:
             if not has_description(row):
                 raise ValueError(f"Row {row.get('id')!r} has no description (error: {row.get('error', 'none')}).")
-            if str(row["id"]) in self.positions:
-                raise ValueError(f"Item {row['id']!r} is already in the index.")
-        repeated = repeated_ids(rows)
-        if repeated:
-            raise ValueError(f"The rows to add repeat an id: {repeated[0]!r} ({len(repeated)} id(s) like it).")
+        self.require_new_ids(rows)
         if self.items and (image_embeddings is None) != (self.images is None):
             raise ValueError("An index holds image embeddings for all its items or for none: give them with every "
                              "addition to an index with images, and only then.")
@@ -159,10 +180,43 @@ class CatalogIndex:
                 self.images = VectorIndex(image_vectors.shape[1], self.exact_up_to)
             self.images.add(image_vectors)
         self.text.add(text_vectors)
-        for row in rows:
-            self.positions[str(row["id"])] = len(self.items)
-            self.items.append({"id": str(row["id"]), "file": row.get("file"), "description": row["description"]})
+        self.append_items(rows, [row["description"] for row in rows])
         return len(rows)
+
+    def add_photos(self, items, embeddings) -> int:
+        """
+        Adds catalog items ({id, file}) of a photo index with their photos' embeddings (one per item, by the index's
+        tower, in the embedder's space); returns how many. Ids must not be in the index yet.
+        """
+        items = list(items)
+        if self.content != "photos":
+            raise ValueError("This index holds captions: photos go into a photo index (content: photos).")
+        self.require_new_ids(items)
+        if not items:
+            return 0
+        vectors = normalized(embeddings)
+        if len(vectors) != len(items):
+            raise ValueError(f"Got {len(items)} items but {len(vectors)} photo embeddings.")
+        if self.text is None:
+            self.text = VectorIndex(vectors.shape[1], self.exact_up_to)
+        self.text.add(vectors)
+        self.append_items(items, [None] * len(items))
+        return len(items)
+
+    def require_new_ids(self, rows: list) -> None:
+        """Each row's id is neither in the index nor repeated among the rows."""
+        indexed = [row for row in rows if str(row["id"]) in self.positions]
+        if indexed:
+            raise ValueError(f"Item {indexed[0]['id']!r} is already in the index.")
+        repeated = repeated_ids(rows)
+        if repeated:
+            raise ValueError(f"The rows to add repeat an id: {repeated[0]!r} ({len(repeated)} id(s) like it).")
+
+    def append_items(self, rows: list, descriptions: list) -> None:
+        """The rows' items, after the vectors just added (one per row, in order)."""
+        for row, description in zip(rows, descriptions):
+            self.positions[str(row["id"])] = len(self.items)
+            self.items.append({"id": str(row["id"]), "file": row.get("file"), "description": description})
 
     def _hits(self, vectors_index: VectorIndex, vector: np.ndarray, k: int) -> list:
         if not isinstance(k, int) or k < 1:  # FAISS would fail an assertion with no message
@@ -203,6 +257,7 @@ class CatalogIndex:
             "format": INDEX_FORMAT, "embedder": self.embedder_name, "dim": self.text.dim, "count": len(self),
             "kind": self.text.kind, "exact_up_to": self.exact_up_to,
             "image_dim": self.images.dim if self.images is not None else None,
+            "content": self.content, "tower": self.tower,
         }
         write_atomically(directory / "meta.json", lambda handle: handle.write(json.dumps(meta, indent=2).encode()))
 
@@ -218,7 +273,8 @@ class CatalogIndex:
         meta = json.loads((directory / "meta.json").read_text())
         if meta.get("format") != INDEX_FORMAT:
             raise ValueError(f"{str(directory)!r}: index format {meta.get('format')} is not {INDEX_FORMAT}.")
-        index = cls(meta["embedder"], meta["exact_up_to"], embedder)
+        # An index from before photo indexes has no "content": it holds captions.
+        index = cls(meta["embedder"], meta["exact_up_to"], embedder, meta.get("content", "captions"), meta.get("tower"))
         index.items = read_jsonl(directory / "items.jsonl")
         index.positions = {item["id"]: i for i, item in enumerate(index.items)}
         index.text = VectorIndex(meta["dim"], meta["exact_up_to"], faiss.read_index(str(directory / "index.faiss")))
@@ -314,7 +370,15 @@ def update_index(captions, output, embedder: str = None, exact_up_to: int = None
     # A model may write nothing for an item: there is nothing to search by, as for an unreadable one.
     undescribed = [row for row in rows if "error" not in row and not has_description(row)]
     rows = [row for row in rows if "error" not in row and has_description(row)]
-    index = open_index(output, embedder, exact_up_to, image_model, rebuild)
+    with locked_index(output):
+        index = open_index(output, embedder, exact_up_to, image_model, rebuild)
+        return add_captions(index, rows, output, captions, image_model, catalog, image_column, trust_remote_code,
+                            revision) | {"unreadable": len(unreadable), "undescribed": len(undescribed)}
+
+
+def add_captions(index: CatalogIndex, rows: list, output, captions, image_model: str, catalog: str,
+                 image_column: str, trust_remote_code: bool, revision: str) -> dict:
+    """update_index's additions, under the index's lock: the rows' new ids (with image embeddings by `image_model`)."""
     refuse_changed_descriptions(index, rows, output, captions)
     new_rows = [row for row in rows if str(row["id"]) not in index.positions]
     images = None
@@ -330,9 +394,19 @@ def update_index(captions, output, embedder: str = None, exact_up_to: int = None
     added = index.add(new_rows, images)
     if len(index):
         index.save(output)
-    return {"added": added, "already": len(rows) - added, "unreadable": len(unreadable),
-            "undescribed": len(undescribed), "total": len(index), "kind": index.text.kind if index.text else "empty",
-            "embedder": index.embedder_name}
+    return {"added": added, "already": len(rows) - added, **index_counts(index)}
+
+
+def locked_index(output):
+    """The index folder's lock (moda.io.locks), held while a run reads, extends and saves it: a second run on the
+    same folder is refused at once instead of saving over the first one's additions."""
+    Path(output).absolute().parent.mkdir(parents=True, exist_ok=True)  # where the lock file goes
+    return exclusive_lock(Path(output), f"--output_dir {output}")
+
+
+def index_counts(index: CatalogIndex) -> dict:
+    """What `moda index` reports of an index it updated: its size, its FAISS kind and its embedder."""
+    return {"total": len(index), "kind": index.text.kind if index.text else "empty", "embedder": index.embedder_name}
 
 
 def require_image_options(image_model, catalog, image_column) -> None:
@@ -375,13 +449,47 @@ def open_index(output, embedder: str = None, exact_up_to: int = None, image_mode
     """The index in `output` to add to, checked against the options given; a new, empty one if none (or `rebuild`)."""
     if not (Path(output) / "meta.json").exists() or rebuild:
         return CatalogIndex(embedder or DEFAULT_EMBEDDER, EXACT_UP_TO if exact_up_to is None else exact_up_to)
-    try:
-        index = CatalogIndex.load(output)
-    except (OSError, ValueError) as err:  # a missing file, another format, files out of step
-        raise ValueError(f"{err} (use --rebuild to build it again)") from err
+    index = load_to_extend(output)
+    require_content(index, output, "captions")
     require_same_embedder(index, output, embedder)
     require_same_exact_up_to(index, output, exact_up_to)
     require_image_embeddings(index, output, image_model)
+    return index
+
+
+def load_to_extend(output) -> CatalogIndex:
+    """The index in `output`, to add to; a ValueError that points to --rebuild when it cannot be read."""
+    try:
+        return CatalogIndex.load(output)
+    except (OSError, ValueError) as err:  # a missing file, another format, files out of step
+        raise ValueError(f"{err} (use --rebuild to build it again)") from err
+
+
+def require_content(index: CatalogIndex, output, content: str) -> None:
+    """Captions and photos are never mixed in one index: their vectors answer a query differently."""
+    if index.content != content:
+        raise ValueError(f"{output} is an index of {index.content}, not of {content}: an index holds one kind; use "
+                         "another --output_dir (or --rebuild to replace it)")
+
+
+def open_photo_index(output, tower: dict, embedder: str, exact_up_to: int = None,
+                     rebuild: bool = False) -> CatalogIndex:
+    """
+    The photo index in `output` to add to, checked against the tower (its identity: path, fingerprint, text side)
+    and options given; a new, empty one if none (or `rebuild`). An index holds one tower's embeddings: another
+    tower's are not comparable with them, even a tower of the same path trained again.
+    """
+    if not (Path(output) / "meta.json").exists() or rebuild:
+        return CatalogIndex(embedder, EXACT_UP_TO if exact_up_to is None else exact_up_to, content="photos",
+                            tower=tower)
+    index = load_to_extend(output)
+    require_content(index, output, "photos")
+    if (index.tower or {}).get("fingerprint") != tower["fingerprint"]:
+        built = index.tower or {}
+        raise ValueError(f"{output} holds the photo embeddings of the tower {built.get('path')!r} (fingerprint "
+                         f"{built.get('fingerprint')}), not of {tower['path']!r} (fingerprint {tower['fingerprint']}): "
+                         "an index holds one tower's embeddings; use another --output_dir (or --rebuild)")
+    require_same_exact_up_to(index, output, exact_up_to)
     return index
 
 

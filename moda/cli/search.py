@@ -1,5 +1,6 @@
 """`moda search`: the items of a catalog index closest to a text query, or to a photo (an index with image
-embeddings).
+embeddings). A photo index (moda index --vision_model) is searched by text the same way: the query is embedded by the
+text side its meta.json records, and the hits are photos (no description).
 
     moda search index/ "red sports shoes for women" -k 5
     moda search index/ --image photo.jpg --model_name_or_path ./moda-demo
@@ -46,5 +47,6 @@ def main(argv=None) -> int:
     else:
         hits = index.search(args.query, args.k)
     for rank, hit in enumerate(hits, 1):
-        print(f"{rank:>3}  {hit['score']:.3f}  {hit['id']}  {hit['description']}  ({hit['file']})")
+        described = f"  {hit['description']}" if hit["description"] is not None else ""  # a photo index has none
+        print(f"{rank:>3}  {hit['score']:.3f}  {hit['id']}{described}  ({hit['file']})")
     return 0

@@ -113,6 +113,11 @@ def load_tower(path):
     """A tower folder: (tower, image processor, its vision_adaptation.json or {} for a plain CLIP checkpoint)."""
     tower = load_clip_vision(str(path), trust_remote_code=False).eval()
     image_processor = clip_image_processor(str(path))
+    return tower, image_processor, read_adaptation(path)
+
+
+def read_adaptation(path) -> dict:
+    """A tower folder's vision_adaptation.json (the text side it was adapted to, its temperature, ...), or {} for a
+    plain CLIP checkpoint (or a Hub name), which records none."""
     info_file = Path(path) / ADAPTATION_FILE
-    adaptation = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    return tower, image_processor, adaptation
+    return json.loads(info_file.read_text()) if info_file.is_file() else {}

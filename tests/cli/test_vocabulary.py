@@ -126,6 +126,32 @@ def test_index_options(monkeypatch, capsys, argv):
     assert capsys.readouterr().out.startswith("ix: added 0 item(s)")
 
 
+@pytest.mark.parametrize("argv", [
+    ["--vision_model", "t", "--dataset", "d", "--split", "test", "--output_dir", "ix", "--image_column", "photo",
+     "--exact_up_to", "9"],
+    ["--vision-model", "t", "--dataset-name", "d", "--split", "test", "--output-dir", "ix", "--image-column", "photo",
+     "--exact-up-to", "9"],
+    ["--vision_model", "t", "--catalog", "d", "--split", "test", "--output", "ix", "--image_column", "photo",
+     "--exact_up_to", "9"],
+], ids=["canonical", "kebab-case", "older names"])
+def test_photo_index_options(monkeypatch, capsys, argv):
+    import moda.vision.photo_index
+
+    calls = []
+
+    def update_photo_index(tower, catalog, output, **options):
+        calls.append((tower, catalog, output, options))
+        return {"added": 0, "already": 0, "unreadable": [], "total": 0, "kind": "empty", "embedder": "e",
+                "tower": {"fingerprint": "f"}}
+
+    monkeypatch.setattr(moda.vision.photo_index, "update_photo_index", update_photo_index)
+    assert main(["index", *argv]) == 0
+    (tower, catalog, output, options), = calls
+    assert (tower, catalog, output) == ("t", "d", "ix")
+    assert options == {"split": "test", "image_column": "photo", "exact_up_to": 9, "rebuild": False}
+    assert capsys.readouterr().out.startswith("ix: added 0 photo(s)")
+
+
 @pytest.mark.parametrize("model_option", ["--model_name_or_path", "--model-name-or-path", "--model", "--image_model",
                                           "--image-model"])
 def test_search_options(monkeypatch, model_option):
