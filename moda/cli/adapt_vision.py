@@ -18,7 +18,7 @@ from moda.io.options import add_option, command_parser
 from moda.model.build import SIZES
 from moda.vision.adapt import adapt_vision
 from moda.vision.pairs import TEXT_ENCODERS
-from moda.vision.tower import NEGATIVES
+from moda.vision.tower import DEFAULT_NEGATIVES, NEGATIVES
 
 
 def true_or_false(value: str) -> bool:
@@ -44,8 +44,9 @@ def parse_arguments(argv=None):
                help="one template for every catalog (default: MODA's, in each catalog's column names)")
     add_option(parser, "max_train_samples", type=int, default=None,
                help="at most N train rows of each catalog, drawn at random (seed: --seed)")
-    add_option(parser, "negatives", default="catalog", choices=NEGATIVES,
-               help="catalog: every caption of the catalogs; batch: CLIP's in-batch loss")
+    add_option(parser, "negatives", default=DEFAULT_NEGATIVES, choices=NEGATIVES,
+               help="batch: CLIP's in-batch loss (the measured winner, BENCHMARKS.md); catalog: every caption of the "
+                    "catalogs")
     add_option(parser, "augment_images", type=true_or_false, default=True,
                help="random flips and shifts (true/false)")
     add_option(parser, "num_train_epochs", type=float, default=10, help="passes over the pairs")

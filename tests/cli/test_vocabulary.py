@@ -178,6 +178,7 @@ def test_push_options(monkeypatch, argv):
     ("push", "--revision REVISION, --branch REVISION"),
     ("space", "--output_dir OUTPUT_DIR, --output-dir OUTPUT_DIR"),
     ("adapt-vision", "passes over the pairs (default: 10)"),
+    ("adapt-vision", "the measured winner, BENCHMARKS.md); catalog: every caption of the catalogs (default: batch)"),
     ("eval-vision", "(default: .cache/moda-features)"),
 ])
 def test_help_names_the_command_and_shows_defaults(command, shown, capsys):
