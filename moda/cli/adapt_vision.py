@@ -10,21 +10,14 @@ from scratch (--tower_size); its folder is a CLIPVisionModelWithProjection with 
 that catalog's test split (zero-shot attribute accuracy, retrieval); the numbers go to adaptation_summary.json.
 """
 
-import argparse
 import json
 
 from moda.io.errors import run_command
-from moda.io.options import add_option, command_parser
+from moda.io.options import add_option, command_parser, true_or_false
 from moda.model.build import SIZES
 from moda.vision.adapt import adapt_vision
 from moda.vision.pairs import TEXT_ENCODERS
 from moda.vision.tower import DEFAULT_NEGATIVES, NEGATIVES
-
-
-def true_or_false(value: str) -> bool:
-    if value.lower() not in ("true", "false"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-    return value.lower() == "true"
 
 
 def parse_arguments(argv=None):
