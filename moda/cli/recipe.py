@@ -113,9 +113,8 @@ def train_tower(args, tower_dir: Path, encoder) -> dict:
     settings = {name: adapted[name] for name in ("datasets", "text_model", "negatives", "train_pairs", "epochs",
                                                  "batch_size", "learning_rate", "image_size", "patch_size",
                                                  "tower_parameters")}
-    return {"folder": TOWER_FOLDER, "minutes": minutes_since(started), "training_minutes": adapted["train_minutes"],
-            "settings": {**settings, "tower_size": args.tower_size, "seed": args.seed,
-                         "max_train_samples": args.max_train_samples}}
+    return {"folder": TOWER_FOLDER, "minutes": minutes_since(started), "settings": {
+        **settings, "tower_size": args.tower_size, "seed": args.seed, "max_train_samples": args.max_train_samples}}
 
 
 def train_moda(args, output_dir: Path, tower_dir: Path) -> dict:
