@@ -25,6 +25,7 @@ COMMANDS = {
     "space": ("moda.cli.space", "main", "write a Gradio Space for a MODA model on the Hub, and push it"),
     "adapt-vision": ("moda.cli.adapt_vision", "main", "adapt a CLIP vision tower to catalogs (contrastive)"),
     "eval-vision": ("moda.cli.eval_vision", "main", "measure a vision tower: zero-shot attributes, retrieval"),
+    "recipe": ("moda.cli.recipe", "main", "the offline recipe: adapt a tower, train MODA on it, score both"),
 }
 
 

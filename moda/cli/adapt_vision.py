@@ -10,21 +10,14 @@ from scratch (--tower_size); its folder is a CLIPVisionModelWithProjection with 
 that catalog's test split (zero-shot attribute accuracy, retrieval); the numbers go to adaptation_summary.json.
 """
 
-import argparse
 import json
 
 from moda.io.errors import run_command
-from moda.io.options import add_option, command_parser
+from moda.io.options import add_option, command_parser, true_or_false
 from moda.model.build import SIZES
 from moda.vision.adapt import adapt_vision
 from moda.vision.pairs import TEXT_ENCODERS
-from moda.vision.tower import NEGATIVES
-
-
-def true_or_false(value: str) -> bool:
-    if value.lower() not in ("true", "false"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-    return value.lower() == "true"
+from moda.vision.tower import DEFAULT_NEGATIVES, NEGATIVES
 
 
 def parse_arguments(argv=None):
@@ -44,8 +37,9 @@ def parse_arguments(argv=None):
                help="one template for every catalog (default: MODA's, in each catalog's column names)")
     add_option(parser, "max_train_samples", type=int, default=None,
                help="at most N train rows of each catalog, drawn at random (seed: --seed)")
-    add_option(parser, "negatives", default="catalog", choices=NEGATIVES,
-               help="catalog: every caption of the catalogs; batch: CLIP's in-batch loss")
+    add_option(parser, "negatives", default=DEFAULT_NEGATIVES, choices=NEGATIVES,
+               help="batch: CLIP's in-batch loss (the measured winner, BENCHMARKS.md); catalog: every caption of the "
+                    "catalogs")
     add_option(parser, "augment_images", type=true_or_false, default=True,
                help="random flips and shifts (true/false)")
     add_option(parser, "num_train_epochs", type=float, default=10, help="passes over the pairs")

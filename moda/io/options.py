@@ -84,6 +84,13 @@ def add_sample_options(parser) -> None:
     add_option(parser, "seed", type=int, default=DEFAULT_SEED, help="the random seed of --max_samples")
 
 
+def true_or_false(value: str) -> bool:
+    """The type of an on/off option written as train_hf.py writes it (`--tune_vision_tower true`)."""
+    if value.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return value.lower() == "true"
+
+
 def require_at_least_one(parser, args, *names: str) -> None:
     """A parser error for the first of these counts that is set and below 1."""
     for name in names:

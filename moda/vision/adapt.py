@@ -22,7 +22,8 @@ from moda.train.arguments import MODATrainingArguments
 from moda.train.trainer import EpochToDataset, MODATrainer
 from moda.vision.evaluate import embed_pixel_values, evaluate_tower, label_captions, score_embeddings
 from moda.vision.pairs import cached_text_embeddings, load_pairs, text_encoder
-from moda.vision.tower import ContrastiveTower, PairCollator, new_tower, pretrained_tower, save_tower
+from moda.vision.tower import (DEFAULT_NEGATIVES, ContrastiveTower, PairCollator, new_tower, pretrained_tower,
+                               save_tower)
 
 
 def cached_pixel_values(examples, image_processor, cache_dir, bad_rows):
@@ -86,7 +87,7 @@ def training_arguments(output_dir, num_train_epochs, batch_size, learning_rate, 
 
 def adapt_vision(datasets: list, output_dir, model_name_or_path: str = None, text_encoder_kind: str = "minilm",
                  tower_size: str = "tiny", image_size: int = None, patch_size: int = None,
-                 caption_template: str = None, max_train_samples: int = None, negatives: str = "catalog",
+                 caption_template: str = None, max_train_samples: int = None, negatives: str = DEFAULT_NEGATIVES,
                  augment_images: bool = True, num_train_epochs: float = 10, batch_size: int = 128,
                  learning_rate: float = 1e-3, weight_decay: float = 0.05, seed: int = 42,
                  feature_cache_dir=".cache/moda-features", eval_dataset: str = None, logging_steps: int = 50,

@@ -194,6 +194,34 @@ def test_push_options(monkeypatch, argv):
         "training_info": "t.json", "private": True}
 
 
+@pytest.mark.parametrize("argv", [
+    ["--output_dir", "o", "--dataset", "a", "--dataset", "b", "--caption_dataset", "a", "--adapt_epochs", "2",
+     "--tune_vision_tower", "true", "--max_train_samples", "5"],
+    ["--output-dir", "o", "--dataset-name", "a", "--dataset", "b", "--caption-dataset", "a", "--adapt-epochs", "2",
+     "--tune-vision-tower", "true", "--max-train-samples", "5"],
+], ids=["canonical", "kebab-case"])
+def test_recipe_options(argv):
+    from moda.cli.recipe import parse_arguments as recipe_arguments
+
+    assert chosen(recipe_arguments(argv), ["output_dir", "dataset", "caption_dataset", "adapt_epochs",
+                                           "tune_vision_tower", "max_train_samples"]) == {
+        "output_dir": "o", "dataset": ["a", "b"], "caption_dataset": "a", "adapt_epochs": 2,
+        "tune_vision_tower": True, "max_train_samples": 5}
+
+
+def test_recipe_defaults_are_the_calibrated_run():
+    """BENCHMARKS.md, "Vision tower adapted first": both catalogs for the tower, 4 epochs; tiny MODA, 40 epochs,
+    on the frozen tower, fashion-images."""
+    from moda.cli.recipe import parse_arguments as recipe_arguments
+
+    args = recipe_arguments(["--output_dir", "o"])
+    assert chosen(args, ["dataset", "caption_dataset", "adapt_epochs", "caption_epochs", "tune_vision_tower",
+                         "model_size", "tower_size", "overwrite"]) == {
+        "dataset": ["../shared/data/fashion-images", "../shared/data/fashion-product-images-small"],
+        "caption_dataset": "../shared/data/fashion-images", "adapt_epochs": 4, "caption_epochs": 40,
+        "tune_vision_tower": False, "model_size": "tiny", "tower_size": "tiny", "overwrite": False}
+
+
 @pytest.mark.parametrize("command, shown", [
     ("eval", "the random seed of --max_samples (default: 42)"),
     ("build-dataset", "--max_samples N, --max-samples N, --limit N"),
@@ -204,7 +232,9 @@ def test_push_options(monkeypatch, argv):
     ("push", "--revision REVISION, --branch REVISION"),
     ("space", "--output_dir OUTPUT_DIR, --output-dir OUTPUT_DIR"),
     ("adapt-vision", "passes over the pairs (default: 10)"),
+    ("adapt-vision", "the measured winner, BENCHMARKS.md); catalog: every caption of the catalogs (default: batch)"),
     ("eval-vision", "(default: .cache/moda-features)"),
+    ("recipe", "passes of the tower stage over the pairs (default: 4)"),
 ])
 def test_help_names_the_command_and_shows_defaults(command, shown, capsys):
     with pytest.raises(SystemExit) as raised:
@@ -218,7 +248,8 @@ def test_help_names_the_command_and_shows_defaults(command, shown, capsys):
 
 def test_every_command_but_train_is_covered_here():
     """`moda train` is train_hf.py's parser (HfArgumentParser), with its own names; a new command belongs above."""
-    covered = {"eval", "build-dataset", "caption", "caption-image", "index", "search", "push", "space", "adapt-vision", "eval-vision"}
+    covered = {"eval", "build-dataset", "caption", "caption-image", "index", "search", "push", "space", "adapt-vision", "eval-vision",
+               "recipe"}
     assert set(COMMANDS) - {"train"} == covered
 
 

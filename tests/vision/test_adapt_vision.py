@@ -83,7 +83,7 @@ def test_a_tower_learns_a_toy_set():
     pixels = pixels + 0.3 * torch.randn_like(pixels)
     ids = torch.arange(4).repeat(4)
     model = ContrastiveTower(CLIPVisionModelWithProjection(config), torch.from_numpy(bag_of_words(
-        ["red dress", "green shirt", "blue shoes", "yellow bag"])))
+        ["red dress", "green shirt", "blue shoes", "yellow bag"])), negatives="catalog")  # (in-batch: a floor of log 4)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = model(pixels, ids)["loss"].item()
     for _ in range(60):
@@ -128,6 +128,7 @@ def test_adapted_tower_is_a_clip_vision_folder(adapted, catalog_dir):
     tower, image_processor, adaptation = load_tower(tower_dir)
     assert tower.config.projection_dim == DIM and image_processor.crop_size["height"] == 32
     assert adaptation["logit_scale"] > 0 and adaptation["datasets"] == [str(catalog_dir)]
+    assert adaptation["negatives"] == "batch"  # the default: in-batch negatives, the measured winner
     # only the train split: 96 of the 120 items (80 %), and no row of another split was read
     assert summary["train_pairs"] == 96 and summary["bad_rows"] == 0
     saved = load_file(tower_dir / "model.safetensors")
@@ -237,6 +238,14 @@ def test_command_adapts_a_pretrained_clip_against_its_text_tower(catalog_dir, ti
     result = json.loads(capsys.readouterr().out)
     assert result["items"] == 12 and set(result["zero_shot_marginal"]) == {"colour", "product_type", "gender",
                                                                                  "usage"}
+
+
+def test_command_takes_in_batch_negatives_unless_told():
+    from moda.cli.adapt_vision import parse_arguments
+
+    required = ["--dataset", "d", "--output_dir", "o"]
+    assert parse_arguments(required).negatives == "batch"
+    assert parse_arguments(required + ["--negatives", "catalog"]).negatives == "catalog"
 
 
 def test_command_refuses_bad_inputs(tmp_path, capsys):
