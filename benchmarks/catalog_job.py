@@ -54,7 +54,8 @@ def machine() -> dict:
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         lines = cpuinfo.read_text().splitlines()
-        info["cpu"] = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+        info["cpu"] = names[0] if names else "unknown"
         flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
         info["flags"] = sorted(flag for flag in flags if flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16",
                                                                   "amx_tile", "amx_int8"))
@@ -255,7 +256,8 @@ def measure_moda(args, work: Path) -> dict:
     model_only(model, [warm], generate_kwargs)  # first call: oneDNN's kernels chosen, the fast path's packing
     chunks = []
     for number, chunk in enumerate(batches_of(rows, args.chunk)):
-        prepared = [processor(images=read_photos(batch), return_tensors="pt") for batch in batches_of(chunk, args.batch_size)]
+        prepared = [processor(images=read_photos(batch), return_tensors="pt")
+                    for batch in batches_of(chunk, args.batch_size)]
         chunk_csv = write_chunk(chunk, work / f"chunk-{number}.csv")
         output = work / f"captions-{number}.jsonl"
         model_first = number % 2 == 0
@@ -264,7 +266,8 @@ def measure_moda(args, work: Path) -> dict:
         job_seconds = caption_job(chunk_csv, folder, output, args.catalog, args.batch_size, args.max_new_tokens)
         if not model_first:
             model_seconds, ids = model_only(model, prepared, generate_kwargs)
-        expected = [text.strip() for batch_ids in ids for text in processor.batch_decode(batch_ids, skip_special_tokens=True)]
+        expected = [text.strip() for batch_ids in ids
+                    for text in processor.batch_decode(batch_ids, skip_special_tokens=True)]
         written = [row.get("description", "") for row in read_output(output)]
         new_tokens = [batch_ids.shape[1] for batch_ids in ids]  # MODA's generate returns the new tokens only
         chunks.append({"images": len(chunk), "model_only_s": model_seconds[0], "job_s": job_seconds[0],
@@ -291,7 +294,8 @@ def measure_moda(args, work: Path) -> dict:
 def measure_peers(args, work: Path) -> dict:
     results = {}
     for name in args.peers:
-        rows = catalog_rows(args.catalog, args.florence_max_samples if name == "florence-2-base" else args.peer_max_samples)
+        photos = args.florence_max_samples if name == "florence-2-base" else args.peer_max_samples
+        rows = catalog_rows(args.catalog, photos)
         model, processor, prompt = PEERS[name](work / name, args.precision)
         peer_job(model, processor, rows[:2], args.peer_batch_size, 2, prompt)  # warm up
         seconds, texts = peer_job(model, processor, rows, args.peer_batch_size, args.max_new_tokens, prompt)
@@ -302,16 +306,20 @@ def measure_peers(args, work: Path) -> dict:
     return results
 
 
+def spread(clock: dict) -> str:
+    chunks = clock["ratio_per_chunk"]
+    return f"{clock['ratio']:.3f} (chunks {chunks['min']:.3f}-{chunks['max']:.3f})"
+
+
 def print_table(results: dict) -> None:
     moda = results["moda"]
     wall, cpu = moda["wall"], moda["cpu"]
     lines = ["| job | photos | batch | images/s | share of MODA's model-only | by CPU time |",
              "| --- | --- | --- | --- | --- | --- |",
-             f"| MODA model only | {moda['photos']} | {moda['batch_size']} | {wall['model_only_images_per_s']:.2f} | 1.00 | "
-             "1.00 |",
+             f"| MODA model only | {moda['photos']} | {moda['batch_size']} | "
+             f"{wall['model_only_images_per_s']:.2f} | 1.00 | 1.00 |",
              f"| MODA `moda caption` | {moda['photos']} | {moda['batch_size']} | {wall['job_images_per_s']:.2f} | "
-             f"{wall['ratio']:.3f} (chunks {wall['ratio_per_chunk']['min']:.3f}-{wall['ratio_per_chunk']['max']:.3f}) | "
-             f"{cpu['ratio']:.3f} (chunks {cpu['ratio_per_chunk']['min']:.3f}-{cpu['ratio_per_chunk']['max']:.3f}) |"]
+             f"{spread(wall)} | {spread(cpu)} |"]
     for name, peer in results["peers"].items():
         lines.append(f"| {name} job | {peer['photos']} | {peer['batch_size']} | {peer['job_images_per_s']:.3f} | "
                      f"{peer['job_images_per_s'] / wall['model_only_images_per_s']:.3f} | |")
@@ -322,7 +330,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG, help="an imagefolder split (metadata.csv)")
     parser.add_argument("--max_samples", type=int, default=1984, help="photos for MODA (the first N)")
-    parser.add_argument("--chunk", type=int, default=248, help="photos per interleaved chunk (model only, then the job)")
+    parser.add_argument("--chunk", type=int, default=248,
+                        help="photos per interleaved chunk (model only and the job, in alternating order)")
     parser.add_argument("--peer_max_samples", type=int, default=64, help="photos for GIT-base (0: no peers)")
     parser.add_argument("--florence_max_samples", type=int, default=16, help="photos for Florence-2-base (slowest)")
     parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=list(PEERS))
