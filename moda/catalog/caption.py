@@ -19,6 +19,7 @@ and a second run on the same output is refused at once, naming the PID that hold
 lock.
 """
 
+import contextlib
 import datetime
 import itertools
 import json
@@ -32,12 +33,13 @@ from pathlib import Path
 import torch
 
 from moda.data.catalog import read_splits
-from moda.evaluate.describe import describe_images
+from moda.evaluate.describe import describe_inputs
 from moda.io.images import IMAGE_EXTENSIONS, image_files, load_image
 from moda.io.locks import exclusive_lock
 from fast_generation_moda import inference_dtype, precision_name
 from image_io_moda import is_url
 from moda.io.paths import write_atomically
+from moda.io.prefetch import prefetched
 from moda.io.records import check_or_save_settings, jsonl_bytes, read_jsonl
 from moda.model.loading import check_model_code
 
@@ -161,8 +163,10 @@ def merge_descriptions(descriptions: dict) -> str:
     return ". ".join(distinct)
 
 
-def caption_batch(captioner, items: list, prompts: list, vocabulary=None, max_new_tokens: int = None) -> list:
-    """Output rows for a batch of items: unreadable ones get an `error`, the others are described per prompt."""
+def prepare_batch(processor, items: list, prompts: list) -> tuple:
+    """A batch's work before the model: its output rows (an unreadable item's with an `error`), the rows of the
+    readable ones, and per prompt the processor's inputs for their images. It runs in moda caption's background
+    thread, for the next batch while the model describes this one."""
     rows, readable, images = [], [], []
     for item in items:
         row = {"id": item["id"], "file": item["file"]}
@@ -172,19 +176,27 @@ def caption_batch(captioner, items: list, prompts: list, vocabulary=None, max_ne
         except (OSError, ValueError) as err:
             row["error"] = str(err)
         rows.append(row)
-    if images:
-        per_prompt = {
-            prompt: describe_images(captioner.model, captioner.processor, images, batch_size=len(images),
-                                    max_new_tokens=max_new_tokens, prompt=prompt)
-            for prompt in prompts
-        }
-        for i, row in enumerate(readable):
-            row["descriptions"] = {prompt: texts[i] for prompt, texts in per_prompt.items()}
-            row["description"] = merge_descriptions(row["descriptions"])
-            if vocabulary is not None:
-                from moda.data.attributes import extract_attributes
+    try:  # (a batch of unreadable items only has nothing to describe)
+        inputs = {prompt: processor(images=images, text=prompt or None, return_tensors="pt")
+                  for prompt in (prompts if images else [])}
+    except Exception as err:  # raised again in the main thread: say which items it was preparing
+        err.add_note(f"while preparing the batch of items {items[0]['id']!r} to {items[-1]['id']!r}")
+        raise
+    return rows, readable, inputs
 
-                row["attributes"] = extract_attributes(row["description"], vocabulary)
+
+def describe_batch(captioner, prepared: tuple, vocabulary=None, max_new_tokens: int = None) -> list:
+    """The output rows of a prepared batch (prepare_batch's): the readable items described per prompt."""
+    rows, readable, inputs = prepared
+    per_prompt = {prompt: describe_inputs(captioner.model, captioner.processor, batch_inputs, max_new_tokens)
+                  for prompt, batch_inputs in inputs.items()}
+    for i, row in enumerate(readable):
+        row["descriptions"] = {prompt: texts[i] for prompt, texts in per_prompt.items()}
+        row["description"] = merge_descriptions(row["descriptions"])
+        if vocabulary is not None:
+            from moda.data.attributes import extract_attributes
+
+            row["attributes"] = extract_attributes(row["description"], vocabulary)
     return rows
 
 
@@ -371,15 +383,22 @@ def caption_shard(prepare, items, parts_dir: Path, rank: int, args, total: int =
     number = next_part_number(parts_dir, rank)
     written = described = 0
     items = iter(items)
-    with tqdm(total=total, unit="item", desc=f"captioning (rank {rank})", dynamic_ncols=True) as progress:
-        for batch in iter(lambda: list(itertools.islice(items, args.batch_size)), []):
-            if written == 0:
-                captioner, vocabulary = prepare()
-            rows = caption_batch(captioner, batch, args.prompts, vocabulary, args.max_new_tokens)
+    batches = iter(lambda: list(itertools.islice(items, args.batch_size)), [])
+    first = next(batches, None)
+    if first is None:
+        return 0
+    captioner, vocabulary = prepare()
+    # The next batch is read, decoded and preprocessed in a background thread while the model describes this one.
+    prepared_batches = prefetched(itertools.chain([first], batches),
+                                  lambda batch: prepare_batch(captioner.processor, batch, args.prompts))
+    with tqdm(total=total, unit="item", desc=f"captioning (rank {rank})", dynamic_ncols=True) as progress, \
+            contextlib.closing(prepared_batches):
+        for prepared in prepared_batches:
+            rows = describe_batch(captioner, prepared, vocabulary, args.max_new_tokens)
             part = parts_dir / f"part-{rank:05d}-{number:06d}.jsonl"
             write_atomically(part, lambda handle: handle.write(jsonl_bytes(rows)))
-            number, written, described = number + 1, written + 1, described + len(batch)
-            progress.update(len(batch))
+            number, written, described = number + 1, written + 1, described + len(rows)
+            progress.update(len(rows))
             if kill_after and written >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
     return described

@@ -131,6 +131,45 @@ def test_caption_writes_one_row_per_item_with_attributes_and_errors(tiny_moda_di
     assert "2 unreadable" in capsys.readouterr().out
 
 
+def test_prefetched_batches_give_the_captions_of_describing_each_batch_in_turn(tiny_moda_dir, catalog_dir, tmp_path):
+    """moda caption prepares batch i+1 in a background thread while batch i generates: the same captions, in the
+    same order, as reading and describing each batch in turn (describe_images, with no thread)."""
+    from moda.evaluate.describe import describe_images
+    from moda.io.images import load_image
+    from moda.model.loading import load_captioner
+
+    output = tmp_path / "captions.jsonl"
+    prompts = ["", "What colour is this item?"]
+    assert main(["--model", str(tiny_moda_dir), "--images", str(catalog_dir), "--output", str(output),
+                 "--batch_size", "4", "--max_new_tokens", "6", "--prompt", prompts[0], "--prompt", prompts[1]]) == 0
+    rows = [row for row in read_output(output) if "error" not in row]
+    captioner = load_captioner(str(tiny_moda_dir))
+    items = list_catalog_items(str(catalog_dir))[:NUM_GOOD]  # the unreadable two come last: batches hold the same
+    images = [load_image(item["image"], item["file"]) for item in items]
+    for prompt in prompts:
+        expected = describe_images(captioner.model, captioner.processor, images, batch_size=4, max_new_tokens=6,
+                                   prompt=prompt)
+        assert [row["descriptions"][prompt] for row in rows] == expected
+    assert len({row["description"] for row in rows}) > 1  # the images are told apart: a real comparison
+
+
+def test_a_failure_while_preparing_a_batch_names_its_items(catalog_dir):
+    """prepare_batch runs in moda caption's background thread: its error reaches the main thread naming the items."""
+    from moda.catalog.caption import prepare_batch
+
+    def broken_processor(**inputs):
+        raise RuntimeError("the image processor failed")
+
+    items = list_catalog_items(str(catalog_dir))[:4]
+    with pytest.raises(RuntimeError, match="the image processor failed") as raised:
+        prepare_batch(broken_processor, items, [""])
+    assert raised.value.__notes__ == ["while preparing the batch of items 'p0' to 'p3'"]
+    # a batch of unreadable items only never reaches the processor: its rows carry their errors
+    rows, readable, inputs = prepare_batch(broken_processor, list_catalog_items(str(catalog_dir))[-2:], [""])
+    assert [row["id"] for row in rows] == ["empty", "notes"] and all("error" in row for row in rows)
+    assert readable == [] and inputs == {}
+
+
 def test_caption_resumes_after_sigkill_with_every_item_once(tiny_moda_dir, catalog_dir, tmp_path):
     output = tmp_path / "captions.jsonl"
     args = ["--model", str(tiny_moda_dir), "--images", str(catalog_dir), "--output", str(output),
