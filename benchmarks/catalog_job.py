@@ -36,30 +36,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.generation_speed import build_model  # noqa: E402
-from benchmarks.results import print_and_save  # noqa: E402
+from benchmarks.results import machine, print_and_save  # noqa: E402
 
 DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-product-images-small" / "test"
 # moda caption's defaults (moda/cli/caption.py): the job is timed as users run it.
 BATCH_SIZE, MAX_NEW_TOKENS = 32, 32
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The machine
-# ---------------------------------------------------------------------------------------------------------------
-
-def machine() -> dict:
-    """The CPU, the flags that decide bf16 speed, and torch's threads."""
-    info = {"cpu": "unknown", "flags": [], "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cores": os.cpu_count()}
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        lines = cpuinfo.read_text().splitlines()
-        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-        info["cpu"] = names[0] if names else "unknown"
-        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-        info["flags"] = sorted(flag for flag in flags if flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16",
-                                                                  "amx_tile", "amx_int8"))
-    return info
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,12 +179,13 @@ def model_only(model, prepared: list, generate_kwargs: dict) -> tuple:
 
 
 def caption_job(chunk_csv: Path, folder: Path, output: Path, vocabulary: Path, batch_size: int,
-                max_new_tokens: int) -> tuple:
+                max_new_tokens: int, precision: str) -> tuple:
     """(wall, CPU) seconds of one `moda caption` run over the chunk, through the CLI's main."""
     from moda.cli.caption import main
 
     argv = ["--model", str(folder), "--images", str(chunk_csv), "--output", str(output), "--vocabulary",
-            str(vocabulary), "--batch_size", str(batch_size), "--max_new_tokens", str(max_new_tokens), "--overwrite"]
+            str(vocabulary), "--batch_size", str(batch_size), "--max_new_tokens", str(max_new_tokens), "--overwrite",
+            "--precision", precision]  # the model-only side's precision, not the CPU's default
     start = clocks()
     with contextlib.redirect_stdout(sys.stderr):
         status = main(argv)
@@ -263,7 +245,8 @@ def measure_moda(args, work: Path) -> dict:
         model_first = number % 2 == 0
         if model_first:
             model_seconds, ids = model_only(model, prepared, generate_kwargs)
-        job_seconds = caption_job(chunk_csv, folder, output, args.catalog, args.batch_size, args.max_new_tokens)
+        job_seconds = caption_job(chunk_csv, folder, output, args.catalog, args.batch_size, args.max_new_tokens,
+                                  args.precision)
         if not model_first:
             model_seconds, ids = model_only(model, prepared, generate_kwargs)
         expected = [text.strip() for batch_ids in ids

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from configuration_moda import MODAConfig  # noqa: E402
 from modeling_moda import MODAForConditionalGeneration  # noqa: E402
-from benchmarks.results import print_and_save  # noqa: E402
+from benchmarks.results import machine, print_and_save  # noqa: E402
 
 # moda: the fast path as it comes (model.pack_weights = None: it packs bf16 where the CPU computes bf16, fp32 never);
 # moda-packed / moda-unpacked: the fast path with every / no weight packed; moda-plain: GenerationMixin and CLIP's
@@ -280,6 +280,7 @@ def main(argv=None) -> dict:
         results["fresh_process_ratios"] = fresh_process_ratios(results, args)
     results["settings"] = {k: v for k, v in vars(args).items() if k not in ("rss_child",)}
     results["settings"]["torch"] = torch.__version__
+    results["machine"] = machine()
     return print_and_save(results, args.output)
 
 
