@@ -123,4 +123,12 @@ def read_adaptation(path) -> dict:
     """A tower folder's vision_adaptation.json (the text side it was adapted to, its temperature, ...), or {} for a
     plain CLIP checkpoint (or a Hub name), which records none."""
     info_file = Path(path) / ADAPTATION_FILE
-    return json.loads(info_file.read_text()) if info_file.is_file() else {}
+    if not info_file.is_file():
+        return {}
+    try:
+        adaptation = json.loads(info_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(info_file)!r} is not JSON: {err}") from None
+    if not isinstance(adaptation, dict):
+        raise ValueError(f"{str(info_file)!r} must hold a JSON object, not {type(adaptation).__name__}")
+    return adaptation
