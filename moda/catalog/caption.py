@@ -340,7 +340,7 @@ def prepare_parts_dir(output: Path, parts_dir: Path, settings: dict, overwrite: 
     check_or_save_settings(parts_dir / "run.json", settings, lambda earlier: (
         f"{str(parts_dir)!r} holds an unfinished run with other settings ({earlier}); run with the same "
         f"settings to resume it, or pass --overwrite to start again."
-    ))
+    ), unrecorded=SETTINGS_BEFORE_THEY_WERE_RECORDED)
     for temp in parts_dir.glob(".*.tmp-*"):
         temp.unlink()  # a batch whose write was killed (this run holds the output's lock): captioned again
 

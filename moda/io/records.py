@@ -26,14 +26,15 @@ def csv_bytes(rows: list, columns: list) -> bytes:
     return text.getvalue().encode("utf-8")
 
 
-def check_or_save_settings(settings_file: Path, settings: dict, mismatch) -> None:
+def check_or_save_settings(settings_file: Path, settings: dict, mismatch, unrecorded: dict | None = None) -> None:
     """
     A run resumes only with the settings it started with: `settings` against those saved in `settings_file`
     (ValueError with the message `mismatch(earlier_settings)` when they differ), or saved there for a run that starts.
+    A setting newer than the file's run stands for its value in `unrecorded` (what every earlier run used), else None.
     """
     if settings_file.exists():
-        earlier = json.loads(settings_file.read_text())
-        if {**dict.fromkeys(settings), **earlier} != settings:  # a setting newer than the file's run: None there
+        earlier = {**dict.fromkeys(settings), **(unrecorded or {}), **json.loads(settings_file.read_text())}
+        if earlier != settings:
             raise ValueError(mismatch(earlier))
     else:
         write_atomically(settings_file, lambda handle: handle.write(json.dumps(settings, indent=1).encode("utf-8")))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import moda.cli.caption_image
-from moda.catalog.caption import read_output
+from moda.catalog.caption import parts_dir_for, read_output
 from moda.cli.caption import main as caption_main
 from moda.cli.caption import parse_arguments
 from moda.cli.caption_image import main as caption_image_main
@@ -72,6 +72,23 @@ def test_a_rerun_in_another_precision_is_refused_not_mixed_into_the_output(tiny_
     settings.write_text(json.dumps({k: v for k, v in json.loads(settings.read_text()).items() if k != "precision"}))
     assert caption_main(args + ["--precision", "fp32"]) == 0 and read_output(output) == first
     assert caption_main(args + ["--precision", "bf16"]) == 1
+
+
+def test_an_unfinished_run_from_before_the_precision_was_recorded_resumes_in_fp32(tiny_moda_dir, photos, tmp_path,
+                                                                                   cpu_with, capsys):
+    cpu_with(NATIVE_BF16)
+    output = tmp_path / "captions.jsonl"
+    caption(tiny_moda_dir, photos, output, "--precision", "fp32")
+    settings = json.loads(output.with_name(output.name + ".run.json").read_text())
+    # What a run killed before this version recorded precisions leaves: a parts folder whose run.json lacks one.
+    output.unlink()
+    output.with_name(output.name + ".run.json").unlink()
+    parts_dir_for(output).mkdir()
+    (parts_dir_for(output) / "run.json").write_text(json.dumps({k: v for k, v in settings.items() if k != "precision"}))
+    args = ["--model", str(tiny_moda_dir), "--images", str(photos), "--output", str(output), "--max_new_tokens", "4"]
+    assert caption_main(args + ["--precision", "bf16"]) == 1
+    assert "holds an unfinished run with other settings" in capsys.readouterr().err
+    assert caption_main(args + ["--precision", "fp32"]) == 0 and len(read_output(output)) == 4
 
 
 def test_a_bad_precision_is_refused_naming_it(tiny_moda_dir, photos, tmp_path, monkeypatch, capsys):
