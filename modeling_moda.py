@@ -129,6 +129,9 @@ def load_clip_vision(vision_model: str, **kwargs) -> CLIPVisionModelWithProjecti
             f"vision_model={vision_model!r} is a {config.model_type!r} checkpoint; MODA needs a CLIP checkpoint "
             "(a full CLIPModel or a CLIPVisionModelWithProjection)."
         )
+    # Towers come from anyone (a Hub id, a folder from `moda adapt-vision` or a stranger): safetensors only, as for
+    # MODA's own weights, since a pickle file (pytorch_model.bin) can run code when unpickled.
+    kwargs.setdefault("use_safetensors", True)
     return CLIPVisionModelWithProjection.from_pretrained(vision_model, config=vision_config, **kwargs)
 
 

@@ -6,7 +6,9 @@ import shutil
 import pytest
 import torch
 
-from modeling_moda import MODAForConditionalGeneration
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from modeling_moda import MODAForConditionalGeneration, load_clip_vision
 from tests.conftest import REPO_ROOT
 
 REMOTE_CODE_FILES = ["configuration_moda.py", "modeling_moda.py", "processing_moda.py", "pipeline_moda.py",
@@ -27,6 +29,19 @@ def test_loading_refuses_pickle_weights(tmp_path, tiny_moda_dir):
     torch.save(state, folder / "pytorch_model.bin")
     with pytest.raises(OSError, match="safetensors|model.safetensors"):
         MODAForConditionalGeneration.from_pretrained(folder)
+
+
+def test_a_vision_tower_loads_from_safetensors_only(tmp_path):
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=32, patch_size=16, projection_dim=16)
+    tower = CLIPVisionModelWithProjection(config)
+    tower.save_pretrained(tmp_path / "safe")
+    assert torch.equal(load_clip_vision(str(tmp_path / "safe")).visual_projection.weight, tower.visual_projection.weight)
+    shutil.copytree(tmp_path / "safe", tmp_path / "pickled")
+    (tmp_path / "pickled" / "model.safetensors").unlink()
+    torch.save(tower.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")  # a pickle: may run code when loaded
+    with pytest.raises(OSError, match="safetensors"):
+        load_clip_vision(str(tmp_path / "pickled"))
 
 
 @pytest.mark.parametrize("name", REMOTE_CODE_FILES)
