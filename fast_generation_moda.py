@@ -206,6 +206,11 @@ def packed_modules(modules) -> list:
     return [module for module in modules if module in _PACKS]
 
 
+def packed_copy_dtypes(modules) -> list:
+    """The dtypes of the packed copies those of `modules` hold (what they were packed from), one per pack."""
+    return [_PACKS[module].weight.dtype for module in packed_modules(modules)]
+
+
 def release_packed_weights(modules) -> None:
     """Forgets the packs of these modules (their memory goes back when nothing else holds them)."""
     for module in modules:
@@ -450,9 +455,10 @@ def pack_for_inference(model: nn.Module) -> None:
         return
     dtypes = dtypes_to_pack(model.pack_weights)
     try:
-        if isinstance(model.vision_tower, CLIPVisionModelWithProjection):
+        # Where hooks or autocast make the path step aside, its packs would only hold memory: the next call packs.
+        if isinstance(model.vision_tower, CLIPVisionModelWithProjection) and runs_as_written(model.vision_tower, "cpu"):
             vision_packs(model.vision_tower, dtypes)
-        if isinstance(model.language_model, OPTForCausalLM):
+        if isinstance(model.language_model, OPTForCausalLM) and runs_as_written(model, "cpu"):
             decoding_packs(model.language_model, dtypes)
     except FastPathFailure:  # the fast path is off now (one warning): generation takes the plain path
         pass

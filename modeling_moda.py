@@ -389,7 +389,21 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
     # GenerationMixin and CLIP's forward. `model.fast_greedy = False` sends everything there. Where a private oneDNN
     # op it uses is missing or fails, the fast path turns itself off for the process (one warning).
 
-    fast_greedy = True
+    _fast_greedy = True
+
+    @property
+    def fast_greedy(self) -> bool:
+        return self._fast_greedy
+
+    @fast_greedy.setter
+    def fast_greedy(self, on: bool):
+        # Off gives the packed copies of the weights back (they serve the fast path only); on, in eval mode, packs.
+        self._fast_greedy = bool(on)
+        if on:
+            pack_for_inference(self)
+        else:
+            release_packed_weights(self.modules())
+
     # Which weights the fast path packs for oneDNN (a second copy of them, in memory): None, the default, packs bf16
     # where the CPU computes it (fast_generation_moda.dtypes_to_pack says why not fp32); True packs fp32 as well
     # (faster at large batches on some CPUs, +1 GB); False packs nothing (the fast loop on the modules' kernels).
@@ -408,12 +422,19 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
     def _apply(self, fn, *args, **kwargs):
         # .to(), .half(), .float(), .bfloat16(), .cuda() and .cpu() all come here. The packs are copies of the weights
         # as they were: after a dtype or device change they would only hold memory (on the CPU, after a move to a GPU),
-        # so they go, and a model in eval mode packs anew for its new dtype.
-        release_packed_weights(self.modules())
+        # so they go, and a model in eval mode packs anew for its new dtype. A call that changes nothing (.cpu() on
+        # the CPU, .to() the dtype it has) keeps them: packing again would cost the next caption a second or more.
+        before = self._weight_storage()
         model = super()._apply(fn, *args, **kwargs)
-        if not self.training:
-            pack_for_inference(self)
+        if self._weight_storage() != before:
+            release_packed_weights(self.modules())
+            if not self.training:
+                pack_for_inference(self)
         return model
+
+    def _weight_storage(self) -> list:
+        """Each parameter's dtype, device and memory: what a conversion in _apply changes."""
+        return [(weight.dtype, weight.device, weight.data_ptr()) for weight in self.parameters()]
 
     def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs):
         # transformers 5 enabling checkpointing also hooks every input embedding (enable_input_require_grads), and

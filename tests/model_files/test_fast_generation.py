@@ -17,8 +17,8 @@ from transformers.generation.streamers import BaseStreamer
 
 import fast_generation_moda
 from fast_generation_moda import (ONEDNN_OP_PATHS, OPTLayerPlan, PackedLinears, decoder_pass, decoding_linears,
-                                  fast_path_off_reason, first_max_function, packed_dtypes, packed_modules,
-                                  reset_fast_path, vision_linears)
+                                  fast_path_off_reason, first_max_function, packed_copy_dtypes, packed_dtypes,
+                                  packed_modules, reset_fast_path, vision_linears)
 from modeling_moda import MODAForConditionalGeneration
 from tests.model_files.model_tester import moda_around_opt
 
@@ -639,9 +639,11 @@ def test_a_missing_onednn_op_turns_the_fast_path_off_with_one_warning(model, tes
                                                                       monkeypatch, path):
     # Another torch build, or a later torch, may lack a private op: generate works on, as with fast_greedy = False.
     batch = tester.prepare_generation_inputs(PROMPT_LENGTHS)
-    plain = plain_generate(model, **batch, max_new_tokens=8)
+    plain = plain_generate(model, **batch, max_new_tokens=8)  # switched on again, it packed: the ops were found
     monkeypatch.setattr(torch.ops, "mkldnn", onednn_with(path, None), raising=False)
+    reset_fast_path()  # the ops are looked up anew, as in a process whose torch lacks one
     with pytest.warns(RuntimeWarning) as records:
+        model.train().eval()  # packs, as from_pretrained does
         first = model.generate(**batch, max_new_tokens=8)
         second = model.generate(**batch, max_new_tokens=8)
     warned = fast_path_warnings(records)
@@ -712,11 +714,55 @@ def test_a_dtype_or_device_change_gives_the_packed_copies_back(model, tester, ch
         model.to("cpu", dtype=torch.float64)
     assert model.dtype == dtype
     # no copy of the former weights is kept; in eval mode, weights of a dtype oneDNN packs are packed anew
-    packed = packed_modules(model.modules())
-    assert all(module.weight.dtype == dtype for module in packed)
-    assert bool(packed) == (dtype in packed_dtypes())
+    packed = packed_copy_dtypes(model.modules())
+    assert packed == [dtype] * len(packed) and bool(packed) == (dtype in packed_dtypes())
     fast, reference = generate_both(model, **batch, max_new_tokens=8)
     assert torch.equal(fast, reference)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_a_conversion_that_changes_nothing_keeps_the_packs(model, tester, monkeypatch):
+    packed = recorded_packing(monkeypatch)
+    model = copy_of(model)
+    before = packed_modules(model.modules())
+    packed.clear()
+    model.cpu().float().to(torch.float32).to("cpu")
+    assert packed_modules(model.modules()) == before and before and packed == []  # nothing packed again
+    model.to(torch.float64).to(torch.float32)  # a real change packs anew, once for the dtype it ends in
+    assert len(packed) == len(before) and packed_copy_dtypes(model.modules()) == [torch.float32] * len(before)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_switching_the_fast_path_off_gives_the_packs_back_and_on_packs_again(model, tester):
+    model = copy_of(model)
+    groups = len(decoding_linears(model.language_model)) + len(vision_linears(model.vision_tower))
+    assert len(packed_modules(model.modules())) == groups
+    model.fast_greedy = False
+    assert packed_modules(model.modules()) == []
+    model.eval()  # a model switched off stays unpacked, in eval mode too
+    assert packed_modules(model.modules()) == []
+    model.fast_greedy = True
+    assert len(packed_modules(model.modules())) == groups
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_with_hooks_eval_packs_only_what_the_fast_path_will_run(model, tester):
+    model = copy_of(model).train()
+    handle = model.language_model.model.decoder.layers[0].register_forward_hook(lambda *_: None)
+    try:
+        model.eval()  # decoding takes GenerationMixin for the hook; the image features take the fast path
+        assert packed_modules(model.language_model.modules()) == []
+        assert len(packed_modules(model.vision_tower.modules())) == len(vision_linears(model.vision_tower))
+        model.train()
+        in_the_tower = model.vision_tower.vision_model.encoder.layers[0].register_forward_hook(lambda *_: None)
+        model.eval()  # CLIP's forward runs too
+        in_the_tower.remove()
+        assert packed_modules(model.modules()) == []
+    finally:
+        handle.remove()
+    model.generate(**tester.prepare_generation_inputs((0, 0)), max_new_tokens=4)  # hooks gone: packed at the call
+    assert len(packed_modules(model.modules())) == len(decoding_linears(model.language_model)) + len(
+        vision_linears(model.vision_tower))
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
@@ -778,9 +824,8 @@ def test_by_default_a_bf16_model_in_eval_mode_is_packed_and_an_fp32_one_is_not(m
     model.train().eval()
     assert packed_modules(model.modules()) == []  # fp32: the modules' own weights
     model.to(torch.bfloat16)  # in eval mode: packed for the new dtype now
-    packed = packed_modules(model.modules())
-    assert len(packed) == len(decoding_linears(model.language_model)) + len(vision_linears(model.vision_tower))
-    assert all(module.weight.dtype == torch.bfloat16 for module in packed)
+    packed = packed_copy_dtypes(model.modules())
+    assert packed == [torch.bfloat16] * (len(decoding_linears(model.language_model)) + len(vision_linears(model.vision_tower)))
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
