@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -163,12 +164,15 @@ def merge_descriptions(descriptions: dict) -> str:
     return ". ".join(distinct)
 
 
-def prepare_batch(processor, items: list, prompts: list) -> tuple:
+def prepare_batch(processor, items: list, prompts: list, stopping: threading.Event = None) -> tuple:
     """A batch's work before the model: its output rows (an unreadable item's with an `error`), the rows of the
     readable ones, and per prompt the processor's inputs for their images. It runs in moda caption's background
-    thread, for the next batch while the model describes this one."""
+    thread, for the next batch while the model describes this one; once `stopping` is set (the run ends: Ctrl-C, an
+    error), it reads no further item (a batch of URLs could take minutes) and returns None."""
     rows, readable, images = [], [], []
     for item in items:
+        if stopping is not None and stopping.is_set():
+            return None
         row = {"id": item["id"], "file": item["file"]}
         try:
             images.append(load_image(item["image"], item["file"]))
@@ -180,7 +184,8 @@ def prepare_batch(processor, items: list, prompts: list) -> tuple:
         inputs = {prompt: processor(images=images, text=prompt or None, return_tensors="pt")
                   for prompt in (prompts if images else [])}
     except Exception as err:  # raised again in the main thread: say which items it was preparing
-        err.add_note(f"while preparing the batch of items {items[0]['id']!r} to {items[-1]['id']!r}")
+        if hasattr(err, "add_note"):  # Python 3.11+; 3.10 shows the error alone
+            err.add_note(f"while preparing the batch of items {items[0]['id']!r} to {items[-1]['id']!r}")
         raise
     return rows, readable, inputs
 
@@ -389,8 +394,10 @@ def caption_shard(prepare, items, parts_dir: Path, rank: int, args, total: int =
         return 0
     captioner, vocabulary = prepare()
     # The next batch is read, decoded and preprocessed in a background thread while the model describes this one.
+    stopping = threading.Event()
     prepared_batches = prefetched(itertools.chain([first], batches),
-                                  lambda batch: prepare_batch(captioner.processor, batch, args.prompts))
+                                  lambda batch: prepare_batch(captioner.processor, batch, args.prompts, stopping),
+                                  stopping)
     with tqdm(total=total, unit="item", desc=f"captioning (rank {rank})", dynamic_ncols=True) as progress, \
             contextlib.closing(prepared_batches):
         for prepared in prepared_batches:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from moda.catalog.caption import (KILL_AFTER_PARTS_ENV, list_catalog_items, parts_dir_for, prepare_parts_dir,
                                   read_output, run_settings, stream_catalog_items)
@@ -168,6 +169,26 @@ def test_a_failure_while_preparing_a_batch_names_its_items(catalog_dir):
     rows, readable, inputs = prepare_batch(broken_processor, list_catalog_items(str(catalog_dir))[-2:], [""])
     assert [row["id"] for row in rows] == ["empty", "notes"] and all("error" in row for row in rows)
     assert readable == [] and inputs == {}
+
+
+def test_a_batch_stops_reading_its_items_once_the_run_stops(catalog_dir, monkeypatch):
+    """Ctrl-C during moda caption: the batch being prepared in the background reads no further item."""
+    import threading
+
+    import moda.catalog.caption
+    from moda.catalog.caption import prepare_batch
+
+    stopping, read = threading.Event(), []
+
+    def load_image(image, name):  # the run is stopped while the second item is read
+        read.append(name)
+        if len(read) == 2:
+            stopping.set()
+        return Image.new("RGB", (8, 8))
+
+    monkeypatch.setattr(moda.catalog.caption, "load_image", load_image)
+    assert prepare_batch(lambda **inputs: inputs, list_catalog_items(str(catalog_dir))[:4], [""], stopping) is None
+    assert len(read) == 2
 
 
 def test_caption_resumes_after_sigkill_with_every_item_once(tiny_moda_dir, catalog_dir, tmp_path):

@@ -73,3 +73,20 @@ def test_a_caller_that_stops_early_leaves_no_thread_running(stop):
                 raise stop()  # e.g. Ctrl-C while the model works on item 2
     assert not prefetch_threads()
     assert len(prepared) <= 4  # the item held, the one being prepared: never the rest of the catalog
+
+
+def test_a_long_prepare_hears_that_the_caller_stopped_and_gives_up():
+    stopping = threading.Event()
+    gave_up = threading.Event()
+
+    def prepare(x):  # item 1 stands for a batch of slow downloads, checking `stopping` between them
+        if x == 1:
+            if stopping.wait(timeout=60):
+                gave_up.set()
+        return x
+
+    batches = prefetched(range(3), prepare, stopping)
+    with pytest.raises(KeyboardInterrupt), contextlib.closing(batches):
+        for _ in batches:
+            raise KeyboardInterrupt()  # Ctrl-C at item 0, item 1 being prepared
+    assert gave_up.is_set() and not prefetch_threads()  # closing told the prepare, and did not wait out its minute
