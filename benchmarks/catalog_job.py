@@ -229,7 +229,7 @@ def measure_moda(args, work: Path) -> dict:
     folder = work / "moda"
     model, processor = save_moda(folder, args.precision, args.max_new_tokens)
     load_start = time.perf_counter()
-    loaded = load_captioner(str(folder))
+    loaded = load_captioner(str(folder), precision=args.precision)  # as the job loads it
     load_seconds = time.perf_counter() - load_start
     loaded_dtype = str(loaded.model.dtype)
     del loaded
