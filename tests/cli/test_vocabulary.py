@@ -210,7 +210,7 @@ def test_recipe_options(argv):
 
 
 def test_recipe_defaults_are_the_calibrated_run():
-    """BENCHMARKS.md, "Vision tower adapted first": both catalogs for the tower, 4 epochs; tiny MODA, 40 epochs,
+    """BENCHMARKS.md, "The recipe in one command": both catalogs for the tower, 32 epochs; tiny MODA, 40 epochs,
     on the frozen tower, fashion-images."""
     from moda.cli.recipe import parse_arguments as recipe_arguments
 
@@ -218,7 +218,7 @@ def test_recipe_defaults_are_the_calibrated_run():
     assert chosen(args, ["dataset", "caption_dataset", "adapt_epochs", "caption_epochs", "tune_vision_tower",
                          "model_size", "tower_size", "overwrite"]) == {
         "dataset": ["../shared/data/fashion-images", "../shared/data/fashion-product-images-small"],
-        "caption_dataset": "../shared/data/fashion-images", "adapt_epochs": 4, "caption_epochs": 40,
+        "caption_dataset": "../shared/data/fashion-images", "adapt_epochs": 32, "caption_epochs": 40,
         "tune_vision_tower": False, "model_size": "tiny", "tower_size": "tiny", "overwrite": False}
 
 
@@ -234,7 +234,7 @@ def test_recipe_defaults_are_the_calibrated_run():
     ("adapt-vision", "passes over the pairs (default: 10)"),
     ("adapt-vision", "the measured winner, BENCHMARKS.md); catalog: every caption of the catalogs (default: batch)"),
     ("eval-vision", "(default: .cache/moda-features)"),
-    ("recipe", "passes of the tower stage over the pairs (default: 4)"),
+    ("recipe", "passes of the tower stage over the pairs (default: 32)"),
 ])
 def test_help_names_the_command_and_shows_defaults(command, shown, capsys):
     with pytest.raises(SystemExit) as raised:
