@@ -9,10 +9,10 @@ bf16 the packed products and the fp32 attention of one new token round different
 near-tie can go the other way (also between batch sizes); benchmarks/precision_agreement.py measures how often a
 trained model's captions agree. BENCHMARKS.md ("What was done") says what each part saves.
 
-modeling_moda.py calls in through a few hooks: `fast_image_features`, `greedy_generate`, `redo_on_the_plain_path`
-and `release_packed_weights`. Any other option (sampling, beams, processors, streamers, use_cache=False, outputs
-beyond the token ids), autocast and forward hooks go to GenerationMixin and CLIP's forward, the plain path;
-`model.fast_greedy = False` sends everything there.
+modeling_moda.py calls in through five hooks: `fast_image_features`, `greedy_generate`, `redo_on_the_plain_path`,
+`pack_for_inference` and `release_packed_weights`. Any other option (sampling, beams, processors, streamers,
+use_cache=False, outputs beyond the token ids), autocast and forward hooks go to GenerationMixin and CLIP's forward,
+the plain path; `model.fast_greedy = False` sends everything there.
 
 The packed products use torch's PRIVATE oneDNN ops (`torch.ops.mkldnn._reorder_linear_weight`, `_linear_pointwise`
 and its `.binary`, `_is_mkldnn_bf16_supported`), which another torch build or a later torch may lack or change. They
@@ -455,11 +455,18 @@ def pack_for_inference(model: nn.Module) -> None:
         return
     dtypes = dtypes_to_pack(model.pack_weights)
     try:
-        # Where hooks or autocast make the path step aside, its packs would only hold memory: the next call packs.
-        if isinstance(model.vision_tower, CLIPVisionModelWithProjection) and runs_as_written(model.vision_tower, "cpu"):
-            vision_packs(model.vision_tower, dtypes)
-        if isinstance(model.language_model, OPTForCausalLM) and runs_as_written(model, "cpu"):
-            decoding_packs(model.language_model, dtypes)
+        # Where hooks or autocast make the path step aside, its packs would only hold memory: none are kept, and the
+        # next call that takes the path packs.
+        if isinstance(model.vision_tower, CLIPVisionModelWithProjection):
+            if runs_as_written(model.vision_tower, "cpu"):
+                vision_packs(model.vision_tower, dtypes)
+            else:
+                release_packed_weights(model.vision_tower.modules())
+        if isinstance(model.language_model, OPTForCausalLM):
+            if runs_as_written(model, "cpu"):
+                decoding_packs(model.language_model, dtypes)
+            else:
+                release_packed_weights(model.language_model.modules())
     except FastPathFailure:  # the fast path is off now (one warning): generation takes the plain path
         pass
 

@@ -425,6 +425,8 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         # so they go, and a model in eval mode packs anew for its new dtype. A call that changes nothing (.cpu() on
         # the CPU, .to() the dtype it has) keeps them: packing again would cost the next caption a second or more.
         before = self._weight_storage()
+        if self._converts(fn):  # given back before the conversion, whose new weights would otherwise meet them
+            release_packed_weights(self.modules())
         model = super()._apply(fn, *args, **kwargs)
         if self._weight_storage() != before:
             release_packed_weights(self.modules())
@@ -435,6 +437,17 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
     def _weight_storage(self) -> list:
         """Each parameter's dtype, device and memory: what a conversion in _apply changes."""
         return [(weight.dtype, weight.device, weight.data_ptr()) for weight in self.parameters()]
+
+    def _converts(self, fn) -> bool:
+        """Whether `fn` (an _apply function) gives another tensor for the smallest parameter of each dtype and device:
+        a conversion, told apart from .cpu() on the CPU or .to() the dtype it has, at the cost of one small copy."""
+        smallest = {}
+        for weight in self.parameters():
+            key = (weight.dtype, weight.device)
+            if key not in smallest or weight.numel() < smallest[key].numel():
+                smallest[key] = weight
+        with torch.no_grad():
+            return any(fn(weight) is not weight for weight in smallest.values())
 
     def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs):
         # transformers 5 enabling checkpointing also hooks every input embedding (enable_input_require_grads), and

@@ -733,6 +733,22 @@ def test_a_conversion_that_changes_nothing_keeps_the_packs(model, tester, monkey
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
+def test_a_conversion_gives_the_packs_back_before_it_makes_the_new_weights(model):
+    # Else the old packs and both copies of the weights would be in memory at once (+0.5-0.9 GB at full size).
+    model = copy_of(model)
+    packs_seen = []
+
+    def to_float64(tensor):  # an _apply function, as .double() passes; it notes the packs alive at each tensor
+        packs_seen.append(len(packed_modules(model.modules())))
+        return tensor.to(torch.float64)
+
+    model._apply(to_float64)
+    assert packs_seen[0] > 0  # the check of whether it converts: one small parameter, the packs still there
+    assert len(packs_seen) > 2 and set(packs_seen[1:]) == {0}  # then every tensor converted without them
+    assert model.dtype == torch.float64
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
 def test_switching_the_fast_path_off_gives_the_packs_back_and_on_packs_again(model, tester):
     model = copy_of(model)
     groups = len(decoding_linears(model.language_model)) + len(vision_linears(model.vision_tower))
@@ -761,6 +777,16 @@ def test_with_hooks_eval_packs_only_what_the_fast_path_will_run(model, tester):
     finally:
         handle.remove()
     model.generate(**tester.prepare_generation_inputs((0, 0)), max_new_tokens=4)  # hooks gone: packed at the call
+    assert len(packed_modules(model.modules())) == len(decoding_linears(model.language_model)) + len(
+        vision_linears(model.vision_tower))
+    handle = model.language_model.lm_head.register_forward_hook(lambda *_: None)  # a hook on a packed model:
+    try:
+        model.eval()  # the decoder's packs are given back, the tower's kept
+        assert packed_modules(model.language_model.modules()) == []
+        assert len(packed_modules(model.vision_tower.modules())) == len(vision_linears(model.vision_tower))
+    finally:
+        handle.remove()
+    model.eval()
     assert len(packed_modules(model.modules())) == len(decoding_linears(model.language_model)) + len(
         vision_linears(model.vision_tower))
 
@@ -825,7 +851,8 @@ def test_by_default_a_bf16_model_in_eval_mode_is_packed_and_an_fp32_one_is_not(m
     assert packed_modules(model.modules()) == []  # fp32: the modules' own weights
     model.to(torch.bfloat16)  # in eval mode: packed for the new dtype now
     packed = packed_copy_dtypes(model.modules())
-    assert packed == [torch.bfloat16] * (len(decoding_linears(model.language_model)) + len(vision_linears(model.vision_tower)))
+    groups = len(decoding_linears(model.language_model)) + len(vision_linears(model.vision_tower))
+    assert packed == [torch.bfloat16] * groups
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
