@@ -342,10 +342,14 @@ def prepare_parts_dir(output: Path, parts_dir: Path, settings: dict, overwrite: 
     for leftover in output.parent.glob(f"{parts_dir.name}.done-*"):
         shutil.rmtree(leftover, ignore_errors=True)  # a merged run killed while cleaning up
     parts_dir.mkdir(parents=True, exist_ok=True)
-    check_or_save_settings(parts_dir / "run.json", settings, lambda earlier: (
-        f"{str(parts_dir)!r} holds an unfinished run with other settings ({earlier}); run with the same "
-        f"settings to resume it, or pass --overwrite to start again."
-    ), unrecorded=SETTINGS_BEFORE_THEY_WERE_RECORDED)
+    def other_settings(earlier: dict) -> str:
+        precision = earlier.get("precision")
+        hint = f" (it ran in {precision}: --precision {precision})" if precision != settings["precision"] else ""
+        return (f"{str(parts_dir)!r} holds an unfinished run with other settings ({earlier}); run with the same "
+                f"settings{hint} to resume it, or pass --overwrite to start again.")
+
+    check_or_save_settings(parts_dir / "run.json", settings, other_settings,
+                           unrecorded=SETTINGS_BEFORE_THEY_WERE_RECORDED)
     for temp in parts_dir.glob(".*.tmp-*"):
         temp.unlink()  # a batch whose write was killed (this run holds the output's lock): captioned again
 

@@ -119,6 +119,10 @@ def load_tower(path):
     return tower, image_processor, read_adaptation(path)
 
 
+# The fields of vision_adaptation.json that MODA reads (eval-vision, moda index), and the JSON types they must have.
+ADAPTATION_FIELD_TYPES = {"text_encoder": (str,), "text_model": (str,), "logit_scale": (float, int)}
+
+
 def read_adaptation(path) -> dict:
     """A tower folder's vision_adaptation.json (the text side it was adapted to, its temperature, ...), or {} for a
     plain CLIP checkpoint (or a Hub name), which records none."""
@@ -127,8 +131,11 @@ def read_adaptation(path) -> dict:
         return {}
     try:
         adaptation = json.loads(info_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise ValueError(f"{str(info_file)!r} is not JSON: {err}") from None
     if not isinstance(adaptation, dict):
         raise ValueError(f"{str(info_file)!r} must hold a JSON object, not {type(adaptation).__name__}")
+    for key, kinds in ADAPTATION_FIELD_TYPES.items():  # the fields MODA reads, each of the type it expects
+        if key in adaptation and (not isinstance(adaptation[key], kinds) or isinstance(adaptation[key], bool)):
+            raise ValueError(f"{str(info_file)!r}: {key!r} must be {kinds[0].__name__}, not {adaptation[key]!r}")
     return adaptation

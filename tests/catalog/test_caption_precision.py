@@ -87,7 +87,8 @@ def test_an_unfinished_run_from_before_the_precision_was_recorded_resumes_in_fp3
     (parts_dir_for(output) / "run.json").write_text(json.dumps({k: v for k, v in settings.items() if k != "precision"}))
     args = ["--model", str(tiny_moda_dir), "--images", str(photos), "--output", str(output), "--max_new_tokens", "4"]
     assert caption_main(args + ["--precision", "bf16"]) == 1
-    assert "holds an unfinished run with other settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds an unfinished run with other settings" in err and "(it ran in fp32: --precision fp32)" in err
     assert caption_main(args + ["--precision", "fp32"]) == 0 and len(read_output(output)) == 4
 
 

@@ -203,7 +203,11 @@ def test_a_tower_without_a_recorded_text_space_is_refused(tmp_path, catalog, tow
     save_tower(CLIPVisionModelWithProjection(vision_config_for_size("test")), image_processor_at(32), narrow, MINILM)
     with pytest.raises(ValueError, match="projects to 24 dimensions, not the 384 of all-MiniLM-L6-v2"):
         update_photo_index(narrow, str(catalog), tmp_path / "ix")
-    for text, problem in (("[1, 2]", "must hold a JSON object, not list"), ("{not json", "is not JSON")):
+    for text, problem in (("[1, 2]", "must hold a JSON object, not list"), ("{not json", "is not JSON"),
+                          ("[" * 100000, "is not JSON"),
+                          ('{"text_encoder": "minilm", "text_model": ["x"]}',
+                           "'text_model' must be str, not \\['x'\\]"),
+                          ('{"logit_scale": "hot"}', "'logit_scale' must be float, not 'hot'")):
         (narrow / ADAPTATION_FILE).write_text(text)  # a hostile or broken record: one clear error, not a traceback
         with pytest.raises(ValueError, match=problem):
             update_photo_index(narrow, str(catalog), tmp_path / "ix")
