@@ -735,14 +735,19 @@ def test_a_conversion_that_changes_nothing_keeps_the_packs(model, tester, monkey
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN (mkldnn)")
 def test_a_conversion_gives_the_packs_back_before_it_makes_the_new_weights(model):
     # Else the old packs and both copies of the weights would be in memory at once (+0.5-0.9 GB at full size).
+    from torch.overrides import TorchFunctionMode
+
     model = copy_of(model)
     packs_seen = []
 
-    def to_float64(tensor):  # an _apply function, as .double() passes; it notes the packs alive at each tensor
-        packs_seen.append(len(packed_modules(model.modules())))
-        return tensor.to(torch.float64)
+    class NotingThePacks(TorchFunctionMode):  # the packs alive at each Tensor.to call of the conversion
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is torch.Tensor.to:
+                packs_seen.append(len(packed_modules(model.modules())))
+            return func(*args, **(kwargs or {}))
 
-    model._apply(to_float64)
+    with NotingThePacks():
+        model.to(torch.float64)
     assert packs_seen[0] > 0  # the check of whether it converts: one small parameter, the packs still there
     assert len(packs_seen) > 2 and set(packs_seen[1:]) == {0}  # then every tensor converted without them
     assert model.dtype == torch.float64
