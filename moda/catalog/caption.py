@@ -342,6 +342,7 @@ def prepare_parts_dir(output: Path, parts_dir: Path, settings: dict, overwrite: 
     for leftover in output.parent.glob(f"{parts_dir.name}.done-*"):
         shutil.rmtree(leftover, ignore_errors=True)  # a merged run killed while cleaning up
     parts_dir.mkdir(parents=True, exist_ok=True)
+
     def other_settings(earlier: dict) -> str:
         precision = earlier.get("precision")
         hint = f" (it ran in {precision}: --precision {precision})" if precision != settings["precision"] else ""
